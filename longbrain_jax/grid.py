@@ -1,0 +1,253 @@
+"""Coordinates, resampling and warping on regular grids (2D or 3D, same code).
+
+Conventions (shared by every module):
+
+- **Normalised coordinates** are in [-1, 1] per axis, in array axis order: index 0
+  maps to -1 and index n-1 to +1 (an axis of length 1 maps to 0).
+- **Displacement fields** are channels-last arrays (*spatial, D) in normalised units
+  on the grid they are defined on. A displacement `u` defines the map
+  phi(x) = x + u(x) and `warp(image, u)(x) = image(phi(x))` (pull-back: the value at
+  x is read from the image at x + u(x)). `displacement_to_world` converts to mm.
+- **World coordinates** (RAS+ mm) only through a NIfTI affine (4, 4); for 2D arrays
+  the third voxel index is 0.
+
+All functions are pure, jit-, vmap- and grad-safe (interpolation is differentiable
+with respect to the sample positions, hence to displacements).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.ndimage import map_coordinates
+from jaxtyping import Array, Float, Int
+
+
+# -- coordinate systems ------------------------------------------------------------
+def _half_extent(shape: Sequence[int]) -> jax.Array:
+    """(D,) voxels per normalised unit: (n - 1) / 2, and 1 for length-1 axes."""
+    n = jnp.asarray(shape, jnp.float32)
+    return jnp.where(n > 1, (n - 1) / 2, 1.0)
+
+
+def normalised_grid(shape: Sequence[int]) -> Float[Array, "*spatial D"]:
+    """Normalised coordinates of every voxel centre, (*shape, D)."""
+    axes = [jnp.linspace(-1.0, 1.0, n) if n > 1 else jnp.zeros(1) for n in shape]
+    return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1).astype(jnp.float32)
+
+
+def voxel_to_normalised(index: Float[Array, "... D"], shape: Sequence[int]) -> Float[Array, "... D"]:
+    """Voxel indices (fractional allowed) to normalised coordinates."""
+    h = _half_extent(shape)
+    return index / h - jnp.where(jnp.asarray(shape) > 1, 1.0, 0.0)
+
+
+def normalised_to_voxel(coords: Float[Array, "... D"], shape: Sequence[int]) -> Float[Array, "... D"]:
+    """Normalised coordinates to (fractional) voxel indices."""
+    h = _half_extent(shape)
+    return (coords + jnp.where(jnp.asarray(shape) > 1, 1.0, 0.0)) * h
+
+
+def voxel_to_world(index: Float[Array, "... D"], affine: Float[Array, "4 4"]) -> Float[Array, "... 3"]:
+    """Voxel indices (D = 2 or 3) to world mm through a NIfTI affine."""
+    affine = jnp.asarray(affine, jnp.float32)
+    d = index.shape[-1]
+    return index @ affine[:3, :d].T + affine[:3, 3]
+
+
+def world_to_voxel(xyz: Float[Array, "... 3"], affine: Float[Array, "4 4"], ndim: int = 3) -> Float[Array, "... D"]:
+    """World mm to voxel indices; for `ndim=2` the third index is dropped."""
+    inverse = jnp.linalg.inv(jnp.asarray(affine, jnp.float32))
+    return (xyz @ inverse[:3, :3].T + inverse[:3, 3])[..., :ndim]
+
+
+def normalised_to_world(
+    coords: Float[Array, "... D"], shape: Sequence[int], affine: Float[Array, "4 4"]
+) -> Float[Array, "... 3"]:
+    """Normalised coordinates on a grid of `shape` to world mm."""
+    return voxel_to_world(normalised_to_voxel(coords, shape), affine)
+
+
+def displacement_to_world(
+    displacement: Float[Array, "*spatial D"], affine: Float[Array, "4 4"]
+) -> Float[Array, "*spatial 3"]:
+    """A normalised displacement field as world (RAS+ mm) vectors.
+
+    The vector at voxel x is phi(x) - x in mm, where phi is the map the field
+    defines; this is the convention of ITK / ANTs displacement fields up to the
+    LPS sign flip of their first two components (see `io.nifti.save_displacement`).
+    """
+    shape = displacement.shape[:-1]
+    d = len(shape)
+    in_voxels = displacement * _half_extent(shape)
+    return in_voxels @ jnp.asarray(affine, jnp.float32)[:3, :d].T
+
+
+# -- interpolation ------------------------------------------------------------------
+def interpolate(
+    image: Float[Array, "*spatial"] | Float[Array, "*spatial C"],
+    index: Float[Array, "... D"],
+    order: int = 1,
+    mode: str = "nearest",
+    cval: float = 0.0,
+) -> Float[Array, "..."] | Float[Array, "... C"]:
+    """Sample `image` at fractional voxel `index` (order 0: nearest, 1: linear).
+
+    If `image` has one more axis than `index` has components, the last axis is
+    treated as channels. `mode` is how positions outside the grid are read
+    ('nearest' repeats the edge, 'constant' reads `cval`).
+    """
+    d = index.shape[-1]
+    coords = [index[..., i] for i in range(d)]
+    if image.ndim == d:
+        return map_coordinates(image, coords, order=order, mode=mode, cval=cval)
+    if image.ndim == d + 1:
+        sample = lambda channel: map_coordinates(channel, coords, order=order, mode=mode, cval=cval)  # noqa: E731
+        return jnp.moveaxis(jax.vmap(sample, in_axes=-1)(image), 0, -1)
+    raise ValueError(f"image of shape {image.shape} does not match {d}-D positions")
+
+
+def sample(
+    image: Float[Array, "*spatial"] | Float[Array, "*spatial C"],
+    coords: Float[Array, "... D"],
+    order: int = 1,
+    mode: str = "nearest",
+    cval: float = 0.0,
+) -> Float[Array, "..."]:
+    """Sample `image` at normalised coordinates (see `interpolate`)."""
+    shape = image.shape[: coords.shape[-1]]
+    return interpolate(image, normalised_to_voxel(coords, shape), order=order, mode=mode, cval=cval)
+
+
+def warp(
+    image: Float[Array, "*spatial"] | Float[Array, "*spatial C"],
+    displacement: Float[Array, "*spatial D"],
+    order: int = 1,
+    mode: str = "nearest",
+) -> Float[Array, "*spatial"]:
+    """Pull `image` back through phi(x) = x + u(x): out(x) = image(x + u(x)).
+
+    `displacement` is in normalised units on the image's grid. Linear by default;
+    differentiable with respect to the displacement.
+    """
+    coords = normalised_grid(displacement.shape[:-1]) + displacement
+    return sample(image, coords, order=order, mode=mode)
+
+
+def warp_labels(labels: Int[Array, "*spatial"], displacement: Float[Array, "*spatial D"]) -> Int[Array, "*spatial"]:
+    """Nearest-neighbour warp of a label map (labels are never blended)."""
+    out = warp(labels.astype(jnp.float32), displacement, order=0, mode="nearest")
+    return jnp.round(out).astype(labels.dtype)
+
+
+def resample(
+    image: Float[Array, "*src"],
+    source_affine: Float[Array, "4 4"],
+    target_shape: Sequence[int],
+    target_affine: Float[Array, "4 4"],
+    order: int = 1,
+    cval: float = 0.0,
+) -> Float[Array, "*target"]:
+    """Resample `image` onto another grid through world coordinates.
+
+    Each target voxel's centre is mapped to world mm by `target_affine`, then into
+    the source grid by the inverse of `source_affine`. Outside the source: `cval`.
+    """
+    d = image.ndim
+    index = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=jnp.float32) for n in target_shape], indexing="ij"), -1)
+    world = voxel_to_world(index, target_affine)
+    source_index = world_to_voxel(world, source_affine, ndim=d)
+    return interpolate(image, source_index, order=order, mode="constant", cval=cval)
+
+
+# -- filtering ----------------------------------------------------------------------
+def separable_filter(
+    image: Float[Array, "*spatial"], kernels: Sequence[Float[Array, " K"]], pad_mode: str = "symmetric"
+) -> Float[Array, "*spatial"]:
+    """Correlate `image` with a 1D kernel along each axis (kernel lengths odd).
+
+    `pad_mode` is numpy's: 'symmetric' equals scipy.ndimage's 'reflect'; 'constant'
+    pads zeros. One kernel per leading axis of `image`; further axes are left alone.
+    """
+    out = image
+    for axis, kernel in enumerate(kernels):
+        radius = (kernel.shape[0] - 1) // 2
+        if radius == 0:
+            out = out * kernel[0]
+            continue
+        widths = [(0, 0)] * out.ndim
+        widths[axis] = (radius, radius)
+        padded = jnp.pad(out, widths, mode=pad_mode)
+        n = out.shape[axis]
+        out = sum(kernel[j] * jax.lax.slice_in_dim(padded, j, j + n, axis=axis) for j in range(kernel.shape[0]))
+    return out
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """Normalised 1D Gaussian of std `sigma` voxels, radius round(truncate * sigma)."""
+    if sigma <= 0:
+        return np.ones(1, np.float32)
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def gaussian_smooth(
+    image: Float[Array, "*spatial"] | Float[Array, "*spatial C"], sigma: float | Sequence[float], ndim: int | None = None
+) -> Float[Array, "*spatial"]:
+    """Gaussian smoothing with std `sigma` voxels (scalar or per axis), reflecting edges.
+
+    Matches `scipy.ndimage.gaussian_filter(mode='reflect', truncate=4)`. With `ndim`
+    smaller than `image.ndim`, trailing axes are channels and are not smoothed.
+    """
+    ndim = image.ndim if ndim is None else ndim
+    sigmas = [float(sigma)] * ndim if np.isscalar(sigma) else [float(s) for s in sigma]
+    if len(sigmas) != ndim:
+        raise ValueError(f"{len(sigmas)} sigmas for {ndim} spatial axes")
+    return separable_filter(image, [jnp.asarray(gaussian_kernel1d(s)) for s in sigmas])
+
+
+# -- deformations -------------------------------------------------------------------
+def compose(outer: Float[Array, "*spatial D"], inner: Float[Array, "*spatial D"]) -> Float[Array, "*spatial D"]:
+    """Displacement of (x -> x + inner(x)) followed by (y -> y + outer(y)).
+
+    Returns w with x + w(x) = x + inner(x) + outer(x + inner(x)).
+    """
+    return inner + warp(outer, inner)
+
+
+def integrate_velocity(velocity: Float[Array, "*spatial D"], steps: int = 7) -> Float[Array, "*spatial D"]:
+    """Exponentiate a stationary velocity field by scaling and squaring.
+
+    The field is divided by 2**steps and composed with itself `steps` times, giving
+    the displacement of the time-1 flow; diffeomorphic when the scaled field is small
+    against the grid spacing.
+    """
+    u = velocity / (2.0**steps)
+    return jax.lax.fori_loop(0, steps, lambda _, u: compose(u, u), u)
+
+
+def jacobian(displacement: Float[Array, "*spatial D"]) -> Float[Array, "*spatial D D"]:
+    """d phi / d x of phi(x) = x + u(x) by finite differences on the grid.
+
+    Central differences inside, one-sided at the border (numpy.gradient). Entry
+    [..., i, j] is d phi_i / d x_j in normalised units; its determinant equals the
+    determinant in voxel or mm units (the per-axis scales cancel).
+    """
+    shape = displacement.shape[:-1]
+    d = len(shape)
+    spacing = [2.0 / (n - 1) if n > 1 else 1.0 for n in shape]
+    rows = []
+    for i in range(d):
+        grads = jnp.gradient(displacement[..., i], *spacing) if d > 1 else [jnp.gradient(displacement[..., i], *spacing)]
+        rows.append(jnp.stack(grads, axis=-1))
+    return jnp.stack(rows, axis=-2) + jnp.eye(d, dtype=displacement.dtype)
+
+
+def jacobian_determinant(displacement: Float[Array, "*spatial D"]) -> Float[Array, "*spatial"]:
+    """|J| = det(d phi / d x) per voxel: > 1 expansion, < 1 shrinkage, <= 0 folding."""
+    return jnp.linalg.det(jacobian(displacement))

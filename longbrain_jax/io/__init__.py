@@ -1,0 +1,40 @@
+"""Reading and writing images and longitudinal BIDS datasets, with input validation."""
+
+from longbrain_jax.io.bids import (
+    LoadConfig,
+    bids_label,
+    derivative_path,
+    read_bids,
+    scan_path,
+    write_bids,
+    write_derivative,
+)
+from longbrain_jax.io.intensity import IntensityNorm, normalise_intensity
+from longbrain_jax.io.nifti import (
+    ImageHandle,
+    load_displacement,
+    load_image,
+    open_image,
+    read_header,
+    save_displacement,
+    save_image,
+)
+
+__all__ = [
+    "ImageHandle",
+    "IntensityNorm",
+    "LoadConfig",
+    "bids_label",
+    "derivative_path",
+    "load_displacement",
+    "load_image",
+    "normalise_intensity",
+    "open_image",
+    "read_bids",
+    "read_header",
+    "save_displacement",
+    "save_image",
+    "scan_path",
+    "write_bids",
+    "write_derivative",
+]

@@ -1,0 +1,431 @@
+"""Longitudinal BIDS datasets in and out.
+
+Layout read and written::
+
+    ROOT/participants.tsv                  participant_id [group|diagnosis] [sex] ...
+    ROOT/sub-X/sub-X_sessions.tsv          session_id  age (years)
+    ROOT/sub-X/ses-Y/anat/sub-X_ses-Y_T1w.nii[.gz]
+    ROOT/sub-X/ses-Y/anat/sub-X_ses-Y[_desc-D]_dseg.nii[.gz]                  (optional)
+    ROOT/derivatives/PIPELINE/sub-X/ses-Y/anat/sub-X_ses-Y[_desc-D]_dseg.nii[.gz]  (optional)
+
+Derived maps go to `ROOT/derivatives/longbrain/sub-X/ses-Y/anat/sub-X_ses-Y_desc-<what>.nii.gz`
+with the source affine (`derivative_path`, `write_derivative`).
+
+Every problem raises `InputError` naming the file (and row) at fault; labels are
+checked against BIDS's alphanumeric rule before any path is built from them, so
+nothing can be written outside the dataset folder.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from longbrain_jax.cohort import Cohort, Subject
+from longbrain_jax.errors import InputError
+from longbrain_jax.files import atomic_dir
+from longbrain_jax.io.intensity import IntensityNorm, normalise_intensity
+from longbrain_jax.io.nifti import NIFTI_SUFFIXES, open_image, save_image
+
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_MISSING = {"", "n/a", "na", "nan"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadConfig:
+    """How `read_bids` turns a dataset into a `Cohort`.
+
+    **Arguments:**
+
+    - `normalise`: per-scan intensity normalisation, or None to keep raw values.
+    - `ndim`: 2 or 3 spatial axes expected; None infers it from the first image.
+    - `common_grid`: resample every subject onto the first subject's baseline grid
+      (needed when subjects' image shapes differ). Otherwise each subject keeps its
+      baseline grid and follow-ups on another grid are resampled onto it.
+    - `labels`: read label maps (`*_dseg`) where every scan has one.
+    - `label_pipeline`: derivatives folder to take label maps from; None searches the
+      raw `anat` folders first, then any pipeline (an ambiguity is an error).
+    - `age_column`: the sessions.tsv column holding age in years.
+    - `workers`: threads reading images (decompression runs in parallel).
+    """
+
+    normalise: IntensityNorm | None = IntensityNorm()
+    ndim: int | None = None
+    common_grid: bool = False
+    labels: bool = True
+    label_pipeline: str | None = None
+    age_column: str = "age"
+    workers: int = 2
+
+
+# -- names and paths ------------------------------------------------------------------
+def bids_label(value: str, prefix: str, where: str | os.PathLike) -> str:
+    """The label of `value` (`"sub-01"` or `"01"` -> `"01"`), checked alphanumeric."""
+    raw = str(value).strip()
+    label = raw[len(prefix) + 1 :] if raw.startswith(prefix + "-") else raw
+    if not _LABEL.match(label):
+        raise InputError(where, f"{raw!r} is not a valid BIDS {prefix} label (letters and digits only)")
+    return label
+
+
+def scan_path(root: str | os.PathLike, subject: str, session: str, suffix: str = "T1w", ext: str = ".nii.gz") -> Path:
+    """ROOT/sub-X/ses-Y/anat/sub-X_ses-Y_<suffix><ext>."""
+    sub, ses = bids_label(subject, "sub", root), bids_label(session, "ses", root)
+    return Path(root) / f"sub-{sub}" / f"ses-{ses}" / "anat" / f"sub-{sub}_ses-{ses}_{suffix}{ext}"
+
+
+def derivative_path(
+    root: str | os.PathLike,
+    subject: str,
+    session: str,
+    desc: str,
+    pipeline: str = "longbrain",
+    suffix: str | None = None,
+    ext: str = ".nii.gz",
+) -> Path:
+    """ROOT/derivatives/<pipeline>/sub-X/ses-Y/anat/sub-X_ses-Y_desc-<desc>[_<suffix>]<ext>."""
+    sub, ses = bids_label(subject, "sub", root), bids_label(session, "ses", root)
+    desc = bids_label(desc, "desc", root)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]*$", pipeline):
+        raise InputError(root, f"{pipeline!r} is not a valid derivatives pipeline name")
+    name = f"sub-{sub}_ses-{ses}_desc-{desc}" + (f"_{suffix}" if suffix else "") + ext
+    return Path(root) / "derivatives" / pipeline / f"sub-{sub}" / f"ses-{ses}" / "anat" / name
+
+
+def write_derivative(
+    root: str | os.PathLike,
+    subject: str,
+    session: str,
+    desc: str,
+    data: np.ndarray,
+    affine: np.ndarray,
+    pipeline: str = "longbrain",
+    dtype: type | np.dtype = np.float32,
+    overwrite: bool = False,
+) -> Path:
+    """Write one derived map (float32 by default) with the source affine, atomically."""
+    return save_image(derivative_path(root, subject, session, desc, pipeline), data, affine, dtype, overwrite)
+
+
+def _find_nifti(stem: Path) -> Path | None:
+    """`stem` + .nii.gz or .nii; an error if both exist."""
+    found = [stem.with_name(stem.name + s) for s in NIFTI_SUFFIXES if stem.with_name(stem.name + s).is_file()]
+    if len(found) > 1:
+        raise InputError(found[0], f"both {found[0].name} and {found[1].name} exist; keep one")
+    return found[0] if found else None
+
+
+# -- TSV tables ------------------------------------------------------------------------
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(path, f"cannot read table ({e})") from None
+    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
+
+
+def _write_tsv(path: Path, columns: list[str], rows: list[dict[str, object]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["n/a" if row.get(c) in (None, "") else row[c] for c in columns])
+
+
+def _age(text: str, where: str) -> float:
+    if text.lower() in _MISSING:
+        raise InputError(where, "age is missing")
+    try:
+        age = float(text)
+    except ValueError:
+        raise InputError(where, f"age {text!r} is not a number (years)") from None
+    if not math.isfinite(age):
+        raise InputError(where, f"age {text!r} is not finite")
+    return age
+
+
+@dataclasses.dataclass(frozen=True)
+class _SubjectEntry:
+    """What pass one learns of a subject before any voxel is read."""
+
+    subject_id: str
+    group: str
+    sex: str
+    metadata: dict[str, str]
+    session_ids: tuple[str, ...]
+    ages: tuple[float, ...]
+    images: tuple[Path, ...]
+    label_maps: tuple[Path, ...] | None
+
+
+def _participants(root: Path) -> list[dict[str, str]]:
+    table = root / "participants.tsv"
+    if table.is_file():
+        rows = _read_tsv(table)
+        if rows and "participant_id" not in rows[0]:
+            raise InputError(table, "has no participant_id column")
+        seen: set[str] = set()
+        for i, row in enumerate(rows, start=2):
+            label = bids_label(row["participant_id"], "sub", f"{table}:{i}")
+            if label in seen:
+                raise InputError(f"{table}:{i}", f"participant sub-{label} is listed twice")
+            seen.add(label)
+            row["participant_id"] = label
+        return rows
+    subjects = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
+    return [{"participant_id": bids_label(s, "sub", root / s)} for s in subjects]
+
+
+def _label_map(root: Path, sub: str, ses: str, pipeline: str | None) -> Path | None:
+    """The dseg image for one scan, following `LoadConfig.label_pipeline`."""
+    pattern = f"sub-{sub}_ses-{ses}*_dseg.nii*"
+    rel = Path(f"sub-{sub}") / f"ses-{ses}" / "anat"
+    if pipeline is not None:
+        places = [root / "derivatives" / pipeline / rel]
+    else:
+        places = [root / rel] + sorted((root / "derivatives").glob(f"*/{rel}"))
+    for place in places:
+        hits = sorted(place.glob(pattern))
+        if len(hits) > 1:
+            raise InputError(hits[0].parent, f"several label maps for sub-{sub} ses-{ses}: {[h.name for h in hits]}")
+        if hits:
+            return hits[0]
+    return None
+
+
+def _scan_subject(root: Path, row: dict[str, str], cfg: LoadConfig) -> _SubjectEntry:
+    sub = row["participant_id"]
+    table = root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv"
+    if not table.is_file():
+        raise InputError(table, "sessions file not found (it must give each session's age in years)")
+    rows = _read_tsv(table)
+    if not rows:
+        raise InputError(table, "lists no sessions")
+    for col in ("session_id", cfg.age_column):
+        if col not in rows[0]:
+            raise InputError(table, f"has no {col} column")
+    sessions: dict[str, tuple[float, Path, Path | None]] = {}
+    by_age: dict[float, str] = {}
+    for i, r in enumerate(rows, start=2):
+        where = f"{table}:{i}"
+        ses = bids_label(r["session_id"], "ses", where)
+        if ses in sessions:
+            raise InputError(where, f"session ses-{ses} is listed twice")
+        age = _age(r[cfg.age_column], where)
+        if age in by_age:
+            raise InputError(where, f"sessions ses-{by_age[age]} and ses-{ses} have the same age {age}")
+        by_age[age] = ses
+        stem = scan_path(root, sub, ses, ext="")
+        image = _find_nifti(stem)
+        if image is None:
+            raise InputError(where, f"image for ses-{ses} not found: expected {stem}.nii.gz")
+        labels = _label_map(root, sub, ses, cfg.label_pipeline) if cfg.labels else None
+        sessions[ses] = (age, image, labels)
+    order = sorted(sessions, key=lambda s: sessions[s][0])
+    label_maps = [sessions[s][2] for s in order]
+    group = next((row[c] for c in ("group", "diagnosis") if row.get(c, "").lower() not in _MISSING), "")
+    sex = row.get("sex", "") if row.get("sex", "").lower() not in _MISSING else ""
+    meta = {k: v for k, v in row.items() if k not in ("participant_id", "group", "diagnosis", "sex")}
+    return _SubjectEntry(
+        subject_id=sub,
+        group=group,
+        sex=sex,
+        metadata=meta,
+        session_ids=tuple(order),
+        ages=tuple(sessions[s][0] for s in order),
+        images=tuple(sessions[s][1] for s in order),
+        label_maps=tuple(label_maps) if all(m is not None for m in label_maps) else None,
+    )
+
+
+# -- reading ---------------------------------------------------------------------------
+def read_bids(
+    root: str | os.PathLike,
+    cfg: LoadConfig = LoadConfig(),
+    progress: Callable[[int, int], None] | None = None,
+) -> Cohort:
+    """Load a longitudinal BIDS dataset as a `Cohort`.
+
+    Pass one reads the tables and every image header (cheap) and checks them all, so
+    a broken dataset fails before any voxel is read; pass two reads the voxels into
+    one preallocated padded array with `cfg.workers` threads.
+
+    **Arguments:**
+
+    - `root`: the dataset folder.
+    - `cfg`: see `LoadConfig`.
+    - `progress`: called as `progress(done, total)` after each scan is read (pass
+      two only, so a bar opened on the first call never precedes an input error).
+
+    **Returns:** the cohort; `cohort.single_scan` flags subjects with one scan.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "dataset folder not found")
+    entries = [_scan_subject(root, row, cfg) for row in _participants(root)]
+    if not entries:
+        raise InputError(root, "empty cohort: no subjects in participants.tsv or sub-* folders")
+    if cfg.labels:
+        partial = [e.subject_id for e in entries if e.label_maps is None]
+        if partial and len(partial) < len(entries):
+            warnings.warn(
+                f"label maps missing for some scans of {len(partial)} subject(s); the cohort keeps no labels",
+                stacklevel=2,
+            )
+
+    handles = {}
+    ndim = cfg.ndim
+    for e in entries:
+        for path in e.images + (e.label_maps or ()):
+            handles[path] = open_image(path, ndim)
+            ndim = len(handles[path].shape)
+    grid_of = lambda path: (handles[path].shape, handles[path].affine)  # noqa: E731
+    ref_grid = grid_of(entries[0].images[0])
+    grids = [ref_grid if cfg.common_grid else grid_of(e.images[0]) for e in entries]
+    shapes = {g[0] for g in grids}
+    if len(shapes) > 1:
+        odd = next(e for e, g in zip(entries, grids, strict=True) if g[0] != ref_grid[0])
+        raise InputError(
+            odd.images[0],
+            f"grid {handles[odd.images[0]].shape} differs from the first subject's {ref_grid[0]}; "
+            "use common_grid=True (--common-grid) to resample every subject onto one grid",
+        )
+
+    with_labels = cfg.labels and all(e.label_maps is not None for e in entries)
+    n, t_max = len(entries), max(len(e.images) for e in entries)
+    shape = ref_grid[0]
+    volumes = np.zeros((n, t_max, *shape), np.float32)
+    labels = np.zeros((n, t_max, *shape), np.int32) if with_labels else None
+
+    def load(i: int, t: int) -> None:
+        target_shape, target_affine = grids[i]
+        e = entries[i]
+        image = handles[e.images[t]]
+        data = _onto_grid(image.read(), image.affine, target_shape, target_affine, order=1)
+        if cfg.normalise is not None:
+            normalise_intensity(data, cfg.normalise, out=volumes[i, t])
+        else:
+            volumes[i, t] = data
+        if labels is not None:
+            label_map = handles[e.label_maps[t]]
+            lab = label_map.read()
+            if np.any(lab != np.round(lab)):
+                raise InputError(label_map.path, "label map holds non-integer values")
+            labels[i, t] = _onto_grid(lab, label_map.affine, target_shape, target_affine, order=0)
+
+    jobs = [(i, t) for i, e in enumerate(entries) for t in range(len(e.images))]
+    with concurrent.futures.ThreadPoolExecutor(max(1, cfg.workers)) as pool:
+        futures = [pool.submit(load, i, t) for i, t in jobs]
+        for done, f in enumerate(concurrent.futures.as_completed(futures), start=1):
+            f.result()
+            if progress is not None:
+                progress(done, len(jobs))
+
+    subjects_ages = np.zeros((n, t_max), np.float32)
+    mask = np.zeros((n, t_max), bool)
+    for i, e in enumerate(entries):
+        subjects_ages[i, : len(e.ages)] = e.ages
+        mask[i, : len(e.ages)] = True
+    return Cohort(
+        volumes=volumes,
+        mask=mask,
+        ages=subjects_ages,
+        affines=np.stack([g[1] for g in grids]),
+        subject_ids=tuple(e.subject_id for e in entries),
+        session_ids=tuple(e.session_ids for e in entries),
+        groups=tuple(e.group for e in entries),
+        sexes=tuple(e.sex for e in entries),
+        labels=labels,
+        metadata=tuple(e.metadata for e in entries),
+    )
+
+
+def _onto_grid(data: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], target: np.ndarray, order: int):
+    """`data` itself if already on (shape, target), else resampled through the affines."""
+    if data.shape == tuple(shape) and np.allclose(affine, target, atol=1e-5):
+        return data
+    from longbrain_jax.grid import resample  # jax import only when resampling is needed
+
+    return np.asarray(resample(data, affine, shape, target, order=order))
+
+
+# -- writing ---------------------------------------------------------------------------
+def write_bids(
+    cohort: Cohort,
+    root: str | os.PathLike,
+    overwrite: bool = False,
+    label_pipeline: str = "labels",
+    name: str = "longbrain_jax cohort",
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write `cohort` as a longitudinal BIDS dataset, atomically.
+
+    Images go to `sub-X/ses-Y/anat/sub-X_ses-Y_T1w.nii.gz` with each subject's affine;
+    label maps (if any) to `derivatives/<label_pipeline>/.../sub-X_ses-Y_dseg.nii.gz`.
+    The folder appears only when complete; an existing one is replaced only with
+    `overwrite=True`.
+    """
+    root = Path(root)
+    total = int(cohort.mask.sum())
+    for i, sub in enumerate(cohort.subject_ids):
+        bids_label(sub, "sub", root)
+        for ses in cohort.session_ids[i]:
+            bids_label(ses, "ses", root)
+    with atomic_dir(root, overwrite=overwrite) as tmp:
+        (tmp / "dataset_description.json").write_text(
+            json.dumps({"Name": name, "BIDSVersion": "1.9.0", "DatasetType": "raw"}, indent=2) + "\n"
+        )
+        extra = sorted({k for m in cohort.metadata for k in m})
+        rows = [
+            {"participant_id": f"sub-{s}", "group": cohort.groups[i], "sex": cohort.sexes[i], **cohort.metadata[i]}
+            for i, s in enumerate(cohort.subject_ids)
+        ]
+        _write_tsv(tmp / "participants.tsv", ["participant_id", "group", "sex", *extra], rows)
+        if cohort.labels is not None:
+            deriv = tmp / "derivatives" / label_pipeline
+            deriv.mkdir(parents=True)
+            (deriv / "dataset_description.json").write_text(
+                json.dumps(
+                    {
+                        "Name": f"{name}: label maps",
+                        "BIDSVersion": "1.9.0",
+                        "DatasetType": "derivative",
+                        "GeneratedBy": [{"Name": "longbrain_jax"}],
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+        done = 0
+        for i, sub in enumerate(cohort.subject_ids):
+            s = cohort.subject(i)
+            (tmp / f"sub-{sub}").mkdir()
+            _write_tsv(
+                tmp / f"sub-{sub}" / f"sub-{sub}_sessions.tsv",
+                ["session_id", "age"],
+                [{"session_id": f"ses-{ses}", "age": format(float(a), ".9g")} for ses, a in zip(s.session_ids, s.ages, strict=True)],
+            )
+            for t, ses in enumerate(s.session_ids):
+                save_image(scan_path(tmp, sub, ses), s.volumes[t], s.affine)
+                if s.labels is not None:
+                    save_image(
+                        scan_path(tmp / "derivatives" / label_pipeline, sub, ses, suffix="dseg"),
+                        s.labels[t],
+                        s.affine,
+                        dtype=np.int16,
+                    )
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    return root

@@ -1,0 +1,167 @@
+"""NIfTI images in and out, validated; outputs written atomically with their affine.
+
+Images are float32 arrays of 2 or 3 spatial axes. A 2D slice is stored in NIfTI as
+(X, Y, 1); a trailing length-1 axis beyond the spatial ones is dropped on reading.
+No output is ever written with a default affine: the caller passes the source one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from longbrain_jax.errors import InputError
+from longbrain_jax.files import atomic_file
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _spatial_shape(shape: tuple[int, ...], ndim: int | None, path: Path) -> tuple[int, ...]:
+    """The spatial shape after dropping trailing length-1 axes, checked against `ndim`."""
+    s = list(shape)
+    while len(s) > 2 and s[-1] == 1 and (ndim is None or len(s) > ndim):
+        s.pop()
+    if ndim is not None and len(s) != ndim:
+        raise InputError(path, f"expected a {ndim}D image, got shape {tuple(shape)} ({len(s)}D)")
+    if len(s) not in (2, 3):
+        raise InputError(path, f"expected a 2D or 3D image, got shape {tuple(shape)}")
+    if min(s) < 1:
+        raise InputError(path, f"image has an empty axis: shape {tuple(shape)}")
+    return tuple(s)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageHandle:
+    """A NIfTI image whose header is validated and whose voxels are not read yet.
+
+    **Fields:** `path`; `shape`, the spatial shape; `affine`, (4, 4) voxel -> world.
+    """
+
+    path: Path
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    _image: nib.Nifti1Image
+
+    def read(self) -> np.ndarray:
+        """The voxels as float32 (*shape); `InputError` if truncated or NaN / Inf."""
+        try:
+            data = np.asarray(self._image.dataobj, dtype=np.float32)
+        except Exception as e:  # EOFError, zlib.error, OSError, ValueError on truncation
+            raise InputError(self.path, f"image data is truncated or corrupt ({type(e).__name__}: {e})") from None
+        data = data.reshape(self.shape)
+        bad = ~np.isfinite(data)
+        if bad.any():
+            raise InputError(self.path, f"{int(bad.sum())} voxel(s) are NaN or Inf")
+        return data
+
+
+def _load(path: str | os.PathLike) -> tuple[Path, nib.Nifti1Image, np.ndarray]:
+    """Open a NIfTI file lazily, checking the file, the format and the affine."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "image file not found")
+    try:
+        img = nib.load(path)
+    except Exception as e:  # nibabel raises many types for unreadable headers
+        raise InputError(path, f"cannot read as NIfTI ({type(e).__name__}: {e})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(path, f"not a NIfTI image ({type(img).__name__})")
+    affine = np.asarray(img.affine, np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(path, "the image affine is singular or not finite")
+    return path, img, affine
+
+
+def open_image(path: str | os.PathLike, ndim: int | None = None) -> ImageHandle:
+    """Open and validate an image's header (file, format, dimensionality, affine)."""
+    path, img, affine = _load(path)
+    return ImageHandle(path, _spatial_shape(img.shape, ndim, path), affine, img)
+
+
+def read_header(path: str | os.PathLike, ndim: int | None = None) -> tuple[tuple[int, ...], np.ndarray]:
+    """Spatial shape and (4, 4) affine of an image, reading only its header."""
+    handle = open_image(path, ndim)
+    return handle.shape, handle.affine
+
+
+def load_image(path: str | os.PathLike, ndim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image as float32 (*spatial) with its affine; errors name the file.
+
+    Raises `InputError` for a missing, unreadable or truncated file, a wrong number
+    of dimensions, or NaN / Inf voxels.
+    """
+    handle = open_image(path, ndim)
+    return handle.read(), handle.affine
+
+
+def _check_affine(affine: np.ndarray) -> np.ndarray:
+    affine = np.asarray(affine, np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise ValueError(f"an output needs the source's finite 4x4 affine, got {affine.shape}")
+    return affine
+
+
+def save_image(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    affine: np.ndarray,
+    dtype: type | np.dtype = np.float32,
+    overwrite: bool = False,
+) -> Path:
+    """Write (*spatial) `data` as NIfTI with `affine`, atomically.
+
+    2D arrays are stored as (X, Y, 1). Integer `dtype` (label maps) is written
+    exactly; float data as float32 unless told otherwise.
+    """
+    path = Path(path)
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[..., None]
+    img = nib.Nifti1Image(data.astype(dtype), _check_affine(affine))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_qform(img.affine, code=1)
+    img.header.set_sform(img.affine, code=1)
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        nib.save(img, tmp)
+    return path
+
+
+def save_displacement(
+    path: str | os.PathLike, displacement_mm: np.ndarray, affine: np.ndarray, overwrite: bool = False
+) -> Path:
+    """Write a displacement field in the ITK / ANTs convention.
+
+    `displacement_mm` is (*spatial, D) world vectors in RAS+ mm, phi(x) - x for the
+    pull-back map phi (see `grid.displacement_to_world`). Stored as a 5D NIfTI
+    (X, Y, Z, 1, D) with intent 'vector' and the components flipped to ITK's LPS
+    frame, which is how ANTs / ITK read displacement fields.
+    """
+    path = Path(path)
+    u = np.asarray(displacement_mm, np.float32)
+    d = u.shape[-1]
+    lps = u * np.array([-1.0, -1.0, 1.0][:d], np.float32)
+    spatial = lps.reshape(lps.shape[:-1] + (1,) * (3 - (lps.ndim - 1)) + (1, d))
+    img = nib.Nifti1Image(spatial, _check_affine(affine))
+    img.header.set_intent("vector")
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_qform(img.affine, code=1)
+    img.header.set_sform(img.affine, code=1)
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        nib.save(img, tmp)
+    return path
+
+
+def load_displacement(path: str | os.PathLike, ndim: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Read a field written by `save_displacement`: (*spatial, D) RAS+ mm and affine."""
+    path, img, affine = _load(path)
+    data = np.asarray(img.dataobj, np.float32)
+    if data.ndim != 5 or data.shape[3] != 1 or data.shape[4] != ndim:
+        raise InputError(path, f"expected an ITK displacement field (X, Y, Z, 1, {ndim}), got {data.shape}")
+    u = data[:, :, :, 0, :] * np.array([-1.0, -1.0, 1.0][:ndim], np.float32)
+    if ndim == 2:
+        u = u[:, :, 0]
+    return u, affine

@@ -1,0 +1,20 @@
+"""Markdown pieces of a run report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _cell(value: object, digits: int) -> str:
+    if isinstance(value, float):
+        if abs(value) < 1e-9:
+            return "0"
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table; floats to `digits` significant digits."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(v, digits) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,140 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from longbrain_jax import grid
+from tests.conftest import affine_mm
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (4, 6, 3)])
+def test_normalised_grid_corners_and_inverse(shape):
+    g = grid.normalised_grid(shape)
+    assert g.shape == (*shape, len(shape))
+    np.testing.assert_allclose(g[(0,) * len(shape)], -1.0)
+    np.testing.assert_allclose(g[tuple(n - 1 for n in shape)], 1.0)
+    idx = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=jnp.float32) for n in shape], indexing="ij"), -1)
+    np.testing.assert_allclose(grid.voxel_to_normalised(idx, shape), g, atol=1e-6)
+    np.testing.assert_allclose(grid.normalised_to_voxel(g, shape), idx, atol=1e-5)
+
+
+def test_voxel_world_round_trip_and_values():
+    a = affine_mm((1.5, 2.0, 3.0), (5.0, -4.0, 2.0))
+    idx = jnp.array([[0.0, 0.0, 0.0], [2.0, 1.0, 3.0]])
+    xyz = grid.voxel_to_world(idx, a)
+    np.testing.assert_allclose(xyz[1], [5.0 + 3.0, -4.0 + 2.0, 2.0 + 9.0])
+    np.testing.assert_allclose(grid.world_to_voxel(xyz, a), idx, atol=1e-5)
+    # 2D: the third voxel index is 0
+    np.testing.assert_allclose(grid.voxel_to_world(idx[:, :2], a), xyz - jnp.array([[0, 0, 0], [0, 0, 9.0]]))
+
+
+def test_interpolate_exact_on_grid_and_linear_between(rng):
+    img = jnp.asarray(rng.random((6, 5)), jnp.float32)
+    np.testing.assert_allclose(grid.interpolate(img, jnp.array([2.0, 3.0])), img[2, 3], rtol=1e-6)
+    mid = grid.interpolate(img, jnp.array([2.25, 3.0]))
+    np.testing.assert_allclose(mid, 0.75 * img[2, 3] + 0.25 * img[3, 3], rtol=1e-5)
+    vec = jnp.stack([img, 2 * img], -1)  # channels
+    np.testing.assert_allclose(grid.interpolate(vec, jnp.array([2.25, 3.0])), [mid, 2 * mid], rtol=1e-5)
+
+
+def test_warp_identity_and_translation(rng):
+    img = jnp.asarray(rng.random((8, 9, 7)), jnp.float32)
+    zero = jnp.zeros((8, 9, 7, 3))
+    np.testing.assert_allclose(grid.warp(img, zero), img, atol=1e-6)
+    # one voxel along axis 0 is 2 / (n - 1) normalised units
+    shift = zero.at[..., 0].set(2.0 / 7)
+    np.testing.assert_allclose(grid.warp(img, shift)[:-1], img[1:], atol=1e-5)
+
+
+def test_warp_gradient_wrt_displacement_matches_finite_differences(rng):
+    with jax.enable_x64(True):
+        img = jnp.asarray(rng.random((6, 7)))
+        target = jnp.asarray(rng.random((6, 7)))
+        u0 = jnp.asarray(0.05 * rng.standard_normal((6, 7, 2)))
+        loss = lambda u: jnp.sum((grid.warp(img, u) - target) ** 2)  # noqa: E731
+        g = jax.grad(loss)(u0)
+        direction = jnp.asarray(rng.standard_normal(u0.shape))
+        eps = 1e-6
+        fd = (loss(u0 + eps * direction) - loss(u0 - eps * direction)) / (2 * eps)
+        np.testing.assert_allclose(jnp.vdot(g, direction), fd, rtol=1e-5)
+
+
+def test_warp_is_jit_and_vmap_safe(rng):
+    imgs = jnp.asarray(rng.random((3, 6, 6)), jnp.float32)
+    us = jnp.asarray(0.1 * rng.standard_normal((3, 6, 6, 2)), jnp.float32)
+    batched = jax.jit(jax.vmap(grid.warp))(imgs, us)
+    looped = jnp.stack([grid.warp(i, u) for i, u in zip(imgs, us, strict=True)])
+    np.testing.assert_allclose(batched, looped, atol=1e-6)
+
+
+def test_warp_labels_is_nearest_and_keeps_label_set(rng):
+    labels = jnp.asarray(rng.integers(0, 5, (9, 9)), jnp.int32)
+    u = jnp.asarray(0.1 * rng.standard_normal((9, 9, 2)), jnp.float32)
+    out = grid.warp_labels(labels, u)
+    assert out.dtype == labels.dtype
+    assert set(np.unique(out)) <= set(np.unique(labels))
+    np.testing.assert_array_equal(grid.warp_labels(labels, jnp.zeros_like(u)), labels)
+
+
+def test_resample_through_affines(rng):
+    img = jnp.asarray(rng.random((10, 10, 6)), jnp.float32)
+    a = affine_mm((2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    np.testing.assert_allclose(grid.resample(img, a, img.shape, a), img, atol=1e-6)
+    shifted = a.copy()
+    shifted[0, 3] += 2.0  # target voxel i sits where source voxel i + 1 is
+    out = grid.resample(img, a, img.shape, shifted)
+    np.testing.assert_allclose(out[:-1], img[1:], atol=1e-5)
+    np.testing.assert_allclose(out[-1], 0.0)  # outside the source: cval
+    # a coarser target grid samples every other voxel
+    coarse = a.copy()
+    coarse[:3, :3] *= 2
+    np.testing.assert_allclose(grid.resample(img, a, (5, 5, 3), coarse), img[::2, ::2, ::2], atol=1e-5)
+
+
+@pytest.mark.parametrize("sigma", [0.8, (1.0, 2.0, 0.5)])
+def test_gaussian_smooth_matches_scipy(rng, sigma):
+    img = rng.random((12, 11, 10)).astype(np.float32)
+    ours = grid.gaussian_smooth(jnp.asarray(img), sigma)
+    np.testing.assert_allclose(ours, ndi.gaussian_filter(img, sigma, mode="reflect", truncate=4.0), atol=1e-5)
+
+
+def test_gaussian_smooth_leaves_channel_axis_alone(rng):
+    field = rng.random((10, 10, 2)).astype(np.float32)
+    out = grid.gaussian_smooth(jnp.asarray(field), 1.0, ndim=2)
+    np.testing.assert_allclose(out[..., 1], ndi.gaussian_filter(field[..., 1], 1.0, mode="reflect"), atol=1e-5)
+
+
+def test_jacobian_determinant_of_linear_maps():
+    shape = (9, 8, 7)
+    x = grid.normalised_grid(shape)
+    a = jnp.array([[1.1, 0.2, 0.0], [0.0, 0.9, 0.1], [0.05, 0.0, 1.2]])
+    u = x @ a.T - x
+    np.testing.assert_allclose(grid.jacobian(u), jnp.broadcast_to(a, (*shape, 3, 3)), atol=1e-5)
+    np.testing.assert_allclose(grid.jacobian_determinant(u), jnp.linalg.det(a), rtol=1e-5)
+    # 2D: scaling one axis by 1.3
+    x2 = grid.normalised_grid((6, 5))
+    np.testing.assert_allclose(grid.jacobian_determinant(x2 * jnp.array([0.3, 0.0])), 1.3, rtol=1e-5)
+
+
+def test_scaling_and_squaring():
+    shape = (16, 16)
+    # constant velocity: the flow is a translation by that velocity
+    v = jnp.full((*shape, 2), 0.1)
+    np.testing.assert_allclose(grid.integrate_velocity(v)[4:-4, 4:-4], 0.1, atol=1e-5)
+    # a smooth swirl: exp(v) composed with exp(-v) is the identity; never folds
+    x = grid.normalised_grid(shape)
+    bump = jnp.exp(-jnp.sum(x**2, -1) / 0.2)[..., None]
+    swirl = 0.6 * bump * jnp.stack([-x[..., 1], x[..., 0]], -1)
+    fwd, bwd = grid.integrate_velocity(swirl), grid.integrate_velocity(-swirl)
+    one_voxel = 2.0 / (shape[0] - 1)  # linear interpolation: within a tenth of a voxel
+    np.testing.assert_allclose(grid.compose(fwd, bwd)[3:-3, 3:-3], 0.0, atol=0.1 * one_voxel)
+    assert float(grid.jacobian_determinant(fwd).min()) > 0.0
+    # area-preserving swirl: |J| close to 1
+    np.testing.assert_allclose(grid.jacobian_determinant(fwd)[3:-3, 3:-3], 1.0, atol=0.05)
+
+
+def test_displacement_to_world_units():
+    a = affine_mm((2.0, 3.0, 1.0))
+    u = jnp.zeros((5, 5, 5, 3)).at[..., 1].set(0.5)  # half a normalised unit = 1 voxel on 5 voxels
+    np.testing.assert_allclose(grid.displacement_to_world(u, a)[0, 0, 0], [0.0, 3.0, 0.0], atol=1e-6)
