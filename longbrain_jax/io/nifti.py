@@ -105,6 +105,19 @@ def _check_affine(affine: np.ndarray) -> np.ndarray:
     return affine
 
 
+def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, overwrite: bool, intent: str | None = None) -> Path:
+    """Write `data` with `affine` as both qform and sform (mm units), atomically."""
+    img = nib.Nifti1Image(data, _check_affine(affine))
+    if intent is not None:
+        img.header.set_intent(intent)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_qform(img.affine, code=1)
+    img.header.set_sform(img.affine, code=1)
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        nib.save(img, tmp)
+    return path
+
+
 def save_image(
     path: str | os.PathLike,
     data: np.ndarray,
@@ -121,13 +134,7 @@ def save_image(
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[..., None]
-    img = nib.Nifti1Image(data.astype(dtype), _check_affine(affine))
-    img.header.set_xyzt_units("mm", "sec")
-    img.header.set_qform(img.affine, code=1)
-    img.header.set_sform(img.affine, code=1)
-    with atomic_file(path, overwrite=overwrite) as tmp:
-        nib.save(img, tmp)
-    return path
+    return _write_nifti(path, data.astype(dtype), affine, overwrite)
 
 
 def save_displacement(
@@ -145,14 +152,7 @@ def save_displacement(
     d = u.shape[-1]
     lps = u * np.array([-1.0, -1.0, 1.0][:d], np.float32)
     spatial = lps.reshape(lps.shape[:-1] + (1,) * (3 - (lps.ndim - 1)) + (1, d))
-    img = nib.Nifti1Image(spatial, _check_affine(affine))
-    img.header.set_intent("vector")
-    img.header.set_xyzt_units("mm", "sec")
-    img.header.set_qform(img.affine, code=1)
-    img.header.set_sform(img.affine, code=1)
-    with atomic_file(path, overwrite=overwrite) as tmp:
-        nib.save(img, tmp)
-    return path
+    return _write_nifti(path, spatial, affine, overwrite, intent="vector")
 
 
 def load_displacement(path: str | os.PathLike, ndim: int = 3) -> tuple[np.ndarray, np.ndarray]:
