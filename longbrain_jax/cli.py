@@ -65,6 +65,52 @@ def demo(out: Path, subjects: int, size: int, dim: str, seed: int, overwrite: bo
 
 
 @main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--subjects", default=20, show_default=True, help="Anatomies (doubled with --paired).")
+@click.option("--sampling", type=click.Choice(["regular", "irregular"]), default="irregular", show_default=True)
+@click.option("--ages", default="50,58,67,75", show_default=True, help="Scan ages for --sampling regular.")
+@click.option("--scans", default="3,5", show_default=True, help="Min,max scans for --sampling irregular.")
+@click.option("--resolution", default=2.0, show_default=True, help="Voxel size in mm.")
+@click.option("--dim", type=click.Choice(["2", "3"]), default="3", show_default=True, help="3D volumes or a 2D axial slice.")
+@click.option("--paired", is_flag=True, help="Write each anatomy as a healthy and a dementia-like subject.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--mtl-atrophy", default=0.0, show_default=True, help="Extra hippocampus/amygdala %/yr for dementia-like (e.g. -2).")
+@click.option("--snr", default=30.0, show_default=True, help="White-matter SNR of the Rician noise.")
+@click.option("--misalign", nargs=2, type=float, default=(0.0, 0.0), show_default=True, help="Max rotation (deg) and shift (mm) of follow-ups.")
+@click.option("--chunk-size", default=4, show_default=True, help="Subjects generated together (memory).")
+@click.option("--no-fields", is_flag=True, help="Skip the |J| and displacement ground truth (smaller output).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_input_errors_exit_2
+def simulate(out: Path, subjects, sampling, ages, scans, resolution, dim, paired, seed, mtl_atrophy, snr, misalign, chunk_size, no_fields, overwrite, quiet) -> None:
+    """Simulate a longitudinal cohort with ground truth and write it as BIDS to OUT."""
+    from longbrain_jax.progress import LazyBar
+    from longbrain_jax.simulate import AtrophyConfig, ScannerConfig, SimulationConfig, simulate_cohort
+
+    try:
+        cfg = SimulationConfig(
+            num_subjects=subjects,
+            sampling=sampling,
+            regular_ages=tuple(float(a) for a in ages.split(",")),
+            scans_per_subject=tuple(int(n) for n in scans.split(",")),
+            resolution_mm=resolution,
+            ndim=int(dim),
+            paired=paired,
+            seed=seed,
+            chunk_size=chunk_size,
+            write_fields=not no_fields,
+            atrophy=AtrophyConfig(disease_mtl_pct_per_year=mtl_atrophy),
+            scanner=ScannerConfig(snr=snr, rotation_deg=misalign[0], translation_mm=misalign[1]),
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    bar = LazyBar("simulating", enabled=not quiet, unit="subject")
+    simulate_cohort(out, cfg, overwrite=overwrite, progress=bar)
+    bar.close()
+    click.echo(f"wrote {out} (ground truth in {out / 'derivatives' / 'simulator'})")
+
+
+@main.command()
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.option("--common-grid", is_flag=True, help="Resample every subject onto the first subject's grid.")
 @click.option("--no-normalise", is_flag=True, help="Keep raw intensities.")

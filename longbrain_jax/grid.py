@@ -17,12 +17,12 @@ with respect to the sample positions, hence to displacements).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.ndimage import map_coordinates
 from jaxtyping import Array, Float, Int
 
 
@@ -86,6 +86,22 @@ def displacement_to_world(
     return in_voxels @ jnp.asarray(affine, jnp.float32)[:3, :d].T
 
 
+def displacement_from_world(
+    displacement_mm: Float[Array, "*spatial C"], affine: Float[Array, "4 4"]
+) -> Float[Array, "*spatial D"]:
+    """World (RAS+ mm) displacement vectors back to normalised units on their grid.
+
+    The inverse of `displacement_to_world`; for a 2D grid the 3-component world
+    vectors are mapped through the pseudo-inverse of the affine's in-plane columns.
+    """
+    shape = displacement_mm.shape[: displacement_mm.ndim - 1]
+    d = len(shape)
+    linear = jnp.asarray(affine, jnp.float32)[:3, :d]
+    world = displacement_mm if displacement_mm.shape[-1] == 3 else jnp.pad(displacement_mm, [(0, 0)] * d + [(0, 3 - displacement_mm.shape[-1])])
+    in_voxels = world @ jnp.linalg.pinv(linear).T
+    return in_voxels / _half_extent(shape)
+
+
 # -- interpolation ------------------------------------------------------------------
 def interpolate(
     image: Float[Array, "*spatial"] | Float[Array, "*spatial C"],
@@ -97,17 +113,42 @@ def interpolate(
     """Sample `image` at fractional voxel `index` (order 0: nearest, 1: linear).
 
     If `image` has one more axis than `index` has components, the last axis is
-    treated as channels. `mode` is how positions outside the grid are read
-    ('nearest' repeats the edge, 'constant' reads `cval`).
+    treated as channels: the 2**D corner indices and weights are computed once and
+    all channels gathered together. `mode` is how positions outside the grid are read
+    ('nearest' repeats the edge, 'constant' reads `cval`), as in
+    `scipy.ndimage.map_coordinates`. Differentiable with respect to `index`.
     """
     d = index.shape[-1]
-    coords = [index[..., i] for i in range(d)]
-    if image.ndim == d:
-        return map_coordinates(image, coords, order=order, mode=mode, cval=cval)
-    if image.ndim == d + 1:
-        sample = lambda channel: map_coordinates(channel, coords, order=order, mode=mode, cval=cval)  # noqa: E731
-        return jnp.moveaxis(jax.vmap(sample, in_axes=-1)(image), 0, -1)
-    raise ValueError(f"image of shape {image.shape} does not match {d}-D positions")
+    if image.ndim not in (d, d + 1):
+        raise ValueError(f"image of shape {image.shape} does not match {d}-D positions")
+    if mode not in ("nearest", "constant"):
+        raise ValueError(f"mode must be 'nearest' or 'constant', got {mode!r}")
+    if order not in (0, 1):
+        raise ValueError(f"order must be 0 or 1, got {order}")
+    shape = image.shape[:d]
+    channels = image.ndim == d + 1
+    flat = image.reshape(int(np.prod(shape)), -1)
+    sizes = jnp.asarray(shape)
+    strides = jnp.asarray([int(np.prod(shape[i + 1 :])) for i in range(d)])
+
+    def gather(corner: jax.Array) -> jax.Array:
+        inside = jnp.all((corner >= 0) & (corner <= sizes - 1), axis=-1)
+        values = flat[jnp.sum(jnp.clip(corner, 0, sizes - 1) * strides, axis=-1)]
+        if mode == "constant":
+            values = jnp.where(inside[..., None], values, cval)
+        return values
+
+    if order == 0:
+        out = gather(jnp.round(index).astype(jnp.int32))
+    else:
+        low = jnp.floor(index)
+        frac = index - low
+        low = low.astype(jnp.int32)
+        out = 0.0
+        for offset in itertools.product((0, 1), repeat=d):
+            weight = jnp.prod(jnp.where(jnp.asarray(offset, bool), frac, 1.0 - frac), axis=-1)
+            out = out + weight[..., None] * gather(low + jnp.asarray(offset))
+    return out if channels else out[..., 0]
 
 
 def sample(
@@ -218,6 +259,31 @@ def compose(outer: Float[Array, "*spatial D"], inner: Float[Array, "*spatial D"]
     Returns w with x + w(x) = x + inner(x) + outer(x + inner(x)).
     """
     return inner + warp(outer, inner)
+
+
+def chain(*displacements: Float[Array, "*spatial D"]) -> Float[Array, "*spatial D"]:
+    """Displacement of applying the maps in the order given (the first first).
+
+    `chain(a, b)` is x -> x + a(x) -> y + b(y), i.e. `compose(b, a)`.
+    """
+    out = displacements[0]
+    for d in displacements[1:]:
+        out = compose(d, out)
+    return out
+
+
+def invert_displacement(
+    displacement: Float[Array, "*spatial D"], initial: Float[Array, "*spatial D"] | None = None, iterations: int = 10
+) -> Float[Array, "*spatial D"]:
+    """Displacement of the inverse map, by fixed-point iteration v(y) = -u(y + v(y)).
+
+    Converges when the map is close enough to the identity (|du/dx| < 1); `initial`
+    (e.g. the exponential of the negated velocity) speeds it up. The result is
+    inverse-consistent with `displacement` to interpolation accuracy, which two
+    separately integrated exponentials are not.
+    """
+    v = -displacement if initial is None else initial
+    return jax.lax.fori_loop(0, iterations, lambda _, v: -warp(displacement, v), v)
 
 
 def integrate_velocity(velocity: Float[Array, "*spatial D"], steps: int = 7) -> Float[Array, "*spatial D"]:

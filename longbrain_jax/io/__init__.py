@@ -1,6 +1,7 @@
 """Reading and writing images and longitudinal BIDS datasets, with input validation."""
 
 from longbrain_jax.io.bids import (
+    BIDSWriter,
     LoadConfig,
     bids_label,
     derivative_path,
@@ -21,6 +22,7 @@ from longbrain_jax.io.nifti import (
 )
 
 __all__ = [
+    "BIDSWriter",
     "ImageHandle",
     "IntensityNorm",
     "LoadConfig",

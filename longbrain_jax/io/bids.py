@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -141,6 +142,11 @@ def _write_tsv(path: Path, columns: list[str], rows: list[dict[str, object]]) ->
         writer.writerow(columns)
         for row in rows:
             writer.writerow(["n/a" if row.get(c) in (None, "") else row[c] for c in columns])
+
+
+def _years(age: float) -> str:
+    """The shortest text that reads back as the same float32 age."""
+    return np.format_float_positional(np.float32(age), unique=True, trim="-")
 
 
 def _age(text: str, where: str) -> float:
@@ -361,6 +367,103 @@ def _onto_grid(data: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], tar
 
 
 # -- writing ---------------------------------------------------------------------------
+def _description(name: str, derivative: bool = False) -> str:
+    record = {"Name": name, "BIDSVersion": "1.9.0", "DatasetType": "derivative" if derivative else "raw"}
+    if derivative:
+        record["GeneratedBy"] = [{"Name": "longbrain_jax"}]
+    return json.dumps(record, indent=2) + "\n"
+
+
+class BIDSWriter:
+    """Write a longitudinal BIDS dataset one subject at a time, atomically.
+
+    The dataset is built in a temporary folder beside `root` and moved into place by
+    `close()` (or on leaving a `with` block without an exception); `participants.tsv`
+    is written last, from the subjects added. Use `path` to place extra derivatives.
+
+    **Arguments:**
+
+    - `root`: the dataset folder to create.
+    - `overwrite`: replace an existing `root` (only once the new one is complete).
+    - `name`: the dataset's name in dataset_description.json.
+    - `label_pipeline`: derivatives folder receiving label maps (`*_dseg.nii.gz`).
+    - `compresslevel`: gzip level of the images (1 fast ... 9 small).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        overwrite: bool = False,
+        name: str = "longbrain_jax cohort",
+        label_pipeline: str = "labels",
+        compresslevel: int = 6,
+    ):
+        self.root = Path(root)
+        self.name, self.label_pipeline, self.compresslevel = name, label_pipeline, compresslevel
+        self._context = atomic_dir(self.root, overwrite=overwrite)
+        self.path = self._context.__enter__()
+        self._rows: list[dict[str, object]] = []
+        self._lock = threading.Lock()  # add_subject may run in several threads
+        self._labels_started = False
+        (self.path / "dataset_description.json").write_text(_description(name))
+
+    def add_subject(self, subject: Subject, session_columns: dict[str, list[object]] | None = None) -> None:
+        """Write one subject's images, label maps and sessions.tsv (thread-safe).
+
+        `session_columns` adds columns to sessions.tsv (one value per scan).
+        """
+        sub = bids_label(subject.subject_id, "sub", self.root)
+        sessions = [bids_label(ses, "ses", self.root) for ses in subject.session_ids]
+        extra = session_columns or {}
+        (self.path / f"sub-{sub}").mkdir()
+        rows = [
+            {"session_id": f"ses-{ses}", "age": _years(a), **{k: v[t] for k, v in extra.items()}}
+            for t, (ses, a) in enumerate(zip(sessions, subject.ages, strict=True))
+        ]
+        _write_tsv(self.path / f"sub-{sub}" / f"sub-{sub}_sessions.tsv", ["session_id", "age", *extra], rows)
+        for t, ses in enumerate(sessions):
+            save_image(scan_path(self.path, sub, ses), subject.volumes[t], subject.affine, compresslevel=self.compresslevel)
+            if subject.labels is not None:
+                with self._lock:
+                    if not self._labels_started:
+                        deriv = self.path / "derivatives" / self.label_pipeline
+                        deriv.mkdir(parents=True, exist_ok=True)
+                        (deriv / "dataset_description.json").write_text(_description(f"{self.name}: derivatives", True))
+                        self._labels_started = True
+                save_image(
+                    scan_path(self.path / "derivatives" / self.label_pipeline, sub, ses, suffix="dseg"),
+                    subject.labels[t],
+                    subject.affine,
+                    dtype=np.int16,
+                    compresslevel=self.compresslevel,
+                )
+        with self._lock:
+            self._rows.append(
+                {"participant_id": f"sub-{sub}", "group": subject.group, "sex": subject.sex, **subject.metadata}
+            )
+
+    def close(self) -> Path:
+        """Write participants.tsv (sorted by participant) and move the dataset into place."""
+        extra = sorted({k for row in self._rows for k in row} - {"participant_id", "group", "sex"})
+        rows = sorted(self._rows, key=lambda row: str(row["participant_id"]))
+        _write_tsv(self.path / "participants.tsv", ["participant_id", "group", "sex", *extra], rows)
+        self._context.__exit__(None, None, None)
+        return self.root
+
+    def abort(self) -> None:
+        """Delete the partial dataset; `root` is left as it was."""
+        self._context.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> BIDSWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_bids(
     cohort: Cohort,
     root: str | os.PathLike,
@@ -369,63 +472,18 @@ def write_bids(
     name: str = "longbrain_jax cohort",
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Write `cohort` as a longitudinal BIDS dataset, atomically.
+    """Write `cohort` as a longitudinal BIDS dataset, atomically (see `BIDSWriter`).
 
     Images go to `sub-X/ses-Y/anat/sub-X_ses-Y_T1w.nii.gz` with each subject's affine;
     label maps (if any) to `derivatives/<label_pipeline>/.../sub-X_ses-Y_dseg.nii.gz`.
-    The folder appears only when complete; an existing one is replaced only with
-    `overwrite=True`.
     """
-    root = Path(root)
-    total = int(cohort.mask.sum())
-    for i, sub in enumerate(cohort.subject_ids):
+    for i, sub in enumerate(cohort.subject_ids):  # fail before anything is written
         bids_label(sub, "sub", root)
         for ses in cohort.session_ids[i]:
             bids_label(ses, "ses", root)
-    with atomic_dir(root, overwrite=overwrite) as tmp:
-        (tmp / "dataset_description.json").write_text(
-            json.dumps({"Name": name, "BIDSVersion": "1.9.0", "DatasetType": "raw"}, indent=2) + "\n"
-        )
-        extra = sorted({k for m in cohort.metadata for k in m})
-        rows = [
-            {"participant_id": f"sub-{s}", "group": cohort.groups[i], "sex": cohort.sexes[i], **cohort.metadata[i]}
-            for i, s in enumerate(cohort.subject_ids)
-        ]
-        _write_tsv(tmp / "participants.tsv", ["participant_id", "group", "sex", *extra], rows)
-        if cohort.labels is not None:
-            deriv = tmp / "derivatives" / label_pipeline
-            deriv.mkdir(parents=True)
-            (deriv / "dataset_description.json").write_text(
-                json.dumps(
-                    {
-                        "Name": f"{name}: label maps",
-                        "BIDSVersion": "1.9.0",
-                        "DatasetType": "derivative",
-                        "GeneratedBy": [{"Name": "longbrain_jax"}],
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
-        done = 0
-        for i, sub in enumerate(cohort.subject_ids):
-            s = cohort.subject(i)
-            (tmp / f"sub-{sub}").mkdir()
-            _write_tsv(
-                tmp / f"sub-{sub}" / f"sub-{sub}_sessions.tsv",
-                ["session_id", "age"],
-                [{"session_id": f"ses-{ses}", "age": format(float(a), ".9g")} for ses, a in zip(s.session_ids, s.ages, strict=True)],
-            )
-            for t, ses in enumerate(s.session_ids):
-                save_image(scan_path(tmp, sub, ses), s.volumes[t], s.affine)
-                if s.labels is not None:
-                    save_image(
-                        scan_path(tmp / "derivatives" / label_pipeline, sub, ses, suffix="dseg"),
-                        s.labels[t],
-                        s.affine,
-                        dtype=np.int16,
-                    )
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-    return root
+    with BIDSWriter(root, overwrite, name, label_pipeline) as writer:
+        for i in range(cohort.num_subjects):
+            writer.add_subject(cohort.subject(i))
+            if progress is not None:
+                progress(i + 1, cohort.num_subjects)
+    return Path(root)

@@ -8,6 +8,7 @@ No output is ever written with a default affine: the caller passes the source on
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 from pathlib import Path
 
@@ -105,16 +106,23 @@ def _check_affine(affine: np.ndarray) -> np.ndarray:
     return affine
 
 
-def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, overwrite: bool, intent: str | None = None) -> Path:
-    """Write `data` with `affine` as both qform and sform (mm units), atomically."""
+def _write_nifti(
+    path: Path, data: np.ndarray, affine: np.ndarray, overwrite: bool, intent: str | None = None, compresslevel: int = 6
+) -> Path:
+    """Write `data` with `affine` as both qform and sform (mm units), atomically.
+
+    `.nii.gz` files are compressed at `compresslevel` (1 fast ... 9 small); the
+    compression runs without the GIL, so writers in threads overlap.
+    """
     img = nib.Nifti1Image(data, _check_affine(affine))
     if intent is not None:
         img.header.set_intent(intent)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_qform(img.affine, code=1)
     img.header.set_sform(img.affine, code=1)
+    raw = img.to_bytes()
     with atomic_file(path, overwrite=overwrite) as tmp:
-        nib.save(img, tmp)
+        tmp.write_bytes(gzip.compress(raw, compresslevel=compresslevel, mtime=0) if path.name.endswith(".gz") else raw)
     return path
 
 
@@ -124,21 +132,27 @@ def save_image(
     affine: np.ndarray,
     dtype: type | np.dtype = np.float32,
     overwrite: bool = False,
+    compresslevel: int = 6,
 ) -> Path:
     """Write (*spatial) `data` as NIfTI with `affine`, atomically.
 
     2D arrays are stored as (X, Y, 1). Integer `dtype` (label maps) is written
-    exactly; float data as float32 unless told otherwise.
+    exactly; float data as float32 unless told otherwise. Gzip output (`.nii.gz`)
+    has a zero timestamp, so the same data gives the same bytes.
     """
     path = Path(path)
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[..., None]
-    return _write_nifti(path, data.astype(dtype), affine, overwrite)
+    return _write_nifti(path, data.astype(dtype), affine, overwrite, compresslevel=compresslevel)
 
 
 def save_displacement(
-    path: str | os.PathLike, displacement_mm: np.ndarray, affine: np.ndarray, overwrite: bool = False
+    path: str | os.PathLike,
+    displacement_mm: np.ndarray,
+    affine: np.ndarray,
+    overwrite: bool = False,
+    compresslevel: int = 6,
 ) -> Path:
     """Write a displacement field in the ITK / ANTs convention.
 
@@ -152,16 +166,17 @@ def save_displacement(
     d = u.shape[-1]
     lps = u * np.array([-1.0, -1.0, 1.0][:d], np.float32)
     spatial = lps.reshape(lps.shape[:-1] + (1,) * (3 - (lps.ndim - 1)) + (1, d))
-    return _write_nifti(path, spatial, affine, overwrite, intent="vector")
+    return _write_nifti(path, spatial, affine, overwrite, intent="vector", compresslevel=compresslevel)
 
 
-def load_displacement(path: str | os.PathLike, ndim: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Read a field written by `save_displacement`: (*spatial, D) RAS+ mm and affine."""
+def load_displacement(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a field written by `save_displacement`: (*spatial, C) RAS+ mm and the affine.
+
+    A field on a 2D slice (stored with Z = 1) comes back as (X, Y, C).
+    """
     path, img, affine = _load(path)
     data = np.asarray(img.dataobj, np.float32)
-    if data.ndim != 5 or data.shape[3] != 1 or data.shape[4] != ndim:
-        raise InputError(path, f"expected an ITK displacement field (X, Y, Z, 1, {ndim}), got {data.shape}")
-    u = data[:, :, :, 0, :] * np.array([-1.0, -1.0, 1.0][:ndim], np.float32)
-    if ndim == 2:
-        u = u[:, :, 0]
-    return u, affine
+    if data.ndim != 5 or data.shape[3] != 1 or data.shape[4] not in (2, 3):
+        raise InputError(path, f"expected an ITK displacement field (X, Y, Z, 1, 2 or 3), got {data.shape}")
+    u = data[:, :, :, 0, :] * np.array([-1.0, -1.0, 1.0][: data.shape[4]], np.float32)
+    return (u[:, :, 0] if u.shape[2] == 1 else u), affine

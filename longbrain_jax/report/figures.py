@@ -53,3 +53,43 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, overwrite: bool = True
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)
     return path
+
+
+def trajectory_figure(
+    series: Sequence[tuple[str, Sequence[float], Sequence[np.ndarray]]],
+    curves: dict[str, Sequence[tuple[Sequence[float], Sequence[float], str]]],
+    axis: int = 2,
+    colours: dict[str, str] | None = None,
+) -> plt.Figure:
+    """Subjects' scans across ages above, regional volume curves below.
+
+    **Arguments:**
+
+    - `series`: (title, ages, images) per subject shown as a row of slices.
+    - `curves`: region name -> (ages, volumes in mm^3, group) per subject.
+    - `axis`: slicing axis for 3D images (2: axial).
+    - `colours`: group -> matplotlib colour.
+    """
+    colours = colours or {"healthy": "tab:blue", "dementia": "tab:red"}
+    n_cols = max(max(len(imgs) for _, _, imgs in series), len(curves))
+    fig = plt.figure(figsize=(2.3 * n_cols, 2.4 * len(series) + 3.0))
+    grid = fig.add_gridspec(len(series) + 1, n_cols, height_ratios=[1.0] * len(series) + [1.25])
+    vmax = float(np.percentile(np.concatenate([middle_slice(i, axis).ravel() for _, _, imgs in series for i in imgs]), 99.5))
+    for r, (title, ages, images) in enumerate(series):
+        for c, (age, img) in enumerate(zip(ages, images, strict=True)):
+            ax = fig.add_subplot(grid[r, c])
+            ax.imshow(np.rot90(middle_slice(img, axis)), cmap="gray", vmin=0.0, vmax=vmax)
+            ax.set_title(f"age {age:.1f}", fontsize=8)
+            ax.axis("off")
+            if c == 0:
+                ax.text(-0.06, 0.5, title, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=9)
+    span = max(n_cols // len(curves), 1)
+    for k, (region, per_subject) in enumerate(curves.items()):
+        ax = fig.add_subplot(grid[len(series), k * span : (k + 1) * span])
+        for ages, volumes, group in per_subject:
+            ax.plot(ages, np.asarray(volumes) / 1000.0, "o-", ms=3, lw=1, alpha=0.6, color=colours.get(group, "gray"))
+        ax.set_xlabel("age (years)")
+        ax.set_ylabel(f"{region} (cm$^3$)")
+        ax.set_title(" / ".join(f"{g}: {c.replace('tab:', '')}" for g, c in colours.items()), fontsize=8)
+    fig.tight_layout()
+    return fig
