@@ -44,23 +44,26 @@ def main() -> None:
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path), default="longbrain-demo")
 @click.option("--subjects", default=8, show_default=True, help="Subjects in the demo cohort.")
-@click.option("--size", default=48, show_default=True, help="Voxels per axis.")
-@click.option("--dim", type=click.Choice(["2", "3"]), default="2", show_default=True, help="2D slices or 3D volumes.")
+@click.option("--resolution", default=3.0, show_default=True, help="Voxel size in mm.")
+@click.option("--dim", type=click.Choice(["2", "3"]), default="2", show_default=True, help="2D axial slice or 3D volumes.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def demo(out: Path, subjects: int, size: int, dim: str, seed: int, overwrite: bool, quiet: bool) -> None:
-    """Run a small cohort end to end and write OUT/report.md."""
+def demo(out: Path, subjects: int, resolution: float, dim: str, seed: int, overwrite: bool, quiet: bool) -> None:
+    """Simulate a small cohort, run what the library does on it, write OUT/report.md."""
     from longbrain_jax.demo import DemoConfig, run_demo
 
-    if subjects < 2 or size < 16:
-        raise click.BadParameter("need --subjects >= 2 and --size >= 16")
+    if subjects < 2:
+        raise click.BadParameter("need --subjects >= 2 (one per group)")
     base = DemoConfig()
-    cfg = dataclasses.replace(
-        base, seed=seed, phantom=dataclasses.replace(base.phantom, num_subjects=subjects, shape=(size,) * int(dim))
-    )
-    report = run_demo(out, cfg, overwrite=overwrite, quiet=quiet)
+    try:
+        simulation = dataclasses.replace(
+            base.simulation, num_subjects=subjects, resolution_mm=resolution, ndim=int(dim), seed=seed, chunk_size=min(subjects, 8)
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    report = run_demo(out, dataclasses.replace(base, simulation=simulation, seed=seed), overwrite=overwrite, quiet=quiet)
     click.echo(f"wrote {report}")
 
 

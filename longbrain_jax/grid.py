@@ -163,6 +163,31 @@ def sample(
     return interpolate(image, normalised_to_voxel(coords, shape), order=order, mode=mode, cval=cval)
 
 
+def resize_linear(
+    image: Float[Array, "*spatial"] | Float[Array, "*spatial C"], shape: Sequence[int]
+) -> Float[Array, "*shape"] | Float[Array, "*shape C"]:
+    """Resample onto another grid over the same normalised extent [-1, 1].
+
+    Equals `sample(image, normalised_grid(shape))` (linear), computed separably: per
+    axis, two shifted takes and a weighted sum instead of a 2**D-corner gather. Extra
+    trailing axes of `image` are channels.
+    """
+    out = image
+    for axis, n in enumerate(shape):
+        m = out.shape[axis]
+        if m == n:
+            continue
+        pos = np.linspace(0.0, m - 1.0, n) if n > 1 else np.zeros(1)
+        low = np.clip(np.floor(pos).astype(int), 0, max(m - 2, 0))
+        frac = (pos - low).astype(np.float32)
+        high = np.minimum(low + 1, m - 1)
+        bshape = [1] * out.ndim
+        bshape[axis] = n
+        w = jnp.asarray(frac).reshape(bshape)
+        out = jnp.take(out, low, axis=axis) * (1.0 - w) + jnp.take(out, high, axis=axis) * w
+    return out
+
+
 def warp(
     image: Float[Array, "*spatial"] | Float[Array, "*spatial C"],
     displacement: Float[Array, "*spatial D"],

@@ -14,7 +14,7 @@ from tests.test_io import dataset  # noqa: F401  (fixture)
 def test_help_lists_the_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo", "inspect"):
+    for command in ("demo", "inspect", "simulate"):
         assert command in result.output
 
 
@@ -40,16 +40,15 @@ def test_bad_input_is_one_line_exit_2_no_traceback(dataset):  # noqa: F811
 
 def test_demo_runs_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", str(out), "--subjects", "2", "--size", "16", "--quiet"]
+    args = ["demo", str(out), "--subjects", "2", "--resolution", "4", "--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
-    assert "BIDS round trip" in report and "| labels equal | True |" in report
-    for fig in ("scans.png", "jacobians.png", "volumes.png"):
-        assert (out / fig).stat().st_size > 1000
-    assert list((out / "bids/derivatives/longbrain").rglob("*_desc-jacdet.nii.gz"))
+    assert "Regional volume change" in report and "| dementia | hippocampus |" in report
+    assert (out / "jacobians.png").stat().st_size > 1000
+    assert (out / "bids/derivatives/simulator/montage.png").stat().st_size > 1000
     cfg = read_config(DemoConfig, out / "config.json")
-    assert cfg.phantom.shape == (16, 16) and cfg.phantom.num_subjects == 2
+    assert cfg.simulation.resolution_mm == 4.0 and cfg.simulation.num_subjects == 2
     assert json.loads((out / "config.json").read_text())["command"] == "longbrain demo"
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "already exists" in again.output

@@ -171,3 +171,10 @@ def test_invert_displacement_is_inverse_consistent():
     one_voxel = 2.0 / (shape[0] - 1)
     np.testing.assert_allclose(grid.compose(u, inv)[2:-2, 2:-2], 0.0, atol=0.02 * one_voxel)
     np.testing.assert_allclose(grid.compose(inv, u)[2:-2, 2:-2], 0.0, atol=0.1 * one_voxel)
+
+
+@pytest.mark.parametrize("src, dst", [((5, 7, 4), (9, 13, 7)), ((6, 5), (11, 9)), ((8, 8), (3, 5))])
+def test_resize_linear_equals_sampling_at_the_new_grid(rng, src, dst):
+    field = jnp.asarray(rng.standard_normal((*src, 2)), jnp.float32)
+    np.testing.assert_allclose(grid.resize_linear(field, dst), grid.sample(field, grid.normalised_grid(dst)), atol=1e-5)
+    np.testing.assert_allclose(grid.resize_linear(field[..., 0], dst), grid.sample(field[..., 0], grid.normalised_grid(dst)), atol=1e-5)

@@ -30,19 +30,29 @@ def series_montage(
     cmap: str = "gray",
     vmin: float | None = None,
     vmax: float | None = None,
+    column_styles: Sequence[tuple[str, float, float]] | None = None,
 ) -> plt.Figure:
-    """A grid of 2D images: one row per series (e.g. a subject's scans over time)."""
+    """A grid of 2D images: one row per series (e.g. a subject's scans over time).
+
+    `column_styles` gives (cmap, vmin, vmax) per column, overriding `cmap`, `vmin`
+    and `vmax`; each distinct style gets a colour bar.
+    """
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.3 * n_rows), squeeze=False)
+    styles = list(column_styles) if column_styles else [(cmap, vmin, vmax)] * n_cols
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols + 1.0, 2.3 * n_rows), squeeze=False)
+    shown: dict[tuple, object] = {}
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i, j]
             ax.axis("off")
             if j < len(row):
-                im = ax.imshow(np.rot90(middle_slice(row[j])), cmap=cmap, vmin=vmin, vmax=vmax)
+                c, lo, hi = styles[j]
+                shown[styles[j]] = ax.imshow(np.rot90(middle_slice(row[j])), cmap=c, vmin=lo, vmax=hi)
                 ax.set_title(col_titles[i][j], fontsize=8)
         axes[i, 0].text(-0.08, 0.5, row_titles[i], transform=axes[i, 0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.7)
+    for style, im in shown.items():
+        cols = [j for j in range(n_cols) if styles[j] == style]
+        fig.colorbar(im, ax=axes[:, cols].ravel().tolist(), shrink=0.7)
     return fig
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from longbrain_jax.grid import gaussian_smooth, integrate_velocity, invert_displacement, normalised_grid, sample
+from longbrain_jax.grid import gaussian_smooth, integrate_velocity, invert_displacement, normalised_grid, resize_linear, sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +92,7 @@ def smooth_noise(
     coarse = tuple(max(int(np.ceil(e / (smoothness_mm / 2.0))) + 1, 2) for e in extent)
     tail = () if channels is None else (channels,)
     noise = gaussian_smooth(jax.random.normal(key, (*coarse, *tail)), 2.0, ndim=len(shape))
-    return sample(noise, normalised_grid(shape))
+    return resize_linear(noise, shape)
 
 
 def sample_anatomy(
