@@ -229,3 +229,26 @@ def test_vmapped_chunk_equals_mapped_chunk():
     for k in ("image", "jacobian", "displacement_mm", "pv_volume", "brain_age"):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-4, err_msg=k)
     assert np.mean(a["labels"] == b["labels"]) > 0.999
+
+
+def test_optional_mtl_atrophy_and_misalignment():
+    from longbrain_jax.simulate import AtrophyConfig, ScannerConfig, Simulator
+
+    base = SimulationConfig(num_subjects=2, resolution_mm=4.0, ndim=2, chunk_size=2, sampling="regular", regular_ages=(50.0, 75.0))
+    plain = Simulator(base)
+    mtl = Simulator(dataclasses.replace(base, atrophy=AtrophyConfig(disease_mtl_pct_per_year=-3.0)))
+    a, b = plain.simulate(plain.plan()), mtl.simulate(mtl.plan())
+    hip = plain.region_names.index("hippocampus")
+    change = lambda arrays, i: arrays["pv_volume"][i, 1, hip] / arrays["pv_volume"][i, 0, hip]  # noqa: E731
+    assert change(b, 1) < change(a, 1) - 0.05  # subject 2 is dementia-like: extra hippocampal loss
+    assert change(b, 0) == pytest.approx(change(a, 0), rel=1e-4)  # healthy: unchanged
+
+    moved = Simulator(dataclasses.replace(base, scanner=ScannerConfig(rotation_deg=4.0, translation_mm=4.0)))
+    c = moved.simulate(moved.plan())
+    np.testing.assert_array_equal(c["image"][:, 0], a["image"][:, 0])  # the baseline defines the frame
+    assert not np.allclose(c["image"][:, 1], a["image"][:, 1])
+    head = jnp.asarray(moved.template.labels > 0)
+    for i in range(2):  # the ground truth absorbs the misalignment: undoing it restores agreement
+        phi = grid.displacement_from_world(jnp.asarray(c["displacement_mm"][i, 1]), moved.template.affine)
+        scan, baseline = jnp.asarray(c["image"][i, 1]), jnp.asarray(c["image"][i, 0])
+        assert metrics.ncc(grid.warp(scan, phi), baseline, head) > metrics.ncc(scan, baseline, head) + 0.05
