@@ -38,9 +38,14 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
         if dataclasses.is_dataclass(ftype) or dataclasses.is_dataclass(default):
             value = config_from_dict(ftype or type(default), value)
         elif isinstance(value, list):
-            value = tuple(value)
+            value = _as_tuples(value)
         kwargs[field.name] = value
     return cls(**kwargs)
+
+
+def _as_tuples(value: Any) -> Any:
+    """JSON lists back to (nested) tuples, as frozen configs hold them."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def write_config(cfg: Any, path: str | os.PathLike, overwrite: bool = True, **extra: Any) -> None:

@@ -17,3 +17,11 @@ def test_nested_config_round_trip(tmp_path):
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         LoadConfig().workers = 3  # type: ignore[misc]
+
+
+def test_simulation_config_round_trip_with_nested_tuples(tmp_path):
+    from longbrain_jax.simulate import AtrophyConfig, SimulationConfig
+
+    cfg = SimulationConfig(num_subjects=3, regular_ages=(50.0, 60.0), atrophy=AtrophyConfig(disease_mtl_pct_per_year=-2.0))
+    write_config(cfg, tmp_path / "config.json")
+    assert read_config(SimulationConfig, tmp_path / "config.json") == cfg
