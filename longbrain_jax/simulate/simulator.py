@@ -198,14 +198,14 @@ class Simulator:
         rates = region_log_rates(cfg.atrophy)
         names = [n for n in rates if weights[n].sum() > 0]  # a 2D slice may miss a region
         top_age = max(cfg.age_range[1], max(cfg.regular_ages)) + 25.0
-        self.flow = build_aging_flow(
+        flow = build_aging_flow(
             np.stack([weights[n] for n in names]),
             np.array([rates[n] for n in names]),
             g_max=float(aging_profile(top_age, cfg.atrophy)),
             step=cfg.flow_step,
         )
         mtl = {n: r for n, r in mtl_log_rate(cfg.atrophy).items() if weights[n].sum() > 0}
-        self.mtl_velocity = (
+        mtl_velocity = (
             jnp.asarray(calibrated_velocity(np.stack([weights[n] for n in mtl]), np.array(list(mtl.values()))))
             if mtl
             else None
@@ -215,10 +215,10 @@ class Simulator:
             t1=jnp.asarray(self.template.t1),
             gm=jnp.asarray(self.template.gm),
             wm=jnp.asarray(self.template.wm),
-            fractions=jnp.asarray(self.template.fractions),
+            fractions=fractions,
             group_labels=jnp.asarray(self.template.group_labels),
-            flow=self.flow,
-            mtl_velocity=self.mtl_velocity,
+            flow=flow,
+            mtl_velocity=mtl_velocity,
             coarse=coarse,
         )
         batch = cfg.batch if cfg.batch != "auto" else ("map" if jax.default_backend() == "cpu" else "vmap")
@@ -312,17 +312,20 @@ class Simulator:
         return scans
 
     def simulate(self, plans: list[SubjectPlan]) -> dict[str, np.ndarray]:
-        """Arrays for `plans` (padded to the longest series; run in chunks of `chunk_size`)."""
-        t_max = self.cfg.max_scans
-        parts = []
-        for start in range(0, len(plans), self.cfg.chunk_size):
-            chunk = plans[start : start + self.cfg.chunk_size]
-            parts.append(self._run_chunk(chunk, t_max))
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        """Arrays for `plans`, stacked over subjects (scans padded to `max_scans`)."""
+        subjects = [arrays for _, chunk_arrays in self._chunks(plans) for arrays in chunk_arrays]
+        return {k: np.stack([a[k] for a in subjects]) for k in subjects[0]}
 
-    def _run_chunk(self, chunk: list[SubjectPlan], t_max: int) -> dict[str, np.ndarray]:
-        n = self.cfg.chunk_size  # pad to a fixed size: one compilation for every chunk
-        padded = chunk + [chunk[-1]] * (n - len(chunk))
+    def _chunks(self, plans: list[SubjectPlan]):
+        """Yield (chunk of plans, one dict of arrays per subject), `chunk_size` at a time."""
+        n, t_max = self.cfg.chunk_size, self.cfg.max_scans
+        for start in range(0, len(plans), n):
+            chunk = plans[start : start + n]
+            out = self._run_chunk(chunk, n, t_max)
+            yield chunk, [{k: v[i] for k, v in out.items()} for i in range(len(chunk))]
+
+    def _run_chunk(self, chunk: list[SubjectPlan], n: int, t_max: int) -> dict[str, np.ndarray]:
+        padded = chunk + [chunk[-1]] * (n - len(chunk))  # a fixed size: one compilation for every chunk
         ages = np.stack([np.pad(p.ages, (0, t_max - p.ages.size), mode="edge") for p in padded])
         out = self._chunk(
             self._arrays,
@@ -348,16 +351,14 @@ class Simulator:
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
                 pending: list[concurrent.futures.Future] = []
                 done = 0
-                for start in range(0, len(plans), cfg.chunk_size):
-                    chunk = plans[start : start + cfg.chunk_size]
-                    arrays = self._run_chunk(chunk, cfg.max_scans)
+                for chunk, per_subject in self._chunks(plans):
                     for f in pending:  # the previous chunk's files, written while this one ran
                         f.result()
-                    pending = [pool.submit(self._write_subject, writer, p, {k: v[i] for k, v in arrays.items()}) for i, p in enumerate(chunk)]
-                    for i, p in enumerate(chunk):
-                        volume_rows.extend(self._volume_rows(p, {k: v[i] for k, v in arrays.items()}))
+                    pending = [pool.submit(self._write_subject, writer, p, a) for p, a in zip(chunk, per_subject, strict=True)]
+                    for p, a in zip(chunk, per_subject, strict=True):
+                        volume_rows.extend(self._volume_rows(p, a))
                         if p.group not in shown:
-                            shown[p.group] = (p.subject_id, p.ages, arrays["image"][i, : p.ages.size])
+                            shown[p.group] = (p.subject_id, p.ages, a["image"][: p.ages.size])
                     done += len(chunk)
                     if progress is not None:
                         progress(done, len(plans))
