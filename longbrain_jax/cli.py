@@ -113,6 +113,109 @@ def simulate(out: Path, subjects, sampling, ages, scans, resolution, dim, paired
     click.echo(f"wrote {out} (ground truth in {out / 'derivatives' / 'simulator'})")
 
 
+class _FitBar:
+    """Progress of `fit_cohort` on one tqdm bar: stage, step, loss, median PSNR of sampled points."""
+
+    def __init__(self, cfg, num_subjects: int, enabled: bool):
+        self.shared, self.steps = cfg.shared.steps, cfg.finetune.steps
+        self.total = self.shared + -(-num_subjects // cfg.chunk_size) * self.steps
+        self.enabled, self.bar = enabled, None
+
+    def __call__(self, event: dict) -> None:
+        from longbrain_jax.progress import progress_bar
+
+        if self.bar is None:  # opened on the first step, so input errors print on a clean line
+            self.bar = progress_bar(self.total, "fitting", enabled=self.enabled, unit="step")
+        if event["stage"] == "shared":
+            done, what = event["step"], "theta*"
+        elif event["stage"] == "finetune":
+            self.bar.total = self.shared + event["chunks"] * self.steps
+            done, what = self.shared + event["chunk"] * self.steps + event["step"], f"chunk {event['chunk'] + 1}/{event['chunks']}"
+        else:
+            return
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(f"{what} loss {event['loss']:.4g} median PSNR {event['psnr']:.1f} dB")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+@main.command()
+@click.argument("bids_dir", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--width", default=512, show_default=True, help="Hidden width of the INR.")
+@click.option("--stream-layers", default=5, show_default=True, help="Layers per stream (input layer included).")
+@click.option("--combined-layers", default=3, show_default=True, help="Layers after the streams merge.")
+@click.option("--activations", default="wire,relu,wire", show_default=True, help="Spatial,temporal,combined layer kinds (wire|sine|relu).")
+@click.option("--w0", default=10.0, show_default=True, help="Frequency of sine/WIRE layers.")
+@click.option("--shared-steps", default=250, show_default=True, help="Steps of the shared initialisation theta*.")
+@click.option("--shared-lr", default=1e-4, show_default=True)
+@click.option("--shared-fraction", default=0.001, show_default=True, help="Voxels per scan drawn per theta* step.")
+@click.option("--steps", default=100, show_default=True, help="Per-subject fine-tuning steps.")
+@click.option("--lr", default=1e-3, show_default=True, help="Per-subject learning rate (AdamW).")
+@click.option("--fraction", default=0.01, show_default=True, help="Voxels per scan drawn per fine-tuning step.")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True)
+@click.option("--holdout", type=click.Choice(["none", "extrapolation", "interpolation_extrapolation"]), default="none", show_default=True, help="Scans held out and scored.")
+@click.option("--chunk-size", default=64, show_default=True, help="Subjects trained together (memory).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--reconstruct-ages", default="", help="Also write every subject's reconstruction at these ages (e.g. 80,85).")
+@click.option("--common-grid", is_flag=True, help="Resample every subject onto the first subject's grid.")
+@click.option("--resume", is_flag=True, help="Continue a killed run in OUT from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--distributed", is_flag=True, help="Call jax.distributed.initialize() first (multi-host runs).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_input_errors_exit_2
+def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, shared_steps, shared_lr, shared_fraction, steps, lr, fraction, schedule, holdout, chunk_size, seed, reconstruct_ages, common_grid, resume, overwrite, distributed, quiet) -> None:
+    """Fit one spatiotemporal INR per subject of BIDS_DIR (all at once) and write them to OUT."""
+    import jax
+    import numpy as np
+
+    from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, load_fit, write_reconstructions
+    from longbrain_jax.inr import INRConfig
+    from longbrain_jax.io import LoadConfig, scan_bids
+
+    if distributed:
+        jax.distributed.initialize()
+    kinds = activations.split(",")
+    if len(kinds) != 3:
+        raise click.BadParameter("--activations needs three kinds: spatial,temporal,combined")
+    ages = _floats(reconstruct_ages, "--reconstruct-ages")
+    dataset = scan_bids(bids_dir, LoadConfig(common_grid=common_grid, labels=False))
+    try:
+        cfg = FitConfig(
+            inr=INRConfig(
+                ndim=dataset.ndim, width=width, stream_layers=stream_layers, combined_layers=combined_layers,
+                spatial_activation=kinds[0], temporal_activation=kinds[1], combined_activation=kinds[2], w0=w0,
+            ),
+            shared=StageConfig(shared_steps, shared_lr, shared_fraction),
+            finetune=StageConfig(steps, lr, fraction, schedule=schedule),
+            holdout=holdout, chunk_size=chunk_size, seed=seed,
+        )  # fmt: skip
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    bar = _FitBar(cfg, dataset.num_subjects, enabled=not quiet)
+    result = fit_cohort(dataset, out, cfg, resume=resume, overwrite=overwrite, progress=bar, source_description=str(bids_dir))
+    bar.close()
+    if ages and jax.process_index() == 0:
+        fitted = load_fit(out)
+        for i in range(dataset.num_subjects):
+            write_reconstructions(out / "reconstructions", fitted, i, np.array(ages), dataset.spatial_shape, dataset.affines[i])
+    failed = int((result.diverged_at >= 0).sum())
+    click.echo(
+        f"wrote {out}: {len(result.subject_ids)} subjects, median PSNR train {result.median('psnr', 'train'):.2f} dB"
+        + "".join(f", {r} {result.median('psnr', r):.2f} dB" for r in ("interpolation", "extrapolation") if (result.roles == ("padding", "train", "interpolation", "extrapolation").index(r)).any())
+        + (f"; {failed} subject(s) diverged (see subjects.tsv)" if failed else "")
+    )
+
+
 @main.command()
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.option("--common-grid", is_flag=True, help="Resample every subject onto the first subject's grid.")

@@ -1,11 +1,13 @@
 """Reading and writing images and longitudinal BIDS datasets, with input validation."""
 
 from longbrain_jax.io.bids import (
+    BIDSDataset,
     BIDSWriter,
     LoadConfig,
     bids_label,
     derivative_path,
     read_bids,
+    scan_bids,
     scan_path,
     write_bids,
     write_derivative,
@@ -22,6 +24,7 @@ from longbrain_jax.io.nifti import (
 )
 
 __all__ = [
+    "BIDSDataset",
     "BIDSWriter",
     "ImageHandle",
     "IntensityNorm",
@@ -34,6 +37,7 @@ __all__ = [
     "open_image",
     "read_bids",
     "read_header",
+    "scan_bids",
     "save_displacement",
     "save_image",
     "scan_path",

@@ -263,9 +263,9 @@ def read_bids(
 ) -> Cohort:
     """Load a longitudinal BIDS dataset as a `Cohort`.
 
-    Pass one reads the tables and every image header (cheap) and checks them all, so
-    a broken dataset fails before any voxel is read; pass two reads the voxels into
-    one preallocated padded array with `cfg.workers` threads.
+    Pass one (`scan_bids`) reads the tables and every image header (cheap) and checks
+    them all, so a broken dataset fails before any voxel is read; pass two reads the
+    voxels into one preallocated padded array with `cfg.workers` threads.
 
     **Arguments:**
 
@@ -275,6 +275,17 @@ def read_bids(
       two only, so a bar opened on the first call never precedes an input error).
 
     **Returns:** the cohort; `cohort.single_scan` flags subjects with one scan.
+    """
+    dataset = scan_bids(root, cfg)
+    return dataset.select(np.arange(dataset.num_subjects), progress)
+
+
+def scan_bids(root: str | os.PathLike, cfg: LoadConfig = LoadConfig()) -> BIDSDataset:
+    """Pass one of `read_bids`: validate a dataset and index it without reading voxels.
+
+    The returned `BIDSDataset` loads any subset of subjects on demand
+    (`dataset.select(indices)`), so a cohort larger than memory can be streamed in
+    chunks of subjects.
     """
     root = Path(root)
     if not root.is_dir():
@@ -307,54 +318,91 @@ def read_bids(
             f"grid {handles[odd.images[0]].shape} differs from the first subject's {ref_grid[0]}; "
             "use common_grid=True (--common-grid) to resample every subject onto one grid",
         )
-
     with_labels = cfg.labels and all(e.label_maps is not None for e in entries)
-    n, t_max = len(entries), max(len(e.images) for e in entries)
-    shape = ref_grid[0]
-    volumes = np.zeros((n, t_max, *shape), np.float32)
-    labels = np.zeros((n, t_max, *shape), np.int32) if with_labels else None
+    return BIDSDataset(root, cfg, entries, handles, grids, with_labels)
 
-    def load(i: int, t: int) -> None:
-        target_shape, target_affine = grids[i]
-        e = entries[i]
-        image = handles[e.images[t]]
-        data = _onto_grid(image.read(), image.affine, target_shape, target_affine, order=1)
-        if cfg.normalise is not None:
-            normalise_intensity(data, cfg.normalise, out=volumes[i, t])
-        else:
-            volumes[i, t] = data
-        if labels is not None:
-            label_map = handles[e.label_maps[t]]
-            lab = label_map.read()
-            if np.any(lab != np.round(lab)):
-                raise InputError(label_map.path, "label map holds non-integer values")
-            labels[i, t] = _onto_grid(lab, label_map.affine, target_shape, target_affine, order=0)
 
-    jobs = [(i, t) for i, e in enumerate(entries) for t in range(len(e.images))]
-    with concurrent.futures.ThreadPoolExecutor(max(1, cfg.workers)) as pool:
-        futures = [pool.submit(load, i, t) for i, t in jobs]
-        for done, f in enumerate(concurrent.futures.as_completed(futures), start=1):
-            f.result()
-            if progress is not None:
-                progress(done, len(jobs))
+class BIDSDataset:
+    """A validated, indexed dataset (from `scan_bids`): tables in memory, voxels on disk.
 
-    subjects_ages = np.zeros((n, t_max), np.float32)
-    mask = np.zeros((n, t_max), bool)
-    for i, e in enumerate(entries):
-        subjects_ages[i, : len(e.ages)] = e.ages
-        mask[i, : len(e.ages)] = True
-    return Cohort(
-        volumes=volumes,
-        mask=mask,
-        ages=subjects_ages,
-        affines=np.stack([g[1] for g in grids]),
-        subject_ids=tuple(e.subject_id for e in entries),
-        session_ids=tuple(e.session_ids for e in entries),
-        groups=tuple(e.group for e in entries),
-        sexes=tuple(e.sex for e in entries),
-        labels=labels,
-        metadata=tuple(e.metadata for e in entries),
-    )
+    Offers the `Cohort` attributes that need no voxels (`num_subjects`, `max_scans`,
+    `spatial_shape`, `ages`, `mask`, `subject_ids`, `groups`, `affines`) and
+    `select(indices)`, which reads those subjects into a `Cohort`.
+    """
+
+    def __init__(self, root, cfg, entries, handles, grids, with_labels):
+        self.root, self.cfg = root, cfg
+        self._entries, self._handles, self._grids, self._with_labels = entries, handles, grids, with_labels
+        n, t_max = len(entries), max(len(e.images) for e in entries)
+        self.ages = np.zeros((n, t_max), np.float32)
+        self.mask = np.zeros((n, t_max), bool)
+        for i, e in enumerate(entries):
+            self.ages[i, : len(e.ages)] = e.ages
+            self.mask[i, : len(e.ages)] = True
+        self.affines = np.stack([g[1] for g in grids])
+        self.subject_ids = tuple(e.subject_id for e in entries)
+        self.groups = tuple(e.group for e in entries)
+        self.spatial_shape = tuple(grids[0][0])
+
+    @property
+    def num_subjects(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def max_scans(self) -> int:
+        return self.mask.shape[1]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.spatial_shape)
+
+    def select(self, indices: np.ndarray, progress: Callable[[int, int], None] | None = None) -> Cohort:
+        """Read the subjects `indices` (pass two) into a `Cohort`, T_max trimmed to fit."""
+        entries = [self._entries[i] for i in indices]
+        grids = [self._grids[i] for i in indices]
+        handles, cfg = self._handles, self.cfg
+        n, t_max = len(entries), max(len(e.images) for e in entries)
+        shape = self.spatial_shape
+        volumes = np.zeros((n, t_max, *shape), np.float32)
+        labels = np.zeros((n, t_max, *shape), np.int32) if self._with_labels else None
+
+        def load(i: int, t: int) -> None:
+            target_shape, target_affine = grids[i]
+            e = entries[i]
+            image = handles[e.images[t]]
+            data = _onto_grid(image.read(), image.affine, target_shape, target_affine, order=1)
+            if cfg.normalise is not None:
+                normalise_intensity(data, cfg.normalise, out=volumes[i, t])
+            else:
+                volumes[i, t] = data
+            if labels is not None:
+                label_map = handles[e.label_maps[t]]
+                lab = label_map.read()
+                if np.any(lab != np.round(lab)):
+                    raise InputError(label_map.path, "label map holds non-integer values")
+                labels[i, t] = _onto_grid(lab, label_map.affine, target_shape, target_affine, order=0)
+
+        jobs = [(i, t) for i, e in enumerate(entries) for t in range(len(e.images))]
+        with concurrent.futures.ThreadPoolExecutor(max(1, cfg.workers)) as pool:
+            futures = [pool.submit(load, i, t) for i, t in jobs]
+            for done, f in enumerate(concurrent.futures.as_completed(futures), start=1):
+                f.result()
+                if progress is not None:
+                    progress(done, len(jobs))
+
+        idx = np.asarray(indices, dtype=int)
+        return Cohort(
+            volumes=volumes,
+            mask=self.mask[idx, :t_max],
+            ages=self.ages[idx, :t_max],
+            affines=self.affines[idx],
+            subject_ids=tuple(e.subject_id for e in entries),
+            session_ids=tuple(e.session_ids for e in entries),
+            groups=tuple(e.group for e in entries),
+            sexes=tuple(e.sex for e in entries),
+            labels=labels,
+            metadata=tuple(e.metadata for e in entries),
+        )
 
 
 def _onto_grid(data: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], target: np.ndarray, order: int):

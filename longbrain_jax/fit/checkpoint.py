@@ -1,0 +1,60 @@
+"""Orbax checkpoints of training state, with a small JSON record of where the run is.
+
+A checkpoint holds a state pytree and `meta` (stage, chunk, step). Restoring needs a
+target of the same structure (freshly initialised state, possibly sharded); orbax
+fills it and keeps the target's shardings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class StateCheckpoints:
+    """The latest training state of a run, under `directory` (`max_to_keep` kept)."""
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
+        self.manager = ocp.CheckpointManager(
+            Path(directory).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        )
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Save `state` at monotone counter `step` (asynchronously; `close` waits)."""
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+    def latest_meta(self) -> tuple[int, dict[str, Any]] | None:
+        """(step, meta) of the latest checkpoint, or None."""
+        self.manager.wait_until_finished()
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return step, meta
+
+    def restore(self, step: int, target: Any) -> Any:
+        """The state saved at `step`, with `target`'s structure, shapes and shardings."""
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def save_tree(path: str | os.PathLike, tree: Any) -> None:
+    """Write a pytree of (host) arrays as an orbax checkpoint at `path` (atomic)."""
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(Path(path).absolute(), jax.tree_util.tree_map(np.asarray, tree))
+
+
+def load_tree(path: str | os.PathLike, target: Any) -> Any:
+    """Read a `save_tree` checkpoint into `target`'s structure (arrays or ShapeDtypeStructs)."""
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    with ocp.StandardCheckpointer() as ckpt:
+        return ckpt.restore(Path(path).absolute(), abstract)

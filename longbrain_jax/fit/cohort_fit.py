@@ -1,0 +1,392 @@
+"""Fit a whole cohort of spatiotemporal INRs: shared initialisation, then every subject at once.
+
+`fit_cohort(source, out, cfg)`:
+
+1. theta*: one INR fitted across subjects (`FitConfig.shared`, a pool of subjects
+   loaded once), as the paper does before per-subject fitting.
+2. Per-subject fine-tuning from theta* for the whole cohort, in chunks of
+   `chunk_size` subjects streamed from disk (the next chunk loads while the current
+   one trains). Within a chunk one jit-compiled program trains every subject
+   (vmapped), its subject axis sharded over all devices of the mesh (padded to a
+   multiple of the device count; padded subjects have no training scans and weight 0).
+3. Each finished chunk is scored (PSNR and SSIM of every scan: training, and held
+   out for interpolation or extrapolation when `holdout` asks) and stored.
+
+Training state is checkpointed with orbax every `checkpoint_every` steps; with
+`resume=True` a killed run continues from its last checkpoint and ends with the same
+parameters as an uninterrupted run (every draw is keyed by seed, subject and step).
+
+Output folder::
+
+    OUT/config.json          FitConfig and the data source
+    OUT/params/              stacked cohort parameters (orbax; leading subject axis)
+    OUT/weights.npz          flat per-stream weight table (P_space, P_time, P_com) per subject
+    OUT/subjects.tsv         per subject: group, scans, status, final loss, median PSNR/SSIM
+    OUT/metrics.tsv          per scan: age, role (train/interpolation/extrapolation), PSNR, SSIM
+    OUT/figures/reconstruction.png
+    OUT/work/                checkpoints and finished chunks (removed when the fit completes)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from longbrain_jax.cohort import Cohort
+from longbrain_jax.config import config_to_dict, write_config
+from longbrain_jax.errors import InputError
+from longbrain_jax.fit import sharding
+from longbrain_jax.fit.checkpoint import StateCheckpoints, load_tree, save_tree
+from longbrain_jax.fit.evaluate import cohort_scores
+from longbrain_jax.fit.sampling import prepare_subjects
+from longbrain_jax.fit.train import FitState, Sampling, StageConfig, finetune_block, init_state, shared_block
+from longbrain_jax.inr import spatiotemporal as st
+
+ROLES = ("padding", "train", "interpolation", "extrapolation")
+HOLDOUTS = ("none", "extrapolation", "interpolation_extrapolation")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Cohort fitting. Defaults are the paper's (METHODS.md section 1).
+
+    **Arguments:**
+
+    - `inr`: the network.
+    - `shared`: the shared initialisation theta* (paper: 250 steps, lr 1e-4, 0.1% of voxels).
+    - `shared_subjects_per_step`: subjects per theta* step (paper: 3).
+    - `shared_pool`: subjects loaded for theta* (a seeded random subset).
+    - `finetune`: the per-subject stage (paper: 100 steps, lr 1e-3, 1% of voxels).
+    - `foreground_fraction`: share of points drawn from foreground voxels (paper: 0.9).
+    - `foreground_threshold`: normalised intensity above which a voxel is foreground.
+    - `holdout`: "none"; "extrapolation" (hold out the last scan of subjects with >= 3
+      scans); "interpolation_extrapolation" (also a middle scan of subjects with >= 4).
+    - `chunk_size`: subjects trained together (memory); rounded up to a device multiple.
+    - `steps_per_call`: steps per compiled call (progress and checkpoint granularity).
+    - `checkpoint_every`: steps between checkpoints (a multiple of `steps_per_call`).
+    - `eval_block`: voxels per reconstruction block when scoring.
+    - `seed`: the PRNG seed of every draw.
+    """
+
+    inr: st.INRConfig = st.INRConfig()
+    shared: StageConfig = StageConfig(steps=250, learning_rate=1e-4, sample_fraction=0.001)
+    shared_subjects_per_step: int = 3
+    shared_pool: int = 64
+    finetune: StageConfig = StageConfig(steps=100, learning_rate=1e-3, sample_fraction=0.01)
+    foreground_fraction: float = 0.9
+    foreground_threshold: float = -0.9
+    holdout: str = "none"
+    chunk_size: int = 64
+    steps_per_call: int = 10
+    checkpoint_every: int = 50
+    eval_block: int = 32768
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.holdout not in HOLDOUTS:
+            raise ValueError(f"holdout must be one of {HOLDOUTS}, got {self.holdout!r}")
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise ValueError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+        if self.chunk_size < 1 or self.steps_per_call < 1 or self.shared_subjects_per_step < 1 or self.shared_pool < 1:
+            raise ValueError("chunk_size, steps_per_call, shared_subjects_per_step and shared_pool must be >= 1")
+        if self.checkpoint_every < 1 or self.checkpoint_every % self.steps_per_call:
+            raise ValueError(f"checkpoint_every ({self.checkpoint_every}) must be a multiple of steps_per_call ({self.steps_per_call})")
+
+
+class CohortSource(Protocol):
+    """A `Cohort` or a `BIDSDataset`: subject tables in memory, voxels loaded by `select`."""
+
+    ages: np.ndarray
+    mask: np.ndarray
+    affines: np.ndarray
+    subject_ids: tuple[str, ...]
+    groups: tuple[str, ...]
+    spatial_shape: tuple[int, ...]
+
+    @property
+    def num_subjects(self) -> int: ...
+
+    @property
+    def max_scans(self) -> int: ...
+
+    def select(self, indices: np.ndarray) -> Cohort: ...
+
+
+def scan_roles(mask: np.ndarray, holdout: str) -> np.ndarray:
+    """(N, T) int8 role of every scan slot: 0 padding, 1 train, 2 interpolation, 3 extrapolation.
+
+    Scans are in age order. "extrapolation" holds out the last scan where >= 3 scans
+    exist (two remain to fit a trajectory); "interpolation_extrapolation" also holds
+    out the middle one of the remaining scans where >= 4 exist.
+    """
+    roles = mask.astype(np.int8)
+    if holdout == "none":
+        return roles
+    for i, n in enumerate(mask.sum(1)):
+        if n >= 3:
+            roles[i, n - 1] = 3
+        if holdout == "interpolation_extrapolation" and n >= 4:
+            roles[i, (n - 1) // 2] = 2
+    return roles
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit_cohort` returns (also written to OUT)."""
+
+    params: st.Params  # stacked, leading subject axis, host arrays
+    subject_ids: tuple[str, ...]
+    groups: tuple[str, ...]
+    ages: np.ndarray  # (N, T)
+    roles: np.ndarray  # (N, T) see `scan_roles`
+    psnr: np.ndarray  # (N, T) NaN in padding
+    ssim: np.ndarray  # (N, T)
+    loss: np.ndarray  # (N,) final sampled training loss (NaN if diverged)
+    diverged_at: np.ndarray  # (N,) step of divergence, -1 if none
+
+    def median(self, score: str, role: str) -> float:
+        """Median of `score` ("psnr"/"ssim") over scans of `role` of subjects that did not diverge."""
+        values = getattr(self, score)[(self.roles == ROLES.index(role)) & (self.diverged_at[:, None] < 0)]
+        return float(np.median(values)) if values.size else float("nan")
+
+
+# -- data -------------------------------------------------------------------------------
+def _chunk_arrays(cohort: Cohort, roles: np.ndarray, t_max: int, cfg: FitConfig):
+    """Host arrays for one chunk, T padded to the source's T_max."""
+    n = cohort.num_subjects
+    pad_t = lambda a: np.concatenate([a, np.zeros((n, t_max - a.shape[1], *a.shape[2:]), a.dtype)], 1)  # noqa: E731
+    volumes = pad_t(cohort.volumes)
+    ages = pad_t(cohort.ages)
+    times = np.where(roles > 0, (ages - cfg.inr.age_center) / cfg.inr.age_scale, 0.0).astype(np.float32)
+    data = prepare_subjects(volumes, times, roles == 1, cfg.foreground_threshold)
+    return data, ages
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _init_states(params: st.Params, stage: StageConfig) -> FitState:
+    return jax.vmap(lambda p: init_state(p, stage.optimizer()))(params)
+
+
+def _pad_to(tree, n: int):
+    return sharding.pad_subjects(tree, n)
+
+
+# -- the run -----------------------------------------------------------------------------
+def fit_cohort(
+    source: CohortSource,
+    out: str | os.PathLike,
+    cfg: FitConfig = FitConfig(),
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    source_description: str = "",
+) -> FitResult:
+    """Fit every subject of `source` and write the results to `out` (see the module docstring).
+
+    **Arguments:**
+
+    - `source`: a `Cohort` (in memory) or a `BIDSDataset` (`io.scan_bids`; streamed).
+      Intensities should be scaled to [-1, 1] (the readers' default).
+    - `out`: the output folder.
+    - `cfg`: see `FitConfig`.
+    - `resume`: continue the run in `out` from its last checkpoint (its config must match).
+    - `overwrite`: replace an existing `out`.
+    - `mesh`: a one-axis mesh over the devices to shard subjects on (default: all devices).
+    - `progress`: called after every compiled call with a dict of stage, step, total,
+      loss and median PSNR of the sampled points (an exception raised there stops
+      the run like a kill would; the last checkpoint survives).
+    - `source_description`: recorded in config.json (e.g. the dataset path).
+    """
+    out = Path(out)
+    if cfg.inr.ndim != len(source.spatial_shape):
+        raise InputError(out, f"INR ndim {cfg.inr.ndim} does not match the {len(source.spatial_shape)}D data")
+    record = {"config": config_to_dict(cfg), "source": source_description, "subjects": list(source.subject_ids)}
+    _prepare_out(out, record, resume, overwrite)
+    write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids))
+    mesh = mesh or sharding.subject_mesh()
+    work = out / "work"
+    ckpt = StateCheckpoints(work / "checkpoints")
+    try:
+        theta = _shared_init(source, cfg, ckpt, work, mesh, progress)
+        result = _finetune_all(source, cfg, theta, ckpt, work, mesh, progress)
+    finally:
+        ckpt.close()
+    if jax.process_index() == 0:
+        from longbrain_jax.fit.outputs import write_fit_outputs
+
+        write_fit_outputs(out, result, source, cfg)
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _prepare_out(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
+    saved = out / "config.json"
+    if resume:
+        if not saved.is_file():
+            raise InputError(out, "nothing to resume: no config.json from an earlier run")
+        old = json.loads(saved.read_text())
+        if old.get("config") != record["config"] or old.get("subjects") != record["subjects"]:
+            raise InputError(saved, "the run being resumed used another configuration or other subjects")
+        if not (out / "work").exists() and (out / "params").exists():
+            raise InputError(out, "this fit already completed; nothing to resume")
+        return
+    if out.exists():
+        if not overwrite:
+            raise InputError(out, "already exists; pass overwrite=True (--overwrite) to replace it, or resume=True (--resume)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
+def _report(progress, **event) -> None:
+    if progress is not None:
+        progress(event)
+
+
+def _points_psnr(loss: np.ndarray) -> float:
+    ok = np.isfinite(loss) & (loss > 0)
+    return float(np.median(10 * np.log10(4.0 / loss[ok]))) if ok.any() else float("nan")
+
+
+def _shared_init(source, cfg, ckpt, work, mesh, progress) -> st.Params:
+    done = work / "theta"
+    template = st.init(jax.random.key(cfg.seed), cfg.inr)
+    if done.exists():
+        return load_tree(done, template)
+    stage = cfg.shared
+    tx = stage.optimizer()
+    params, opt_state, start = template, tx.init(template), 0
+    latest = ckpt.latest_meta()
+    if latest is not None and latest[1]["stage"] == "shared":
+        params, opt_state = ckpt.restore(latest[0], (params, opt_state))
+        start = latest[1]["step"]
+    rng = np.random.default_rng(cfg.seed)
+    eligible = np.flatnonzero(scan_roles(source.mask, cfg.holdout).__eq__(1).any(1))
+    if eligible.size == 0:
+        raise InputError("cohort", "no subject has a scan to fit")
+    pool_ids = np.sort(rng.permutation(eligible)[: cfg.shared_pool])
+    if start < stage.steps:
+        pool_cohort = source.select(pool_ids)
+        roles = scan_roles(source.mask, cfg.holdout)[pool_ids]
+        finite = np.array([np.isfinite(pool_cohort.volumes[k][roles[k] == 1]).all() for k in range(len(pool_ids))])
+        if not finite.all():
+            bad = ", ".join(f"sub-{pool_cohort.subject_ids[k]}" for k in np.flatnonzero(~finite))
+            warnings.warn(f"non-finite intensities in {bad}; left out of the shared initialisation", stacklevel=3)
+            if not finite.any():
+                raise InputError("cohort", "every subject of the shared-initialisation pool has non-finite intensities")
+            pool_cohort, roles = pool_cohort.select(np.flatnonzero(finite)), roles[finite]
+        data, _ = _chunk_arrays(pool_cohort, roles, source.max_scans, cfg)
+        sampling = Sampling(tuple(source.spatial_shape), stage.num_points(int(np.prod(source.spatial_shape)), source.max_scans), cfg.foreground_fraction)
+        pool = sharding.replicate(data, mesh)
+        params, opt_state = sharding.replicate((params, opt_state), mesh)
+        step = start
+        while step < stage.steps:
+            n = min(cfg.steps_per_call, stage.steps - step)
+            params, opt_state, losses = shared_block(
+                params, opt_state, pool, jnp.int32(cfg.seed), jnp.int32(step),
+                num_steps=n, cfg=cfg.inr, sampling=sampling, stage=stage, per_step=cfg.shared_subjects_per_step,
+            )  # fmt: skip
+            step += n
+            if step % cfg.checkpoint_every == 0 or step == stage.steps:
+                ckpt.save(step, (params, opt_state), {"stage": "shared", "step": step})
+            loss = float(losses[-1])
+            _report(progress, stage="shared", step=step, total=stage.steps, loss=loss, psnr=_points_psnr(np.array([loss])))
+    params = sharding.to_host(params)
+    save_tree(done, params)
+    return params
+
+
+def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress) -> FitResult:
+    n_total, t_max = source.num_subjects, source.max_scans
+    roles_all = scan_roles(source.mask, cfg.holdout)
+    chunk = sharding.padded_count(min(cfg.chunk_size, n_total), mesh)
+    starts = list(range(0, n_total, chunk))
+    stage = cfg.finetune
+    sampling = Sampling(tuple(source.spatial_shape), stage.num_points(int(np.prod(source.spatial_shape)), t_max), cfg.foreground_fraction)
+    offset = cfg.shared.steps  # checkpoint counter: shared steps, then chunk-major fine-tune steps
+    theta_chunk = jax.tree_util.tree_map(lambda x: np.broadcast_to(x, (chunk, *x.shape)), theta)
+    pending = [c for c, s in enumerate(starts) if not (work / f"chunk-{c:05d}").exists()]
+    latest = ckpt.latest_meta()
+
+    def load(c: int):
+        ids = np.arange(starts[c], min(starts[c] + chunk, n_total))
+        return ids, source.select(ids)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as loader:
+        future = loader.submit(load, pending[0]) if pending else None
+        for k, c in enumerate(pending):
+            ids, cohort = future.result()
+            if k + 1 < len(pending):
+                future = loader.submit(load, pending[k + 1])
+            data, ages = _chunk_arrays(cohort, roles_all[ids], t_max, cfg)
+            data = sharding.shard_subjects(_pad_to(data, chunk), mesh)
+            subjects = sharding.shard_subjects(np.arange(starts[c], starts[c] + chunk, dtype=np.int32), mesh)
+            state = _init_states(sharding.shard_subjects(theta_chunk, mesh), stage)
+            step = 0
+            if latest is not None and latest[1]["stage"] == "finetune" and latest[1]["chunk"] == c:
+                state = ckpt.restore(latest[0], state)
+                step = latest[1]["step"]
+            while step < stage.steps:
+                n = min(cfg.steps_per_call, stage.steps - step)
+                state = finetune_block(
+                    state, data, subjects, jnp.int32(cfg.seed), jnp.int32(step),
+                    num_steps=n, cfg=cfg.inr, sampling=sampling, stage=stage,
+                )  # fmt: skip
+                step += n
+                if step % cfg.checkpoint_every == 0 and step < stage.steps:
+                    ckpt.save(offset + c * stage.steps + step, state, {"stage": "finetune", "chunk": c, "step": step})
+                loss = np.asarray(state.loss)[: len(ids)]
+                _report(
+                    progress, stage="finetune", chunk=c, chunks=len(starts), step=step, total=stage.steps,
+                    loss=float(np.nanmedian(loss)) if np.isfinite(loss).any() else float("nan"), psnr=_points_psnr(loss),
+                )  # fmt: skip
+            psnr, ssim = cohort_scores(
+                state.params, sharding.shard_subjects(_pad_to(ages, chunk), mesh), data.volumes,
+                sharding.shard_subjects(_pad_to(roles_all[ids] > 0, chunk), mesh),
+                spatial_shape=tuple(source.spatial_shape), cfg=cfg.inr, block=cfg.eval_block,
+            )  # fmt: skip
+            host = sharding.to_host({"params": state.params, "psnr": psnr, "ssim": ssim, "loss": state.loss, "diverged_at": state.diverged_at})
+            host = jax.tree_util.tree_map(lambda x: x[: len(ids)], host)
+            save_tree(work / f"chunk-{c:05d}", host)
+            _report(progress, stage="scored", chunk=c, chunks=len(starts), psnr=float(np.nanmedian(np.asarray(host["psnr"]))))
+    return _assemble(source, cfg, work, starts, chunk, theta, roles_all)
+
+
+def _assemble(source, cfg, work, starts, chunk, theta, roles_all) -> FitResult:
+    n_total, t_max = source.num_subjects, source.max_scans
+    parts = []
+    for c, s in enumerate(starts):
+        n = min(chunk, n_total - s)
+        target = {
+            "params": jax.tree_util.tree_map(lambda x, n=n: np.zeros((n, *x.shape), x.dtype), theta),
+            "psnr": np.zeros((n, t_max), np.float32),
+            "ssim": np.zeros((n, t_max), np.float32),
+            "loss": np.zeros((n,), np.float32),
+            "diverged_at": np.zeros((n,), np.int32),
+        }
+        parts.append(jax.tree_util.tree_map(np.asarray, load_tree(work / f"chunk-{c:05d}", target)))
+    joined = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *parts)
+    return FitResult(
+        params=joined["params"],
+        subject_ids=tuple(source.subject_ids),
+        groups=tuple(source.groups),
+        ages=np.asarray(source.ages),
+        roles=roles_all,
+        psnr=joined["psnr"],
+        ssim=joined["ssim"],
+        loss=joined["loss"],
+        diverged_at=joined["diverged_at"],
+    )

@@ -1,0 +1,69 @@
+"""Reconstructions of fitted INRs and their agreement with the scans.
+
+The spatial stream does not depend on time, so a subject's volumes at T times cost
+one spatial pass and T cheap heads per block of voxels.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from longbrain_jax import metrics
+from longbrain_jax.grid import normalised_grid
+from longbrain_jax.inr import spatiotemporal as st
+
+DATA_RANGE = 2.0  # intensities are scaled to [-1, 1]
+
+
+def reconstruct(
+    params: st.Params, ages: Float[Array, " T"], spatial_shape: tuple[int, ...], cfg: st.INRConfig, block: int = 32768
+) -> Float[Array, "T *spatial"]:
+    """One subject's INR evaluated on its whole voxel grid at each age in `ages` (years)."""
+    coords = normalised_grid(spatial_shape).reshape(-1, len(spatial_shape))
+    n = coords.shape[0]
+    block = min(block, n)
+    n_blocks = -(-n // block)
+    coords = jnp.pad(coords, ((0, n_blocks * block - n), (0, 0))).reshape(n_blocks, block, -1)
+    h_time = st.temporal_features(params, cfg.time_input(ages), cfg)  # (T, W)
+
+    def one_block(x):
+        h_space = st.spatial_features(params, x, cfg)  # (block, W)
+        return st.head(params, h_space[None] + h_time[:, None], cfg)  # (T, block)
+
+    values = jax.lax.map(one_block, coords)  # (n_blocks, T, block)
+    values = jnp.moveaxis(values, 1, 0).reshape(ages.shape[0], -1)[:, :n]
+    return values.reshape(ages.shape[0], *spatial_shape)
+
+
+def scan_scores(
+    recon: Float[Array, "T *spatial"], truth: Float[Array, "T *spatial"]
+) -> tuple[Float[Array, " T"], Float[Array, " T"]]:
+    """PSNR (dB, data range 2) and SSIM of each reconstructed scan against its scan."""
+    psnr = jax.vmap(lambda a, b: metrics.psnr(a, b, DATA_RANGE))(recon, truth)
+    ssim = jax.vmap(lambda a, b: metrics.ssim(a, b, DATA_RANGE))(recon, truth)
+    return psnr, ssim
+
+
+@functools.partial(jax.jit, static_argnames=("spatial_shape", "cfg", "block"))
+def cohort_scores(
+    params: st.Params,
+    ages: Float[Array, "n T"],
+    volumes: Float[Array, "n T V"],
+    mask: Bool[Array, "n T"],
+    *,
+    spatial_shape: tuple[int, ...],
+    cfg: st.INRConfig,
+    block: int = 32768,
+) -> tuple[Float[Array, "n T"], Float[Array, "n T"]]:
+    """PSNR and SSIM of every scan of a chunk (NaN in padding slots); vmapped over subjects."""
+
+    def one(p, a, v):
+        recon = reconstruct(p, a, spatial_shape, cfg, block)
+        return scan_scores(recon, v.reshape(recon.shape))
+
+    psnr, ssim = jax.vmap(one)(params, ages, volumes)
+    return jnp.where(mask, psnr, jnp.nan), jnp.where(mask, ssim, jnp.nan)

@@ -1,0 +1,69 @@
+"""The subject axis spread over devices (and hosts) with a JAX mesh.
+
+Per-subject models never talk to each other, so the only thing sharding has to do
+is place each device's slice of the subject axis on it; `jit` partitions the
+vmapped program accordingly with no communication. Arrays are built with
+`jax.make_array_from_callback`, which under `jax.distributed.initialize()` gives each
+host only its own devices' slices of a global array, so the same code runs on one
+device, several local devices, or several hosts.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "subjects"
+
+
+def subject_mesh(devices: list | None = None) -> Mesh:
+    """A one-axis mesh named "subjects" over `devices` (default: every device of every host)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def padded_count(n: int, mesh: Mesh) -> int:
+    """`n` rounded up to a multiple of the number of devices in `mesh`."""
+    d = mesh.devices.size
+    return -(-n // d) * d
+
+
+def pad_subjects(tree, n: int):
+    """Zero-pad every leaf's leading (subject) axis to length `n` (host arrays)."""
+
+    def pad(x):
+        x = np.asarray(x)
+        return np.concatenate([x, np.zeros((n - x.shape[0], *x.shape[1:]), x.dtype)]) if x.shape[0] < n else x
+
+    return jax.tree_util.tree_map(pad, tree)
+
+
+def shard_subjects(tree, mesh: Mesh):
+    """Host arrays (same on every host) -> global arrays sharded on their leading axis."""
+    sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def replicate(tree, mesh: Mesh):
+    """Host arrays -> global arrays replicated on every device of `mesh`."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def to_host(tree):
+    """Global arrays -> full numpy arrays on this host (gathered across hosts if needed)."""
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree_util.tree_map(np.asarray, tree)

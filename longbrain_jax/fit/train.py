@@ -1,0 +1,214 @@
+"""The compiled training programs: shared initialisation and the vmapped per-subject fine-tune.
+
+Every random draw is keyed by (seed, stage, subject index, step) with `fold_in`, so a
+subject's fit does not depend on which chunk, device or process it lands on, and a
+run resumed from a checkpoint draws exactly what an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Bool, Float, Int
+
+from longbrain_jax.fit.sampling import SubjectData, sample_points
+from longbrain_jax.inr import spatiotemporal as st
+
+SHARED_STAGE, FINETUNE_STAGE = 0, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """One optimisation stage (AdamW).
+
+    **Arguments:**
+
+    - `steps`: optimiser steps.
+    - `learning_rate`: peak learning rate.
+    - `sample_fraction`: voxels drawn per step, as a fraction of one scan's voxels per
+      scan slot (a cohort with up to T scans per subject draws T times as many; a
+      subject with fewer scans draws the same number from the scans it has).
+    - `weight_decay`: AdamW's decoupled weight decay.
+    - `schedule`: "constant" or "cosine" (cosine decay to 1% of the peak).
+    - `warmup_steps`: linear warm-up from 0.
+    """
+
+    steps: int
+    learning_rate: float
+    sample_fraction: float
+    weight_decay: float = 1e-4
+    schedule: str = "constant"
+    warmup_steps: int = 0
+
+    def __post_init__(self):
+        if self.steps < 0 or self.learning_rate <= 0 or not 0 < self.sample_fraction <= 1:
+            raise ValueError(f"need steps >= 0, learning_rate > 0, 0 < sample_fraction <= 1: {self}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+
+    def optimizer(self) -> optax.GradientTransformation:
+        if self.schedule == "cosine":
+            lr = optax.warmup_cosine_decay_schedule(
+                0.0 if self.warmup_steps else self.learning_rate,
+                self.learning_rate,
+                self.warmup_steps,
+                max(self.steps, self.warmup_steps + 1),
+                end_value=0.01 * self.learning_rate,
+            )
+        elif self.warmup_steps:
+            lr = optax.join_schedules(
+                [optax.linear_schedule(0.0, self.learning_rate, self.warmup_steps), optax.constant_schedule(self.learning_rate)],
+                [self.warmup_steps],
+            )
+        else:
+            lr = self.learning_rate
+        return optax.adamw(lr, weight_decay=self.weight_decay)
+
+    def num_points(self, num_voxels: int, max_scans: int) -> int:
+        """Points drawn per subject and step."""
+        return max(1, round(self.sample_fraction * num_voxels)) * max_scans
+
+
+class Sampling(NamedTuple):
+    """What the loss needs to know about the data (static)."""
+
+    spatial_shape: tuple[int, ...]
+    num_points: int
+    foreground_fraction: float
+
+
+class FitState(NamedTuple):
+    """Per-subject training state (a leading subject axis in a cohort).
+
+    `alive` turns False at the first step whose loss or parameters are not finite;
+    that subject then keeps its last finite parameters, `diverged_at` holds the step
+    (-1 while alive) and `loss` is NaN. Other subjects are not touched.
+    """
+
+    params: st.Params
+    opt_state: optax.OptState
+    alive: Bool[Array, ""]
+    diverged_at: Int[Array, ""]
+    loss: Float[Array, ""]
+
+
+def subject_key(seed: Int[Array, ""], stage: int, subject: Int[Array, ""], step: Int[Array, ""]) -> Array:
+    """The PRNG key of one subject's draw at one step of one stage."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stage), subject), step)
+
+
+def sampled_loss(
+    params: st.Params, data: SubjectData, key: Array, cfg: st.INRConfig, sampling: Sampling
+) -> Float[Array, ""]:
+    """Weighted MSE of the INR on points sampled from one subject's training scans."""
+    coords, scan, values, weights = sample_points(key, data, *sampling)
+    pred = st.apply_indexed(params, coords, data.times, scan, cfg)
+    return jnp.sum(weights * jnp.square(pred - values)) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _all_finite(tree) -> Bool[Array, ""]:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def init_state(params: st.Params, tx: optax.GradientTransformation) -> FitState:
+    """Fresh training state of one subject starting from `params`."""
+    return FitState(params, tx.init(params), jnp.array(True), jnp.array(-1, jnp.int32), jnp.array(jnp.nan, jnp.float32))
+
+
+def finetune_step(
+    state: FitState,
+    data: SubjectData,
+    subject: Int[Array, ""],
+    seed: Int[Array, ""],
+    step: Int[Array, ""],
+    cfg: st.INRConfig,
+    sampling: Sampling,
+    tx: optax.GradientTransformation,
+) -> FitState:
+    """One AdamW step of one subject; a non-finite result freezes the subject (see `FitState`)."""
+    key = subject_key(seed, FINETUNE_STAGE, subject, step)
+    loss, grads = jax.value_and_grad(sampled_loss)(state.params, data, key, cfg, sampling)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ok = state.alive & jnp.isfinite(loss) & _all_finite(params)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    return FitState(
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        alive=ok,
+        diverged_at=jnp.where(state.alive & ~ok, step, state.diverged_at).astype(jnp.int32),
+        loss=jnp.where(ok, loss, jnp.nan),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "cfg", "sampling", "stage"), donate_argnums=0)
+def finetune_block(
+    state: FitState,
+    data: SubjectData,
+    subjects: Int[Array, " n"],
+    seed: Int[Array, ""],
+    first_step: Int[Array, ""],
+    *,
+    num_steps: int,
+    cfg: st.INRConfig,
+    sampling: Sampling,
+    stage: StageConfig,
+) -> FitState:
+    """`num_steps` fine-tuning steps of a whole chunk of subjects in one compiled call.
+
+    `state`, `data` and `subjects` (global subject indices, which key the draws) carry
+    a leading subject axis; shard it over devices and the program runs partitioned.
+    """
+    tx = stage.optimizer()
+    step_all = jax.vmap(finetune_step, in_axes=(0, 0, 0, None, None, None, None, None))
+
+    def body(s, i):
+        return step_all(s, data, subjects, seed, first_step + i, cfg, sampling, tx), None
+
+    state, _ = jax.lax.scan(body, state, jnp.arange(num_steps))
+    return state
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "cfg", "sampling", "stage", "per_step"), donate_argnums=(0, 1))
+def shared_block(
+    params: st.Params,
+    opt_state: optax.OptState,
+    pool: SubjectData,
+    seed: Int[Array, ""],
+    first_step: Int[Array, ""],
+    *,
+    num_steps: int,
+    cfg: st.INRConfig,
+    sampling: Sampling,
+    stage: StageConfig,
+    per_step: int,
+) -> tuple[st.Params, optax.OptState, Float[Array, " num_steps"]]:
+    """`num_steps` steps of the shared initialisation theta*: one INR fitted to
+    `per_step` random subjects of `pool` (leading axis) per step."""
+    tx = stage.optimizer()
+    pool_size = pool.times.shape[0]
+
+    def loss_fn(p, step):
+        key = subject_key(seed, SHARED_STAGE, jnp.array(0), step)
+        k_pick, k_points = jax.random.split(key)
+        chosen = jax.random.choice(k_pick, pool_size, (per_step,), replace=per_step > pool_size)
+        data = jax.tree_util.tree_map(lambda x: x[chosen], pool)
+        keys = jax.random.split(k_points, per_step)
+        return jnp.mean(jax.vmap(sampled_loss, in_axes=(None, 0, 0, None, None))(p, data, keys, cfg, sampling))
+
+    def body(carry, i):
+        p, o = carry
+        loss, grads = jax.value_and_grad(loss_fn)(p, first_step + i)
+        updates, new_o = tx.update(grads, o, p)
+        new_p = optax.apply_updates(p, updates)
+        ok = jnp.isfinite(loss) & _all_finite(new_p)  # a non-finite step is skipped, not taken
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        return (keep(new_p, p), keep(new_o, o)), loss
+
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(num_steps))
+    return params, opt_state, losses

@@ -1,0 +1,210 @@
+"""Cohort fitting: sampling, vmapped == looped, sharded == unsharded, resume == uninterrupted, divergence."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from longbrain_jax.cli import main
+from longbrain_jax.cohort import Cohort
+from longbrain_jax.errors import InputError
+from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, flat_weights, load_fit, scan_roles
+from longbrain_jax.fit import sharding
+from longbrain_jax.fit.sampling import prepare_subjects, sample_points
+from longbrain_jax.fit.train import Sampling, finetune_block, init_state
+from longbrain_jax.inr import INRConfig
+from longbrain_jax.inr import spatiotemporal as st
+
+SHAPE = (12, 14)
+TINY = FitConfig(
+    inr=INRConfig(ndim=2, width=12, stream_layers=2, combined_layers=1, spatial_activation="sine",
+                  combined_activation="sine", w0=6.0),
+    shared=StageConfig(steps=6, learning_rate=3e-3, sample_fraction=0.3),
+    finetune=StageConfig(steps=12, learning_rate=3e-3, sample_fraction=0.3),
+    shared_subjects_per_step=2, chunk_size=4, steps_per_call=2, checkpoint_every=4,
+)  # fmt: skip
+
+
+def blob_cohort(n: int = 6, seed: int = 0) -> Cohort:
+    """2D discs that shrink with age (faster for 'dementia'), irregular scans, background at -1."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij")
+    t_max = 4
+    volumes = np.full((n, t_max, *SHAPE), -1.0, np.float32)
+    ages = np.zeros((n, t_max), np.float32)
+    mask = np.zeros((n, t_max), bool)
+    groups = tuple("dementia" if i % 2 else "healthy" for i in range(n))
+    for i in range(n):
+        k = 2 + i % 3
+        ages[i, :k] = np.sort(rng.uniform(50, 75, k))
+        mask[i, :k] = True
+        for t in range(k):
+            r = 4.5 - (0.08 if i % 2 else 0.03) * (ages[i, t] - 50)
+            d = np.hypot(yy - 5.5 - 0.3 * i % 2, xx - 6.5)
+            volumes[i, t] = np.where(d < r, 0.6 - 0.04 * d, -1.0) + 0.01 * rng.standard_normal(SHAPE)
+    return Cohort(
+        volumes=volumes, mask=mask, ages=ages, affines=np.tile(np.diag([2.0, 2.0, 2.0, 1.0]), (n, 1, 1)),
+        subject_ids=tuple(f"{i:02d}" for i in range(n)), session_ids=tuple(tuple(f"{t}" for t in range(int(mask[i].sum()))) for i in range(n)),
+        groups=groups, sexes=("",) * n,
+    )  # fmt: skip
+
+
+def _chunk(cohort, roles):
+    times = np.where(roles > 0, (cohort.ages - 62.5) / 12.5, 0).astype(np.float32)
+    return prepare_subjects(cohort.volumes, times, roles == 1, threshold=-0.9)
+
+
+def test_scan_roles_hold_out_middle_and_last():
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], bool)
+    roles = scan_roles(mask, "interpolation_extrapolation")
+    np.testing.assert_array_equal(roles, [[1, 1, 0, 0, 0], [1, 1, 3, 0, 0], [1, 2, 1, 3, 0], [1, 1, 2, 1, 3]])
+    np.testing.assert_array_equal(scan_roles(mask, "none"), mask.astype(np.int8))
+
+
+def test_sampling_draws_foreground_and_only_training_scans(key):
+    cohort = blob_cohort(3)
+    roles = scan_roles(cohort.mask, "extrapolation")
+    data = _chunk(cohort, roles)
+    i = 2  # four scans, the last held out
+    one = jax.tree_util.tree_map(lambda x: jnp.asarray(x[i]), data)
+    coords, scan, values, weights = jax.jit(sample_points, static_argnums=(2, 3, 4))(key, one, SHAPE, 4000, 0.9)
+    assert set(np.unique(np.asarray(scan))) <= set(np.flatnonzero(roles[i] == 1))
+    assert float(jnp.mean(values > -0.9)) > 0.88  # 90% foreground + the background share of uniform draws
+    assert float(jnp.min(coords)) >= -1.0 - 1e-6 and float(jnp.max(coords)) <= 1.0 + 1e-6
+    # the value at a sampled point is the voxel at its coordinates
+    idx = np.rint((np.asarray(coords) + 1) / 2 * (np.array(SHAPE) - 1)).astype(int)
+    np.testing.assert_array_equal(np.asarray(values), cohort.volumes[i][np.asarray(scan), idx[:, 0], idx[:, 1]])
+    assert float(jnp.min(weights)) == 1.0
+    empty = one._replace(num_train=jnp.int32(0), num_foreground=jnp.int32(0))
+    assert float(jnp.max(sample_points(key, empty, SHAPE, 10, 0.9)[3])) == 0.0
+
+
+def _states(theta, n, stage):
+    stacked = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), theta)
+    return jax.vmap(lambda p: init_state(p, stage.optimizer()))(stacked)
+
+
+def test_vmapped_fit_equals_per_subject_loop(key):
+    cohort = blob_cohort(4)
+    data = _chunk(cohort, scan_roles(cohort.mask, "none"))
+    cfg, stage = TINY.inr, TINY.finetune
+    sampling = Sampling(SHAPE, stage.num_points(int(np.prod(SHAPE)), 4), 0.9)
+    theta = st.init(key, cfg)
+    run = lambda state, d, ids: finetune_block(state, d, ids, jnp.int32(3), jnp.int32(0), num_steps=5, cfg=cfg, sampling=sampling, stage=stage)  # noqa: E731
+    together = run(_states(theta, 4, stage), jax.tree_util.tree_map(jnp.asarray, data), jnp.arange(4, dtype=jnp.int32))
+    for i in range(4):
+        alone = run(_states(theta, 1, stage), jax.tree_util.tree_map(lambda x: jnp.asarray(x[i : i + 1]), data), jnp.array([i], jnp.int32))
+        for a, b in zip(jax.tree_util.tree_leaves(alone.params), jax.tree_util.tree_leaves(together.params), strict=True):
+            np.testing.assert_allclose(a[0], b[i], atol=1e-5, rtol=1e-5)
+    assert bool(jnp.all(together.alive)) and float(jnp.max(together.loss)) < 1.0
+
+
+def test_a_diverging_subject_is_reported_and_leaves_the_others_alone(key):
+    cohort = blob_cohort(4)
+    data = _chunk(cohort, scan_roles(cohort.mask, "none"))
+    broken = data._replace(volumes=data.volumes.copy())
+    broken.volumes[1, 0, :] = np.nan
+    cfg, stage = TINY.inr, TINY.finetune
+    sampling = Sampling(SHAPE, stage.num_points(int(np.prod(SHAPE)), 4), 0.9)
+    theta = st.init(key, cfg)
+    ids = jnp.arange(4, dtype=jnp.int32)
+    run = lambda d: finetune_block(_states(theta, 4, stage), jax.tree_util.tree_map(jnp.asarray, d), ids, jnp.int32(0), jnp.int32(0), num_steps=4, cfg=cfg, sampling=sampling, stage=stage)  # noqa: E731
+    clean, bad = run(data), run(broken)
+    assert np.asarray(bad.alive).tolist() == [True, False, True, True]
+    assert int(bad.diverged_at[1]) == 0 and np.isnan(float(bad.loss[1]))
+    for a, b in zip(jax.tree_util.tree_leaves(clean.params), jax.tree_util.tree_leaves(bad.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a)[[0, 2, 3]], np.asarray(b)[[0, 2, 3]])
+    # its parameters stay the last finite ones (here: theta*, it failed at the first step)
+    for t, b in zip(jax.tree_util.tree_leaves(theta), jax.tree_util.tree_leaves(bad.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(t), np.asarray(b)[1])
+
+
+def _params_close(a, b, atol=1e-5):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-5)
+
+
+def test_sharded_over_four_devices_equals_one_device(tmp_path):
+    assert jax.device_count() >= 4, "conftest provides 4 CPU devices"
+    cohort = blob_cohort(6)
+    one = fit_cohort(cohort, tmp_path / "one", TINY, mesh=sharding.subject_mesh(jax.devices()[:1]))
+    four = fit_cohort(cohort, tmp_path / "four", TINY, mesh=sharding.subject_mesh(jax.devices()[:4]))
+    _params_close(one.params, four.params)
+    np.testing.assert_allclose(one.psnr, four.psnr, atol=1e-3)
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_does(tmp_path):
+    cohort = blob_cohort(6)
+    cfg = dataclasses.replace(TINY, chunk_size=2)
+    full = fit_cohort(cohort, tmp_path / "full", cfg)
+
+    class Killed(Exception):
+        pass
+
+    for stop in ({"stage": "shared", "step": 4}, {"stage": "finetune", "chunk": 1, "step": 10}):
+        out = tmp_path / f"killed-{stop['stage']}"
+
+        def kill(event, stop=stop):
+            if all(event.get(k) == v for k, v in stop.items()):
+                raise Killed
+
+        with pytest.raises(Killed):
+            fit_cohort(cohort, out, cfg, progress=kill)
+        assert not (out / "params").exists()
+        resumed = fit_cohort(cohort, out, cfg, resume=True)
+        _params_close(full.params, resumed.params, atol=0)
+        np.testing.assert_array_equal(full.psnr, resumed.psnr)
+    with pytest.raises(InputError, match="already completed"):
+        fit_cohort(cohort, out, cfg, resume=True)
+    with pytest.raises(InputError, match="another configuration"):
+        fit_cohort(cohort, tmp_path / "full", dataclasses.replace(cfg, seed=1), resume=True)
+    with pytest.raises(InputError, match="already exists"):
+        fit_cohort(cohort, tmp_path / "full", cfg)
+
+
+def test_outputs_round_trip_and_weight_table(tmp_path):
+    cohort = blob_cohort(5)
+    result = fit_cohort(cohort, tmp_path / "fit", dataclasses.replace(TINY, holdout="extrapolation"))
+    fitted = load_fit(tmp_path / "fit")
+    _params_close(result.params, fitted.params, atol=0)
+    assert fitted.subject_ids == cohort.subject_ids and fitted.groups == cohort.groups
+    weights = np.load(tmp_path / "fit" / "weights.npz")
+    for g in st.GROUPS:
+        assert weights[g].shape == (5, st.num_params(st.parameter_groups(jax.tree_util.tree_map(lambda x: x[0], result.params))[g]))
+        np.testing.assert_array_equal(weights[g], flat_weights(result.params, g))
+    lines = (tmp_path / "fit" / "metrics.tsv").read_text().splitlines()
+    assert len(lines) == 1 + int(cohort.mask.sum()) and any("\textrapolation\t" in line for line in lines)
+    assert (tmp_path / "fit" / "figures" / "reconstruction.png").stat().st_size > 0
+
+
+def test_tiny_cohort_reaches_stated_psnr(tmp_path):
+    cohort = blob_cohort(4)
+    # WIRE layers as in the paper; half the points from the background, which covers most of these tiny images
+    inr = dataclasses.replace(TINY.inr, width=32, w0=10.0, spatial_activation="wire", combined_activation="wire")
+    cfg = dataclasses.replace(
+        TINY, inr=inr, foreground_fraction=0.5, finetune=StageConfig(steps=300, learning_rate=2e-3, sample_fraction=0.3),
+        steps_per_call=50, checkpoint_every=100,
+    )  # fmt: skip
+    result = fit_cohort(cohort, tmp_path / "fit", cfg)
+    assert result.median("psnr", "train") >= 35.0, result.psnr
+    assert result.median("ssim", "train") >= 0.9, result.ssim
+
+
+def test_fit_cli_on_a_bids_dataset(tmp_path):
+    from longbrain_jax.io import write_bids
+
+    write_bids(blob_cohort(4), tmp_path / "bids")
+    args = ["fit", str(tmp_path / "bids"), str(tmp_path / "out"), "--width", "8", "--stream-layers", "2", "--combined-layers", "1",
+            "--shared-steps", "4", "--steps", "10", "--fraction", "0.3", "--shared-fraction", "0.3", "--chunk-size", "4",
+            "--holdout", "extrapolation", "--reconstruct-ages", "80", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "median PSNR train" in result.output
+    assert (tmp_path / "out" / "reconstructions" / "sub-00" / "anat" / "sub-00_desc-inr080p0_T1w.nii.gz").exists()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2 and "already exists" in again.output
+    missing = CliRunner().invoke(main, ["fit", str(tmp_path / "nope"), str(tmp_path / "o2")])
+    assert missing.exit_code == 2 and "dataset folder not found" in missing.output
