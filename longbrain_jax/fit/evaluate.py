@@ -10,6 +10,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from longbrain_jax import metrics
@@ -67,3 +68,34 @@ def cohort_scores(
 
     psnr, ssim = jax.vmap(one)(params, ages, volumes)
     return jnp.where(mask, psnr, jnp.nan), jnp.where(mask, ssim, jnp.nan)
+
+
+def role_summary(result, volumes: np.ndarray, groups: tuple[str, ...]) -> list[dict]:
+    """Median PSNR/SSIM of a `FitResult` per scan role and group, with a reference.
+
+    For held-out scans the reference is the PSNR of carrying the previous training
+    scan forward (the no-model prediction): every scan has its own noise and bias, so
+    this shows what is predictable at all. `volumes` are the fitted cohort's (N, T, *s).
+
+    **Returns:** one dict per (role, group) present: role, group, n, psnr, ssim, carried_forward_psnr.
+    """
+    from longbrain_jax.fit.cohort_fit import ROLES
+
+    rows = []
+    for role in ROLES[1:]:
+        for group in sorted(set(groups), reverse=True):
+            sel = (result.roles == ROLES.index(role)) & np.array([g == group for g in groups])[:, None]
+            if not sel.any():
+                continue
+            carried = []
+            for i, t in zip(*np.nonzero(sel), strict=True):
+                earlier = [j for j in range(t) if result.roles[i, j] == 1]
+                if role != "train" and earlier:
+                    prev, scan = jnp.asarray(volumes[i, earlier[-1]]), jnp.asarray(volumes[i, t])
+                    carried.append(float(metrics.psnr(prev, scan, DATA_RANGE)))
+            rows.append({
+                "role": role, "group": group, "n": int(sel.sum()),
+                "psnr": float(np.median(result.psnr[sel])), "ssim": float(np.median(result.ssim[sel])),
+                "carried_forward_psnr": float(np.median(carried)) if carried else float("nan"),
+            })  # fmt: skip
+    return rows

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 def _cell(value: object, digits: int) -> str:
     if isinstance(value, float):
+        if value != value:  # NaN: not applicable
+            return "-"
         if abs(value) < 1e-9:
             return "0"
         return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"

@@ -340,7 +340,7 @@ class Simulator:
         self, out: str | os.PathLike, overwrite: bool = False, progress: Callable[[int, int], None] | None = None
     ) -> Path:
         """Simulate the cohort and write it as BIDS with ground truth under derivatives/simulator."""
-        cfg, tpl = self.cfg, self.template
+        cfg = self.cfg
         plans = self.plan()
         volume_rows: list[dict[str, object]] = []
         shown: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}  # group -> (subject, ages, scans) for the montage
