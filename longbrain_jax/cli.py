@@ -217,6 +217,79 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
 
 
 @main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--bids", "bids_dir", type=click.Path(path_type=Path), default=None, help="Scans for SFCN (default: the dataset the fit read).")
+@click.option("--no-sfcn", is_flag=True, help="Skip the image-space SFCN baseline.")
+@click.option("--token-widths", default="512,1024,2048", show_default=True, help="Per-token MLP widths of the encoder.")
+@click.option("--head-width", default=1024, show_default=True)
+@click.option("--epochs", default=100, show_default=True, help="Epochs of every classifier.")
+@click.option("--lr", default=1e-4, show_default=True, help="Peak one-cycle learning rate of the encoder.")
+@click.option("--sfcn-channels", default="32,64,128,256,256", show_default=True)
+@click.option("--streams", default="", help="Stream combinations, e.g. P_time,P_space+P_com (default: the paper's six).")
+@click.option("--folds", default=0, show_default=True, help="Repeated stratified k-fold by anatomy (0: off).")
+@click.option("--repeats", default=1, show_default=True)
+@click.option("--fit-width", default=512, show_default=True, help="INR width when SOURCE is a BIDS dataset (fitted first).")
+@click.option("--fit-steps", default=100, show_default=True, help="Fine-tuning steps when SOURCE is a BIDS dataset.")
+@click.option("--fit-fraction", default=0.01, show_default=True, help="Voxels per scan per step when SOURCE is a BIDS dataset.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@_input_errors_exit_2
+def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, epochs, lr, sfcn_channels, streams, folds, repeats, fit_width, fit_steps, fit_fraction, seed, overwrite, quiet) -> None:
+    """Classify healthy vs dementia-like trajectories from INR weights (and SFCN on the scans).
+
+    SOURCE is the folder of a finished `longbrain fit`, or a BIDS dataset, which is
+    fitted first into OUT-fit with the paper's settings (--fit-* change the sizes).
+    """
+    import json
+
+    from longbrain_jax.classification import ClassifyConfig, results_table, run_classification, write_classification
+    from longbrain_jax.classifier import TrainConfig
+    from longbrain_jax.files import check_writable
+    from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, load_fit
+    from longbrain_jax.inr import INRConfig
+    from longbrain_jax.io import read_bids, scan_bids
+
+    check_writable(out, overwrite)
+    widths = tuple(int(w) for w in _floats(token_widths, "--token-widths"))
+    channels = tuple(int(c) for c in _floats(sfcn_channels, "--sfcn-channels"))
+    try:
+        cfg = ClassifyConfig(
+            token_widths=widths, head_width=head_width, encoder=TrainConfig(epochs=epochs, learning_rate=lr),
+            baseline=TrainConfig(epochs=epochs, learning_rate=1e-3), sfcn_channels=channels,
+            sfcn=TrainConfig(epochs=epochs, learning_rate=1e-3), folds=folds, repeats=repeats, seed=seed,
+            **({"combinations": tuple(tuple(c.split("+")) for c in streams.split(","))} if streams else {}),
+        )  # fmt: skip
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if not (source / "params").exists():
+        dataset = scan_bids(source)
+        fit_out = out.with_name(out.name + "-fit")
+        fit_cfg = FitConfig(inr=INRConfig(ndim=dataset.ndim, width=fit_width), finetune=StageConfig(fit_steps, 1e-3, fit_fraction), seed=seed)
+        bar = _FitBar(fit_cfg, dataset.num_subjects, enabled=not quiet)
+        fit_cohort(dataset, fit_out, fit_cfg, overwrite=overwrite, progress=bar, source_description=str(source))
+        bar.close()
+        bids_dir, source = bids_dir or source, fit_out
+    fitted = load_fit(source)
+    if bids_dir is None:
+        recorded = json.loads((source / "config.json").read_text()).get("source", "")
+        bids_dir = Path(recorded) if recorded else None
+    images = None  # the scans: SFCN's input, and the anatomy pairs (pair_id) of the split
+    if bids_dir is not None:
+        images = read_bids(bids_dir)
+        missing = sorted(set(fitted.subject_ids) - set(images.subject_ids))
+        if missing:
+            raise InputError(bids_dir, f"lacks fitted subject(s) {missing[:3]}")
+        images = images.select([images.subject_ids.index(s) for s in fitted.subject_ids])
+    progress = None if quiet else (lambda what: click.echo(f"training {what}", err=True))
+    results = run_classification(fitted, images, cfg, progress=progress, use_images=not no_sfcn)
+    report = write_classification(out, results, cfg, f"Fitted cohort: `{source}` ({len(fitted.subject_ids)} subjects).", overwrite=overwrite)
+    click.echo(f"wrote {report}")
+    click.echo(results_table(results))
+
+
+@main.command()
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.option("--common-grid", is_flag=True, help="Resample every subject onto the first subject's grid.")
 @click.option("--no-normalise", is_flag=True, help="Keep raw intensities.")

@@ -341,3 +341,24 @@ def stratified_kfold(
         offset += members.size
     fold = fold_of_unit[inverse]
     return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
+
+
+def one_version_per_unit(key: jax.Array, indices: np.ndarray, units: Sequence[Any], labels: np.ndarray) -> np.ndarray:
+    """Keep one subject per unit among `indices`, alternating classes over shuffled units.
+
+    The paper's training set holds one version (healthy or dementia-like) of each
+    anatomy; units are visited in a random order and take class 0, 1, 0, 1, ... where
+    they have it, so the kept set stays balanced.
+
+    **Returns:** the kept subject indices, sorted.
+    """
+    indices = np.asarray(indices)
+    unit_keys = np.asarray([str(units[i]) for i in indices])
+    names = np.unique(unit_keys)
+    order = names[np.asarray(jax.random.permutation(key, names.size))]
+    kept = []
+    for k, name in enumerate(order):
+        members = indices[unit_keys == name]
+        wanted = [m for m in members if labels[m] == k % 2]
+        kept.append(wanted[0] if wanted else members[0])
+    return np.sort(np.array(kept, dtype=int))

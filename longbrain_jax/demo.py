@@ -23,8 +23,10 @@ import numpy as np
 from longbrain_jax import metrics
 from longbrain_jax.cohort import Cohort, stratified_kfold, train_test_split
 from longbrain_jax.config import write_config
+from longbrain_jax.classification import ClassifyConfig, results_table, run_classification
+from longbrain_jax.classifier import TrainConfig
 from longbrain_jax.files import atomic_dir
-from longbrain_jax.fit import FitConfig, FitResult, StageConfig, fit_cohort
+from longbrain_jax.fit import FitConfig, FitResult, StageConfig, fit_cohort, load_fit
 from longbrain_jax.fit.evaluate import role_summary
 from longbrain_jax.grid import displacement_from_world, warp
 from longbrain_jax.inr import INRConfig
@@ -54,6 +56,8 @@ class DemoConfig:
     - `normalise`: intensity normalisation applied when the dataset is read back.
     - `fit`: cohort fitting of spatiotemporal INRs (small CPU sizes; its `inr.ndim`
       follows the simulation).
+    - `classify`: the trajectory-classification experiment at toy size (INR-weight
+      encoder and logistic regression on some streams, SFCN on the scans).
     - `test_fraction`, `folds`: subject-level split sizes.
     - `seed`: the PRNG seed of the splits.
     """
@@ -68,6 +72,15 @@ class DemoConfig:
         chunk_size=8,
         steps_per_call=50,
         checkpoint_every=100,
+    )
+    classify: ClassifyConfig = ClassifyConfig(
+        token_widths=(32, 64),
+        head_width=32,
+        encoder=TrainConfig(epochs=30, batch_size=4, learning_rate=1e-3),
+        baseline=TrainConfig(epochs=30, batch_size=4, learning_rate=1e-3),
+        sfcn_channels=(8, 16, 16, 32, 32),
+        sfcn=TrainConfig(epochs=30, batch_size=4, learning_rate=1e-3),
+        combinations=(("P_space",), ("P_time",), ("P_space", "P_time", "P_com")),
     )
     test_fraction: float = 0.5
     folds: int = 2
@@ -89,7 +102,7 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig = DemoConfig(), overwrite: 
     """Run the demo into the folder `out` (created atomically) and return the report path."""
     out = Path(out)
     k_split, k_fold = jax.random.split(jax.random.key(cfg.seed))
-    stages = progress_bar(7, "demo", enabled=not quiet, unit="stage")
+    stages = progress_bar(8, "demo", enabled=not quiet, unit="stage")
     started = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_config(cfg, tmp / "config.json", command="longbrain demo")
@@ -120,6 +133,10 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig = DemoConfig(), overwrite: 
         fit_rows = _fit_table(cohort, fit)
         stages.update()
 
+        stages.set_postfix_str("classify")
+        classify_md = _classify_section(tmp / "fit", cohort, dataclasses.replace(cfg.classify, seed=cfg.seed))
+        stages.update()
+
         stages.set_postfix_str("splits and report")
         train, test = train_test_split(k_split, cohort.num_subjects, cfg.test_fraction, strata=cohort.groups)
         folds = stratified_kfold(k_fold, cohort.num_subjects, cfg.folds, strata=cohort.groups)
@@ -136,7 +153,7 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig = DemoConfig(), overwrite: 
         }
         _jacobian_figure(tmp / "jacobians.png", cohort, jac_last)
         report = _report(
-            cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, train, test, folds, classes, cls,
+            cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, classify_md, train, test, folds, classes, cls,
             time.perf_counter() - started,
         )
         (tmp / "report.md").write_text(report)
@@ -229,7 +246,20 @@ def _jacobian_figure(path: Path, cohort: Cohort, jac_last: dict[int, np.ndarray]
     save_figure(series_montage(rows, names, titles, column_styles=styles), path)
 
 
-def _report(cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, train, test, folds, classes, cls, seconds) -> str:
+def _classify_section(fit_dir: Path, cohort: Cohort, cfg: ClassifyConfig) -> str:
+    """The classification experiment at toy size, as Markdown (skipped below 3 subjects per group)."""
+    counts = [cohort.groups.count(g) for g in ("healthy", "dementia")]
+    if min(counts) < 3:
+        return f"Skipped: needs at least 3 subjects per group (have {counts[0]} healthy, {counts[1]} dementia-like).\n"
+    results = run_classification(load_fit(fit_dir), cohort, cfg)
+    return (
+        f"{len(results['train'])} training and {len(results['test'])} test subjects: far too few for the accuracy "
+        "to mean anything; this shows the pipeline (`longbrain classify`). The experiment at scale: "
+        "`benchmarks/trajectory_classification.py`.\n\n" + results_table(results)
+    )
+
+
+def _report(cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, classify_md, train, test, folds, classes, cls, seconds) -> str:
     sim = cfg.simulation
     return "\n".join(
         [
@@ -271,6 +301,8 @@ def _report(cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows
             "which no model can predict). Outputs: `fit/` (parameters, weight table, metrics).\n",
             markdown_table(["scans", "group", "n", "PSNR", "SSIM", "carried-forward PSNR"], fit_rows),
             "![reconstructions](fit/figures/reconstruction.png)\n",
+            "## Classifying trajectories from INR weights and from the scans\n",
+            classify_md,
             "## Subject-level splits\n",
             f"Train/test ({1 - cfg.test_fraction:.2f}/{cfg.test_fraction:.2f}, stratified by group): "
             f"{len(train)} / {len(test)} subjects; {cfg.folds}-fold test sizes {[len(f[1]) for f in folds]}.\n",

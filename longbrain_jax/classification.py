@@ -1,0 +1,234 @@
+"""The trajectory-classification experiment (Aulakh et al., Table 2), end to end.
+
+Given a fitted cohort (`fit.load_fit`) and its scans:
+
+- for each combination of INR parameter streams (`weightspace.COMBINATIONS`): the
+  inr2vec-style token encoder and a logistic-regression baseline on the flat weights;
+- SFCN on the scans stacked as channels (`baselines.sfcn`);
+
+all trained and tested on the same subjects. Protocol: a 2:1 split by anatomy; the
+test set holds both the healthy and the dementia-like version of each test anatomy
+(the simulator's `--paired` mode, pairs from `pair_id`), the training set one version
+of each training anatomy. Optionally repeated stratified k-fold by anatomy (mean +- sd).
+Neither classifier sees scan times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from longbrain_jax import metrics
+from longbrain_jax.baselines.sfcn import SFCN, stack_timepoints
+from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
+from longbrain_jax.cohort import Cohort, one_version_per_unit, stratified_kfold, train_test_split
+from longbrain_jax.config import write_config
+from longbrain_jax.errors import InputError
+from longbrain_jax.files import atomic_dir
+from longbrain_jax.fit.outputs import FittedCohort
+from longbrain_jax.report import markdown_table, save_figure
+from longbrain_jax.weightspace.models import LinearClassifier, TokenEncoderClassifier
+from longbrain_jax.weightspace.tokens import COMBINATIONS, combination_name, stream_tokens, stream_vectors
+
+CLASSES = ("healthy", "dementia")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyConfig:
+    """The experiment's models and protocol (paper defaults where the paper gives them).
+
+    **Arguments:**
+
+    - `token_widths`, `head_width`, `dropout`: the token encoder (paper: 512-1024-2048, 1024, 0.5).
+    - `encoder`: its training (paper: AdamW 1e-4, wd 1e-2, one-cycle, batch 20, 100 epochs).
+    - `baseline`: training of the logistic regression on standardised flat weights.
+    - `sfcn_channels`, `sfcn_scans`: SFCN blocks and the fixed channel count (paper: 32-64-128-256-256, 5).
+    - `sfcn`: SFCN training (not given in the paper; AdamW with a one-cycle schedule).
+    - `combinations`: stream combinations to test.
+    - `test_fraction`: share of anatomies in the test set (paper: 1/3).
+    - `folds`, `repeats`: repeated stratified k-fold by anatomy (0 folds: off).
+    - `seed`: every split and initialisation.
+    """
+
+    token_widths: tuple[int, ...] = (512, 1024, 2048)
+    head_width: int = 1024
+    dropout: float = 0.5
+    encoder: TrainConfig = TrainConfig()
+    baseline: TrainConfig = TrainConfig(epochs=100, learning_rate=1e-3)
+    sfcn_channels: tuple[int, ...] = (32, 64, 128, 256, 256)
+    sfcn_scans: int = 5
+    sfcn: TrainConfig = TrainConfig(epochs=100, learning_rate=1e-3)
+    combinations: tuple[tuple[str, ...], ...] = COMBINATIONS
+    test_fraction: float = 1 / 3
+    folds: int = 0
+    repeats: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        from longbrain_jax.inr.spatiotemporal import GROUPS
+
+        for combo in self.combinations:
+            if not combo or any(s not in GROUPS for s in combo):
+                raise ValueError(f"stream combination {'+'.join(combo)!r} is not made of {GROUPS}")
+
+
+def labels_of(groups: tuple[str, ...]) -> np.ndarray:
+    """(N,) 0 healthy, 1 dementia-like; other groups are an error."""
+    odd = sorted({g for g in groups if g not in CLASSES})
+    if odd:
+        raise InputError("participants.tsv", f"groups {odd} are not {CLASSES}; classification needs these two")
+    return np.array([CLASSES.index(g) for g in groups], np.int32)
+
+
+def paired_split(key: jax.Array, units: tuple[str, ...], y: np.ndarray, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's split: (train: one version per training anatomy, test: every version of test anatomies)."""
+    k_split, k_pick = jax.random.split(key)
+    train, test = train_test_split(k_split, len(y), test_fraction, strata=y, units=units)
+    return one_version_per_unit(k_pick, train, units, y), test
+
+
+def _scores(y: np.ndarray, proba: np.ndarray) -> dict:
+    pred = proba.argmax(1)
+    both = len(set(y.tolist())) == 2
+    return {
+        "accuracy": metrics.accuracy(y, pred),
+        "balanced_accuracy": metrics.balanced_accuracy(y, pred),
+        "auc": metrics.roc_auc(y, proba[:, 1]) if both else float("nan"),
+        "confusion": metrics.confusion_matrix(y, pred, 2).tolist(),
+    }
+
+
+def _standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    mean, std = x[train].mean(0), x[train].std(0)
+    return (x - mean) / np.where(std > 0, std, 1.0)
+
+
+class _Methods:
+    """Every method's (name, streams, input builder, model, training config)."""
+
+    def __init__(self, fitted: FittedCohort, images: Cohort | None, cfg: ClassifyConfig):
+        self.fitted, self.images, self.cfg = fitted, images, cfg
+
+    def __iter__(self):
+        cfg = self.cfg
+        encoder = TokenEncoderClassifier(cfg.token_widths, cfg.head_width, cfg.dropout)
+        for streams in cfg.combinations:
+            name = combination_name(streams)
+            tokens = stream_tokens(self.fitted.params, streams)
+            yield "INR encoder", name, (lambda train, t=tokens: t), encoder, cfg.encoder
+            flat = stream_vectors(self.fitted.params, streams)
+            yield "INR logistic", name, (lambda train, f=flat: _standardise(f, train)), LinearClassifier(), cfg.baseline
+        if self.images is not None:
+            stacked = stack_timepoints(self.images.volumes, self.images.mask, cfg.sfcn_scans)
+            yield "SFCN", "images", (lambda train: stacked), SFCN(cfg.sfcn_channels), cfg.sfcn
+
+
+def _evaluate(method, train: np.ndarray, test: np.ndarray, y: np.ndarray, key: jax.Array) -> dict:
+    _, _, build, model, train_cfg = method
+    x = build(train)
+    trained = train_classifier(model, x[train], y[train], train_cfg, key)
+    return _scores(y[test], predict_proba(model, trained.variables, x[test])) | {"best_epoch": trained.best_epoch}
+
+
+def run_classification(
+    fitted: FittedCohort,
+    images: Cohort | None,
+    cfg: ClassifyConfig = ClassifyConfig(),
+    progress: Callable[[str], None] | None = None,
+    use_images: bool = True,
+) -> dict:
+    """Run every method on the paper's split (and k-fold if asked); returns a results dict.
+
+    `images` must list the same subjects in the same order as `fitted`; SFCN runs on
+    them when `use_images` (None: no SFCN).
+    Pairs come from `images.metadata[i]["pair_id"]`; without pair ids each subject is
+    its own anatomy and the split is a plain stratified one.
+    """
+    y = labels_of(fitted.groups)
+    if images is not None and tuple(images.subject_ids) != tuple(fitted.subject_ids):
+        raise InputError("images", "the scans' subjects differ from the fitted cohort's (order matters)")
+    units = tuple(str((images.metadata[i] if images is not None else {}).get("pair_id", "") or fitted.subject_ids[i]) for i in range(len(y)))
+    key = jax.random.key(cfg.seed)
+    train, test = paired_split(jax.random.fold_in(key, 0), units, y, cfg.test_fraction)
+    if len(set(y[train].tolist())) < 2 or len(set(y[test].tolist())) < 2:
+        raise InputError("cohort", "too few subjects of each group for a train/test split")
+    folds = []
+    for r in range(cfg.repeats if cfg.folds else 0):
+        k_fold = jax.random.fold_in(key, 1000 + r)
+        for f, (tr, te) in enumerate(stratified_kfold(k_fold, len(y), cfg.folds, strata=y, units=units)):
+            folds.append((one_version_per_unit(jax.random.fold_in(k_fold, f), tr, units, y), te))
+    rows = []
+    for m, method in enumerate(_Methods(fitted, images if use_images else None, cfg)):
+        name, streams = method[0], method[1]
+        if progress is not None:
+            progress(f"{name} {streams}")
+        started = time.perf_counter()
+        split = _evaluate(method, train, test, y, jax.random.fold_in(key, 10 + m))
+        fold_acc = [_evaluate(method, tr, te, y, jax.random.fold_in(key, 10_000 + 100 * m + i))["accuracy"] for i, (tr, te) in enumerate(folds)]
+        rows.append({
+            "method": name, "streams": streams, **split,
+            "kfold_accuracy_mean": float(np.mean(fold_acc)) if fold_acc else float("nan"),
+            "kfold_accuracy_sd": float(np.std(fold_acc, ddof=1)) if len(fold_acc) > 1 else float("nan"),
+            "seconds": time.perf_counter() - started,
+        })  # fmt: skip
+    return {
+        "rows": rows,
+        "train": [fitted.subject_ids[i] for i in train],
+        "test": [fitted.subject_ids[i] for i in test],
+        "num_folds": len(folds),
+    }
+
+
+# -- report ---------------------------------------------------------------------------------
+def results_table(results: dict) -> str:
+    """The Markdown table of every method side by side."""
+    rows = [
+        [r["method"], r["streams"], r["accuracy"], r["balanced_accuracy"], r["auc"],
+         f"{r['kfold_accuracy_mean']:.3f} +- {r['kfold_accuracy_sd']:.3f}" if np.isfinite(r["kfold_accuracy_mean"]) else "-",
+         str(r["confusion"])]
+        for r in results["rows"]
+    ]  # fmt: skip
+    return markdown_table(["method", "input", "accuracy", "balanced acc.", "ROC AUC", "k-fold accuracy", "confusion [[TN, FP], [FN, TP]]"], rows, digits=3)
+
+
+def confusion_figure(results: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(1.9 * len(rows), 2.4), squeeze=False)
+    for ax, r in zip(axes[0], rows, strict=True):
+        cm = np.array(r["confusion"])
+        ax.imshow(cm, cmap="Blues", vmin=0)
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=9)
+        ax.set_xticks([0, 1], ["H", "D"])
+        ax.set_yticks([0, 1], ["H", "D"])
+        ax.set_title(f"{r['method']}\n{r['streams']}", fontsize=7)
+    fig.supxlabel("predicted", fontsize=8)
+    fig.supylabel("true", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_classification(out: str | os.PathLike, results: dict, cfg: ClassifyConfig, description: str, overwrite: bool = False) -> Path:
+    """OUT/report.md, results.json, confusion.png and config.json, atomically."""
+    out = Path(out)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_config(cfg, tmp / "config.json", source=description)
+        (tmp / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+        confusion_figure(results, tmp / "confusion.png")
+        n_train, n_test = len(results["train"]), len(results["test"])
+        (tmp / "report.md").write_text(
+            "# Trajectory classification\n\n"
+            f"{description}\n\nSplit by anatomy: {n_train} training subjects (one version per anatomy), "
+            f"{n_test} test subjects (both versions of each test anatomy); "
+            f"{results['num_folds']} k-fold runs. Seed {cfg.seed}.\n\n" + results_table(results) + "\n![confusion](confusion.png)\n"
+        )
+    return out / "report.md"

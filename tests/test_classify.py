@@ -1,0 +1,135 @@
+"""Weight-space classification, SFCN, and the paper's protocol."""
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from longbrain_jax.baselines.sfcn import SFCN, stack_timepoints
+from longbrain_jax.classification import ClassifyConfig, paired_split, run_classification, write_classification
+from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
+from longbrain_jax.cli import main
+from longbrain_jax.fit import fit_cohort, load_fit
+from longbrain_jax.inr import INRConfig
+from longbrain_jax.inr import spatiotemporal as st
+from longbrain_jax.weightspace.models import TokenEncoderClassifier
+from longbrain_jax.weightspace.tokens import stream_tokens, stream_vectors
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_fit import TINY, blob_cohort  # noqa: E402
+
+SMALL = ClassifyConfig(
+    token_widths=(8, 16), head_width=8, encoder=TrainConfig(epochs=3, batch_size=4, learning_rate=1e-3),
+    baseline=TrainConfig(epochs=3, batch_size=4), sfcn_channels=(4, 4, 8, 8, 8), sfcn=TrainConfig(epochs=3, batch_size=4),
+    folds=2, repeats=1,
+)  # fmt: skip
+
+
+def test_tokens_are_neuron_rows_with_bias(key):
+    cfg = INRConfig(ndim=2, width=6, stream_layers=3, combined_layers=2)
+    params = jax.tree_util.tree_map(lambda x: jnp.stack([x, 2 * x]), st.init(key, cfg))
+    tokens = stream_tokens(params, ("P_time",))
+    assert tokens.shape == (2, 2 * 6, 7)  # two ReLU hidden layers of 6 neurons, 6 weights + bias
+    layer = params["time"]["hidden"][0]
+    np.testing.assert_array_equal(tokens[0, 3], np.r_[np.asarray(layer["w"][0, :, 3]), np.asarray(layer["b"][0, 3])])
+    assert stream_tokens(params, ("P_space",)).shape == (2, 2 * 2 * 6, 7)  # WIRE: two linear maps per layer
+    assert stream_vectors(params, ("P_time", "P_com")).shape == (2, (2 * 6 + 2 * 2 * 6) * 7)
+    with pytest.raises(ValueError, match="unknown parameter stream"):
+        stream_tokens(params, ("P_other",))
+
+
+def test_encoder_is_invariant_to_the_order_of_tokens(key):
+    model = TokenEncoderClassifier((8, 16), 8)
+    tokens = jax.random.normal(key, (3, 10, 5))
+    variables = model.init(key, tokens)
+    perm = jax.random.permutation(jax.random.key(1), 10)
+    a = model.apply(variables, tokens, train=False)
+    b = model.apply(variables, tokens[:, perm], train=False)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not np.allclose(a[0], a[1])
+
+
+def test_encoder_learns_a_separable_weight_set():
+    rng = np.random.default_rng(0)
+    y = (np.arange(80) % 2).astype(np.int32)
+    tokens = rng.standard_normal((80, 12, 6)).astype(np.float32)
+    where = rng.integers(0, 12, size=80)  # one neuron of class-1 INRs, anywhere in the layer, carries a signal
+    tokens[np.arange(80)[y == 1], where[y == 1], 2] += 5.0
+    model = TokenEncoderClassifier((16, 32), 16)
+    trained = train_classifier(model, tokens[:60], y[:60], TrainConfig(epochs=40, batch_size=10, learning_rate=3e-3), jax.random.key(0))
+    accuracy = float(np.mean(predict_proba(model, trained.variables, tokens[60:]).argmax(1) == y[60:]))
+    assert accuracy >= 0.9
+    assert trained.val_loss[trained.best_epoch] == np.nanmin(trained.val_loss)
+
+
+@pytest.mark.parametrize("shape", [(20, 24), (12, 14, 10)])
+def test_sfcn_loss_falls_on_a_tiny_batch(shape):
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1, 0, 1, 0, 1], np.int32)
+    x = rng.standard_normal((6, *shape, 5)).astype(np.float32) + y[(...,) + (None,) * (len(shape) + 1)]
+    model = SFCN((4, 8, 8, 8, 8), 8, dropout=0.0)
+    trained = train_classifier(model, x, y, TrainConfig(epochs=25, batch_size=6, learning_rate=1e-2, validation_fraction=0), jax.random.key(0))
+    assert np.mean(trained.train_loss[-3:]) < 0.5 * trained.train_loss[0], trained.train_loss
+
+
+def test_timepoints_stack_in_order_and_zero_pad():
+    volumes = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 2, 2) + 1
+    mask = np.array([[True, True, False], [True, True, True]])
+    stacked = stack_timepoints(volumes, mask, channels=5)
+    assert stacked.shape == (2, 2, 2, 5)
+    np.testing.assert_array_equal(stacked[0, ..., 1], volumes[0, 1])
+    assert np.all(stacked[0, ..., 2:] == 0) and np.all(stacked[1, ..., 3:] == 0)
+
+
+def test_paired_split_keeps_anatomies_apart(key):
+    units = tuple(f"{i // 2:03d}" for i in range(30))  # 15 anatomies, two versions each
+    y = np.array([i % 2 for i in range(30)], np.int32)
+    train, test = paired_split(key, units, y, 1 / 3)
+    assert not set(train) & set(test)
+    train_units, test_units = {units[i] for i in train}, {units[i] for i in test}
+    assert not train_units & test_units and len(test_units) == 5 and len(train_units) == 10
+    assert len(train) == len(train_units)  # one version per training anatomy
+    assert len(test) == 2 * len(test_units)  # both versions of each test anatomy
+    assert abs(int(y[train].sum()) - len(train) / 2) <= 1
+
+
+def test_experiment_runs_every_method_and_writes_a_report(tmp_path):
+    cohort = blob_cohort(12)
+    cohort = dataclasses.replace(cohort, metadata=tuple({"pair_id": f"{i // 2}"} for i in range(12)))
+    fit_cohort(cohort, tmp_path / "fit", TINY)
+    fitted = load_fit(tmp_path / "fit")
+    cfg = dataclasses.replace(SMALL, combinations=(("P_time",), ("P_space", "P_com")))
+    results = run_classification(fitted, cohort, cfg)
+    methods = [(r["method"], r["streams"]) for r in results["rows"]]
+    assert methods == [("INR encoder", "P_time"), ("INR logistic", "P_time"), ("INR encoder", "P_space+P_com"),
+                       ("INR logistic", "P_space+P_com"), ("SFCN", "images")]  # fmt: skip
+    for r in results["rows"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and np.sum(r["confusion"]) == len(results["test"])
+        assert np.isfinite(r["kfold_accuracy_mean"])
+    assert not set(results["train"]) & set(results["test"])
+    report = write_classification(tmp_path / "cls", results, SMALL, "test run")
+    assert "P_time" in report.read_text() and (tmp_path / "cls" / "confusion.png").exists()
+
+
+def test_classify_cli_on_a_fit(tmp_path):
+    from longbrain_jax.io import write_bids
+
+    cohort = blob_cohort(8)
+    write_bids(cohort, tmp_path / "bids")
+    fit_args = ["fit", str(tmp_path / "bids"), str(tmp_path / "fit"), "--width", "8", "--stream-layers", "2", "--combined-layers", "1",
+                "--shared-steps", "2", "--steps", "4", "--fraction", "0.3", "--shared-fraction", "0.3", "--quiet"]  # fmt: skip
+    assert CliRunner().invoke(main, fit_args).exit_code == 0
+    args = ["classify", str(tmp_path / "fit"), str(tmp_path / "cls"), "--token-widths", "8,8", "--head-width", "8", "--epochs", "2",
+            "--sfcn-channels", "4,4,4,4,4", "--streams", "P_time", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cls" / "report.md").exists() and "SFCN" in result.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2 and "already exists" in again.output
+    bad = CliRunner().invoke(main, ["classify", str(tmp_path / "nothing"), str(tmp_path / "c2")])
+    assert bad.exit_code == 2 and "not found" in bad.output
