@@ -40,6 +40,35 @@ PAPER = {  # accuracy %, regular / irregular
 }  # fmt: skip
 
 
+def oracle_row(cohort, results: dict, cfg: ClassifyConfig) -> dict:
+    """Reference: logistic regression on the TRUE annualised regional volume changes
+    (hippocampus, amygdala, ventricles, cortex, WM from the simulator's label maps),
+    same split. What a perfect measurement of the simulated signal allows."""
+    import numpy as np
+
+    from longbrain_jax import metrics
+    from longbrain_jax.classification import _scores, _standardise, labels_of
+    from longbrain_jax.classifier import predict_proba, train_classifier
+    from longbrain_jax.simulate import REGIONS
+    from longbrain_jax.weightspace.models import LinearClassifier
+
+    names = [r for r in ("hippocampus", "amygdala", "lateral_ventricles", "cortical_gm", "cerebral_wm") if r in REGIONS]
+    feats = np.zeros((cohort.num_subjects, len(names)), np.float32)
+    for i in range(cohort.num_subjects):
+        t = cohort.mask[i]
+        for k, name in enumerate(names):
+            vols = [float(np.asarray(metrics.regional_volumes(cohort.labels[i, j], cohort.affines[i], REGIONS[name])).sum()) for j in np.flatnonzero(t)]
+            feats[i, k] = np.polyfit(cohort.ages[i, t], np.log(np.maximum(vols, 1.0)), 1)[0]
+    ids = list(cohort.subject_ids)
+    train = np.array([ids.index(s) for s in results["train"]])
+    test = np.array([ids.index(s) for s in results["test"]])
+    y = labels_of(cohort.groups)
+    x = _standardise(feats, train)
+    trained = train_classifier(LinearClassifier(), x[train], y[train], cfg.baseline, jax.random.key(cfg.seed))
+    return {"method": "oracle logistic", "streams": "true volume rates", **_scores(y[test], predict_proba(LinearClassifier(), trained.variables, x[test])),
+            "kfold_accuracy_mean": float("nan"), "kfold_accuracy_sd": float("nan"), "best_epoch": trained.best_epoch, "seconds": 0.0}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--anatomies", type=int, default=60)
@@ -89,6 +118,7 @@ def main() -> None:
             start = time.perf_counter()
             results = run_classification(fitted, cohort, ccfg)
             cls_s = time.perf_counter() - start
+            results["rows"].append(oracle_row(cohort, results, ccfg))
         print(f"\n## {sampling} sampling\n\n" + results_table(results))
         record["samplings"][sampling] = {"results": results["rows"], "simulate_s": sim_s, "fit_s": fit_s, "classify_s": cls_s,
                                          "train": len(results["train"]), "test": len(results["test"])}  # fmt: skip

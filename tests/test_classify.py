@@ -1,8 +1,6 @@
 """Weight-space classification, SFCN, and the paper's protocol."""
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +17,7 @@ from longbrain_jax.inr import INRConfig
 from longbrain_jax.inr import spatiotemporal as st
 from longbrain_jax.weightspace.models import TokenEncoderClassifier
 from longbrain_jax.weightspace.tokens import stream_tokens, stream_vectors
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_fit import TINY, blob_cohort  # noqa: E402
+from tests.test_fit import TINY, blob_cohort
 
 SMALL = ClassifyConfig(
     token_widths=(8, 16), head_width=8, encoder=TrainConfig(epochs=3, batch_size=4, learning_rate=1e-3),

@@ -16,6 +16,7 @@ from longbrain_jax.io import (
     normalise_intensity,
     read_bids,
     save_displacement,
+    scan_bids,
     save_image,
     scan_path,
     write_bids,
@@ -55,6 +56,19 @@ def test_round_trip_keeps_everything(tmp_path, shape):
     img = nib.load(scan_path(root, "s0", "0"))
     np.testing.assert_allclose(img.affine, affine_mm())
     assert img.get_data_dtype() == np.float32
+
+
+def test_scan_bids_indexes_without_voxels_and_loads_any_subset(dataset):
+    root, cohort = dataset
+    indexed = scan_bids(root, RAW)
+    assert indexed.num_subjects == 3 and indexed.max_scans == 3 and indexed.spatial_shape == cohort.spatial_shape
+    np.testing.assert_array_equal(indexed.mask, cohort.mask)
+    np.testing.assert_allclose(indexed.ages, cohort.ages)
+    full = read_bids(root, RAW)
+    part = indexed.select([2, 0])
+    assert part.subject_ids == (full.subject_ids[2], full.subject_ids[0])
+    np.testing.assert_array_equal(part.volumes[1], full.volumes[0])
+    np.testing.assert_array_equal(part.volumes[0, :1], full.volumes[2, :1])
 
 
 def test_normalisation_per_scan(dataset):
