@@ -1,0 +1,129 @@
+"""Registering a cohort: patch sampling and the vmapped, jit-compiled training program.
+
+The per-subject training state is `fit.train.FitState` (parameters, AdamW state, and
+divergence bookkeeping: a subject whose loss turns non-finite is frozen and reported),
+and draws are keyed by (seed, subject, step) as in cohort fitting, so the same
+sharding and checkpointing apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int
+
+from longbrain_jax.fit.train import FitState, init_state
+from longbrain_jax.grid import voxel_to_normalised
+from longbrain_jax.registration import network as net
+from longbrain_jax.registration.losses import LossConfig, subject_loss
+
+REGISTRATION_STAGE = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistrationConfig:
+    """Cohort registration.
+
+    **Arguments:**
+
+    - `network`: the displacement INR.
+    - `loss`: loss weights.
+    - `steps`: AdamW steps per subject (paper: 90 epochs of 2,000 patches in batches of 12).
+    - `learning_rate`: AdamW learning rate (paper: 4e-5).
+    - `weight_decay`: AdamW weight decay.
+    - `patches`, `patch_size`: patches per step and their edge in voxels (paper: 12, 12).
+    - `seed`: PRNG seed of every draw.
+    """
+
+    network: net.DisplacementConfig = net.DisplacementConfig()
+    loss: LossConfig = LossConfig()
+    steps: int = 2000
+    learning_rate: float = 4e-5
+    weight_decay: float = 1e-4
+    patches: int = 12
+    patch_size: int = 12
+    seed: int = 0
+
+    def optimizer(self) -> optax.GradientTransformation:
+        return optax.adamw(self.learning_rate, weight_decay=self.weight_decay)
+
+
+def sample_patches(key: Array, spatial_shape: tuple[int, ...], num_patches: int, size: int) -> Float[Array, "B N D"]:
+    """Normalised coordinates of the voxel centres of `num_patches` random cubes of edge `size`."""
+    shape = jnp.asarray(spatial_shape)
+    edge = jnp.minimum(size, shape)
+    corner = jax.random.randint(key, (num_patches, len(spatial_shape)), 0, shape - edge + 1)
+    offsets = jnp.stack(jnp.meshgrid(*[jnp.arange(size)] * len(spatial_shape), indexing="ij"), -1).reshape(-1, len(spatial_shape))
+    index = jnp.minimum(corner[:, None, :] + offsets[None], shape - 1).astype(jnp.float32)
+    return voxel_to_normalised(index, spatial_shape)
+
+
+def registration_key(seed: Int[Array, ""], subject: Int[Array, ""], step: Int[Array, ""]) -> Array:
+    return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), REGISTRATION_STAGE), subject), step)
+
+
+def registration_step(state: FitState, volumes, times, observed, subject, seed, step, cfg: RegistrationConfig) -> FitState:
+    """One AdamW step of one subject; a non-finite step freezes the subject."""
+    tx = cfg.optimizer()
+    k_patch, k_time = jax.random.split(registration_key(seed, subject, step))
+    patches = sample_patches(k_patch, volumes.shape[1:], cfg.patches, cfg.patch_size)
+    loss_fn = lambda p: subject_loss(p, volumes, times, observed, patches, k_time, cfg.network, cfg.loss).total  # noqa: E731
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
+    ok = state.alive & jnp.isfinite(loss) & finite
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    return FitState(
+        keep(params, state.params), keep(opt_state, state.opt_state), ok,
+        jnp.where(state.alive & ~ok, step, state.diverged_at).astype(jnp.int32), jnp.where(ok, loss, jnp.nan),
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "cfg"), donate_argnums=0)
+def registration_block(
+    state: FitState,
+    volumes: Float[Array, "n T *spatial"],
+    times: Float[Array, "n T"],
+    observed: Array,
+    subjects: Int[Array, " n"],
+    seed: Int[Array, ""],
+    first_step: Int[Array, ""],
+    *,
+    num_steps: int,
+    cfg: RegistrationConfig,
+) -> FitState:
+    """`num_steps` steps for a chunk of subjects (leading axis; shard it over devices)."""
+    step_all = jax.vmap(registration_step, in_axes=(0, 0, 0, 0, 0, None, None, None))
+
+    def body(s, i):
+        return step_all(s, volumes, times, observed, subjects, seed, first_step + i, cfg), None
+
+    return jax.lax.scan(body, state, jnp.arange(num_steps))[0]
+
+
+def init_states(cfg: RegistrationConfig, n: int) -> FitState:
+    """Fresh states of `n` subjects, all from the same initial network (keyed by the seed)."""
+    params = net.init(jax.random.fold_in(jax.random.key(cfg.seed), REGISTRATION_STAGE), cfg.network)
+    stacked = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), params)
+    return jax.vmap(lambda p: init_state(p, cfg.optimizer()))(stacked)
+
+
+def register(
+    volumes: np.ndarray, times: np.ndarray, observed: np.ndarray, cfg: RegistrationConfig, steps_per_call: int = 50
+) -> FitState:
+    """Register every subject (leading axis) of an in-memory chunk; returns the final states."""
+    n = volumes.shape[0]
+    state = init_states(cfg, n)
+    args = (jnp.asarray(volumes), jnp.asarray(times), jnp.asarray(observed), jnp.arange(n, dtype=jnp.int32), jnp.int32(cfg.seed))
+    step = 0
+    while step < cfg.steps:
+        k = min(steps_per_call, cfg.steps - step)
+        state = registration_block(state, *args, jnp.int32(step), num_steps=k, cfg=cfg)
+        step += k
+    return state
