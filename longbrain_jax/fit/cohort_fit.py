@@ -29,7 +29,6 @@ Output folder::
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -49,6 +48,7 @@ from longbrain_jax.config import config_to_dict, write_config
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit import sharding
 from longbrain_jax.fit.checkpoint import StateCheckpoints, load_tree, save_tree
+from longbrain_jax.fit.chunks import ChunkProgram, load_chunks, run_in_chunks
 from longbrain_jax.fit.evaluate import cohort_scores
 from longbrain_jax.fit.sampling import prepare_subjects
 from longbrain_jax.fit.train import FitState, Sampling, StageConfig, finetune_block, init_state, shared_block
@@ -310,75 +310,50 @@ def _shared_init(source, cfg, ckpt, work, mesh, progress) -> st.Params:
 
 
 def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress) -> FitResult:
-    n_total, t_max = source.num_subjects, source.max_scans
+    t_max = source.max_scans
     roles_all = scan_roles(source.mask, cfg.holdout)
-    chunk = sharding.padded_count(min(cfg.chunk_size, n_total), mesh)
-    starts = list(range(0, n_total, chunk))
     stage = cfg.finetune
-    sampling = Sampling(tuple(source.spatial_shape), stage.num_points(int(np.prod(source.spatial_shape)), t_max), cfg.foreground_fraction)
-    offset = cfg.shared.steps  # checkpoint counter: shared steps, then chunk-major fine-tune steps
-    theta_chunk = jax.tree_util.tree_map(lambda x: np.broadcast_to(x, (chunk, *x.shape)), theta)
-    pending = [c for c, s in enumerate(starts) if not (work / f"chunk-{c:05d}").exists()]
-    latest = ckpt.latest_meta()
+    shape = tuple(source.spatial_shape)
+    sampling = Sampling(shape, stage.num_points(int(np.prod(shape)), t_max), cfg.foreground_fraction)
 
-    def load(c: int):
-        ids = np.arange(starts[c], min(starts[c] + chunk, n_total))
-        return ids, source.select(ids)
+    def prepare(cohort, ids, n):
+        data, ages = _chunk_arrays(cohort, roles_all[ids], t_max, cfg)
+        return _pad_to((data, ages, roles_all[ids] > 0), n)
 
-    with concurrent.futures.ThreadPoolExecutor(1) as loader:
-        future = loader.submit(load, pending[0]) if pending else None
-        for k, c in enumerate(pending):
-            ids, cohort = future.result()
-            if k + 1 < len(pending):
-                future = loader.submit(load, pending[k + 1])
-            data, ages = _chunk_arrays(cohort, roles_all[ids], t_max, cfg)
-            data = sharding.shard_subjects(_pad_to(data, chunk), mesh)
-            subjects = sharding.shard_subjects(np.arange(starts[c], starts[c] + chunk, dtype=np.int32), mesh)
-            state = _init_states(sharding.shard_subjects(theta_chunk, mesh), stage)
-            step = 0
-            if latest is not None and latest[1]["stage"] == "finetune" and latest[1]["chunk"] == c:
-                state = ckpt.restore(latest[0], state)
-                step = latest[1]["step"]
-            while step < stage.steps:
-                n = min(cfg.steps_per_call, stage.steps - step)
-                state = finetune_block(
-                    state, data, subjects, jnp.int32(cfg.seed), jnp.int32(step),
-                    num_steps=n, cfg=cfg.inr, sampling=sampling, stage=stage,
-                )  # fmt: skip
-                step += n
-                if step % cfg.checkpoint_every == 0 and step < stage.steps:
-                    ckpt.save(offset + c * stage.steps + step, state, {"stage": "finetune", "chunk": c, "step": step})
-                loss = np.asarray(state.loss)[: len(ids)]
-                _report(
-                    progress, stage="finetune", chunk=c, chunks=len(starts), step=step, total=stage.steps,
-                    loss=float(np.nanmedian(loss)) if np.isfinite(loss).any() else float("nan"), psnr=_points_psnr(loss),
-                )  # fmt: skip
-            psnr, ssim = cohort_scores(
-                state.params, sharding.shard_subjects(_pad_to(ages, chunk), mesh), data.volumes,
-                sharding.shard_subjects(_pad_to(roles_all[ids] > 0, chunk), mesh),
-                spatial_shape=tuple(source.spatial_shape), cfg=cfg.inr, block=cfg.eval_block,
-            )  # fmt: skip
-            host = sharding.to_host({"params": state.params, "psnr": psnr, "ssim": ssim, "loss": state.loss, "diverged_at": state.diverged_at})
-            host = jax.tree_util.tree_map(lambda x: x[: len(ids)], host)
-            save_tree(work / f"chunk-{c:05d}", host)
-            _report(progress, stage="scored", chunk=c, chunks=len(starts), psnr=float(np.nanmedian(np.asarray(host["psnr"]))))
-    return _assemble(source, cfg, work, starts, chunk, theta, roles_all)
+    def block(state, data, subjects, first_step, num_steps):
+        return finetune_block(
+            state, data[0], subjects, jnp.int32(cfg.seed), jnp.int32(first_step),
+            num_steps=num_steps, cfg=cfg.inr, sampling=sampling, stage=stage,
+        )  # fmt: skip
 
+    def finish(state, data, n_real):
+        subject_data, ages, observed = data
+        psnr, ssim = cohort_scores(state.params, ages, subject_data.volumes, observed, spatial_shape=shape, cfg=cfg.inr, block=cfg.eval_block)
+        host = sharding.to_host({"params": state.params, "psnr": psnr, "ssim": ssim, "loss": state.loss, "diverged_at": state.diverged_at})
+        return jax.tree_util.tree_map(lambda x: x[:n_real], host)
 
-def _assemble(source, cfg, work, starts, chunk, theta, roles_all) -> FitResult:
-    n_total, t_max = source.num_subjects, source.max_scans
-    parts = []
-    for c, s in enumerate(starts):
-        n = min(chunk, n_total - s)
-        target = {
-            "params": jax.tree_util.tree_map(lambda x, n=n: np.zeros((n, *x.shape), x.dtype), theta),
+    def status(state, n_real):
+        loss = np.asarray(state.loss)[:n_real]
+        return {"loss": float(np.nanmedian(loss)) if np.isfinite(loss).any() else float("nan"), "psnr": _points_psnr(loss)}
+
+    program = ChunkProgram(
+        stage="finetune", steps=stage.steps, steps_per_call=cfg.steps_per_call, checkpoint_every=cfg.checkpoint_every,
+        offset=cfg.shared.steps, prepare=prepare,
+        init=lambda n: _init_states(jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), theta), stage),
+        block=block, finish=finish, status=status,
+    )  # fmt: skip
+    run_in_chunks(source, program, work, ckpt, mesh, cfg.chunk_size, progress)
+
+    def target(n):
+        return {
+            "params": jax.tree_util.tree_map(lambda x: np.zeros((n, *x.shape), x.dtype), theta),
             "psnr": np.zeros((n, t_max), np.float32),
             "ssim": np.zeros((n, t_max), np.float32),
             "loss": np.zeros((n,), np.float32),
             "diverged_at": np.zeros((n,), np.int32),
         }
-        parts.append(jax.tree_util.tree_map(np.asarray, load_tree(work / f"chunk-{c:05d}", target)))
-    joined = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *parts)
+
+    joined = load_chunks(work, source.num_subjects, cfg.chunk_size, mesh, target)
     return FitResult(
         params=joined["params"],
         subject_ids=tuple(source.subject_ids),
