@@ -291,6 +291,64 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, epochs, l
 
 @main.command()
 @click.argument("bids_dir", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--width", default=256, show_default=True, help="First-layer width of the displacement INR.")
+@click.option("--hidden-layers", default=4, show_default=True, help="SIREN layers after the first (each gets g(t)).")
+@click.option("--time-features", default=64, show_default=True)
+@click.option("--w0", default=30.0, show_default=True, help="SIREN frequency.")
+@click.option("--steps", default=2000, show_default=True, help="AdamW steps per subject.")
+@click.option("--lr", default=4e-5, show_default=True)
+@click.option("--patches", default=12, show_default=True, help="Patches per step.")
+@click.option("--patch-size", default=12, show_default=True, help="Patch edge in voxels.")
+@click.option("--losses", default="100,0.1,0.01,0.001", show_default=True, help="Weights: identity, spatial, temporal, monotonic.")
+@click.option("--extra-ages", default="", help="Also write fields at these ages (e.g. 80,81,82).")
+@click.option("--chunk-size", default=16, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue a killed run in OUT from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_input_errors_exit_2
+def register(bids_dir, out, width, hidden_layers, time_features, w0, steps, lr, patches, patch_size, losses, extra_ages, chunk_size, seed, resume, overwrite, quiet) -> None:
+    """Register each subject's scans into a continuous-time deformation (|J| maps, fields, labels)."""
+    from longbrain_jax.io import scan_bids
+    from longbrain_jax.progress import progress_bar
+    from longbrain_jax.registration import DisplacementConfig, LossConfig, RegistrationConfig
+    from longbrain_jax.registration.cohort import register_cohort
+
+    weights = _floats(losses, "--losses")
+    if len(weights) != 4:
+        raise click.BadParameter("--losses needs four weights: identity, spatial, temporal, monotonic")
+    dataset = scan_bids(bids_dir)
+    try:
+        cfg = RegistrationConfig(
+            network=DisplacementConfig(ndim=dataset.ndim, width=width, hidden_layers=hidden_layers, time_features=time_features, w0=w0),
+            loss=LossConfig(*weights), steps=steps, learning_rate=lr, patches=patches, patch_size=patch_size,
+            chunk_size=chunk_size, checkpoint_every=max(50, (steps // 4) // 50 * 50), seed=seed,
+        )  # fmt: skip
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    bars: dict = {}
+
+    def progress(event: dict) -> None:
+        if event["stage"] == "register":
+            if "reg" not in bars:
+                bars["reg"] = progress_bar(event["chunks"] * event["total"], "registering", enabled=not quiet, unit="step")
+            bars["reg"].update(event["chunk"] * event["total"] + event["step"] - bars["reg"].n)
+            bars["reg"].set_postfix_str(f"chunk {event['chunk'] + 1}/{event['chunks']} loss {event['loss']:.4g}")
+        elif event["stage"] == "written":
+            if "out" not in bars:
+                bars["out"] = progress_bar(event["subjects"], "writing", enabled=not quiet, unit="subject")
+            bars["out"].update(1)
+
+    register_cohort(dataset, out, cfg, extra_ages=_floats(extra_ages, "--extra-ages"), resume=resume, overwrite=overwrite,
+                    progress=progress, source_description=str(bids_dir))  # fmt: skip
+    for bar in bars.values():
+        bar.close()
+    click.echo(f"wrote {out} (|J| maps, displacements and carried labels per subject; trajectories.tsv)")
+
+
+@main.command()
+@click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.option("--common-grid", is_flag=True, help="Resample every subject onto the first subject's grid.")
 @click.option("--no-normalise", is_flag=True, help="Keep raw intensities.")
 @click.option("--workers", default=2, show_default=True, help="Threads reading images.")

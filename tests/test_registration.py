@@ -105,3 +105,30 @@ def test_a_known_2d_deformation_is_recovered():
         change = float(jnp.mean(jnp.abs(true_det - 1)[inner]))
         assert error < 0.35 * change, (k, error, change)  # |J| recovered to within 35% of the true change
         assert float(jnp.min(det)) > 0  # no folding
+
+
+def test_register_cli_writes_fields_and_resumes(tmp_path):
+    from click.testing import CliRunner
+
+    from longbrain_jax.cli import main
+    from longbrain_jax.io import load_displacement, load_image, write_bids
+    from tests.test_fit import blob_cohort
+
+    cohort = blob_cohort(3)
+    cohort = type(cohort)(**{**cohort.__dict__, "labels": (cohort.volumes > -0.5).astype(np.int32) * 17})
+    write_bids(cohort, tmp_path / "bids")
+    args = ["register", str(tmp_path / "bids"), str(tmp_path / "reg"), "--width", "8", "--hidden-layers", "1", "--time-features", "4",
+            "--w0", "3", "--steps", "4", "--patches", "2", "--patch-size", "4", "--extra-ages", "80", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    anat = tmp_path / "reg" / "sub-00" / "anat"
+    jac, affine = load_image(anat / "sub-00_ses-0_desc-jacdet.nii.gz")
+    assert jac.shape == cohort.spatial_shape and np.all(jac > 0)
+    np.testing.assert_allclose(affine, cohort.affines[0])
+    disp, _ = load_displacement(anat / "sub-00_age-080p0_desc-xfm.nii.gz")
+    assert disp.shape[-1] == 3  # world (mm) vectors; a 2D slice has a zero z component
+    assert (anat / "sub-00_age-080p0_dseg.nii.gz").exists()
+    lines = (tmp_path / "reg" / "trajectories.tsv").read_text().splitlines()
+    assert lines[0].startswith("participant_id\twhen") and any("hippocampus" in line for line in lines[1:])
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2 and "already exists" in again.output

@@ -54,7 +54,7 @@ def flat_weights(params: st.Params, group: str) -> np.ndarray:
     return np.concatenate([t.reshape(n, -1) for t in tokens], axis=1) if tokens else np.zeros((n, 0), np.float32)
 
 
-def _write_tsv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+def write_tsv(path: Path, header: list[str], rows: list[list[object]]) -> None:
     with atomic_file(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow(header)
@@ -81,14 +81,14 @@ def write_fit_outputs(out: Path, result, source, cfg) -> None:
             float(np.nanmedian(result.psnr[i][train])) if train.any() else float("nan"),
             float(np.nanmedian(result.ssim[i][train])) if train.any() else float("nan"),
         ])  # fmt: skip
-    _write_tsv(out / "subjects.tsv", ["participant_id", "group", "scans", "status", "loss", "psnr_train", "ssim_train"], rows)
+    write_tsv(out / "subjects.tsv", ["participant_id", "group", "scans", "status", "loss", "psnr_train", "ssim_train"], rows)
     rows = [
         [sid, f"{result.ages[i, t]:.2f}", ROLE_NAMES[result.roles[i, t]], float(result.psnr[i, t]), float(result.ssim[i, t])]
         for i, sid in enumerate(result.subject_ids)
         for t in range(result.roles.shape[1])
         if result.roles[i, t] > 0
     ]
-    _write_tsv(out / "metrics.tsv", ["participant_id", "age", "role", "psnr", "ssim"], rows)
+    write_tsv(out / "metrics.tsv", ["participant_id", "age", "role", "psnr", "ssim"], rows)
     reconstruction_figure(out / "figures" / "reconstruction.png", result, source, cfg)
 
 

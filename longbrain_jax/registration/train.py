@@ -37,6 +37,7 @@ class RegistrationConfig:
     - `learning_rate`: AdamW learning rate (paper: 4e-5).
     - `weight_decay`: AdamW weight decay.
     - `patches`, `patch_size`: patches per step and their edge in voxels (paper: 12, 12).
+    - `chunk_size`, `steps_per_call`, `checkpoint_every`: as in cohort fitting.
     - `seed`: PRNG seed of every draw.
     """
 
@@ -47,7 +48,16 @@ class RegistrationConfig:
     weight_decay: float = 1e-4
     patches: int = 12
     patch_size: int = 12
+    chunk_size: int = 16
+    steps_per_call: int = 50
+    checkpoint_every: int = 500
     seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 0 or self.learning_rate <= 0 or self.patches < 1 or self.patch_size < 1:
+            raise ValueError(f"need steps >= 0, learning_rate > 0, patches >= 1, patch_size >= 1: {self}")
+        if self.chunk_size < 1 or self.steps_per_call < 1 or self.checkpoint_every % self.steps_per_call:
+            raise ValueError("chunk_size >= 1, and checkpoint_every a multiple of steps_per_call, are needed")
 
     def optimizer(self) -> optax.GradientTransformation:
         return optax.adamw(self.learning_rate, weight_decay=self.weight_decay)
