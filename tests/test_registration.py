@@ -107,7 +107,7 @@ def test_a_known_2d_deformation_is_recovered():
         assert float(jnp.min(det)) > 0  # no folding
 
 
-def test_register_cli_writes_fields_and_resumes(tmp_path):
+def test_register_cli_writes_fields_and_refuses_to_overwrite(tmp_path):
     from click.testing import CliRunner
 
     from longbrain_jax.cli import main
