@@ -296,6 +296,7 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, epochs, l
 @click.option("--hidden-layers", default=4, show_default=True, help="SIREN layers after the first (each gets g(t)).")
 @click.option("--time-features", default=64, show_default=True)
 @click.option("--w0", default=30.0, show_default=True, help="SIREN frequency.")
+@click.option("--time-scale", default=1.0, show_default=True, help="Years per unit of the time input (about 10 for decades of follow-up).")
 @click.option("--steps", default=2000, show_default=True, help="AdamW steps per subject.")
 @click.option("--lr", default=4e-5, show_default=True)
 @click.option("--patches", default=12, show_default=True, help="Patches per step.")
@@ -308,7 +309,7 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, epochs, l
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def register(bids_dir, out, width, hidden_layers, time_features, w0, steps, lr, patches, patch_size, losses, extra_ages, chunk_size, seed, resume, overwrite, quiet) -> None:
+def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale, steps, lr, patches, patch_size, losses, extra_ages, chunk_size, seed, resume, overwrite, quiet) -> None:
     """Register each subject's scans into a continuous-time deformation (|J| maps, fields, labels)."""
     from longbrain_jax.io import scan_bids
     from longbrain_jax.progress import progress_bar
@@ -321,7 +322,7 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, steps, lr, 
     dataset = scan_bids(bids_dir)
     try:
         cfg = RegistrationConfig(
-            network=DisplacementConfig(ndim=dataset.ndim, width=width, hidden_layers=hidden_layers, time_features=time_features, w0=w0),
+            network=DisplacementConfig(ndim=dataset.ndim, width=width, hidden_layers=hidden_layers, time_features=time_features, w0=w0, time_scale=time_scale),
             loss=LossConfig(*weights), steps=steps, learning_rate=lr, patches=patches, patch_size=patch_size,
             chunk_size=chunk_size, checkpoint_every=max(50, (steps // 4) // 50 * 50), seed=seed,
         )  # fmt: skip

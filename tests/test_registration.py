@@ -92,7 +92,7 @@ def test_a_known_2d_deformation_is_recovered():
     truth = [grid.invert_displacement(t * contraction) for t in times]
     cfg = RegistrationConfig(
         network=DisplacementConfig(ndim=2, width=32, hidden_layers=2, time_features=8, w0=3.0),
-        steps=600, learning_rate=2e-3, patches=8, patch_size=9,
+        steps=600, learning_rate=2e-3, patches=8, patch_size=9, tissue_patches=False,
     )  # fmt: skip
     state = register(np.asarray(scans)[None], np.asarray(times)[None], np.ones((1, 4), bool), cfg)
     params = jax.tree_util.tree_map(lambda a: a[0], state.params)
@@ -132,3 +132,23 @@ def test_register_cli_writes_fields_and_refuses_to_overwrite(tmp_path):
     assert lines[0].startswith("participant_id\twhen") and any("hippocampus" in line for line in lines[1:])
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_evaluation_against_the_simulators_truth(tmp_path):
+    from longbrain_jax.io import scan_bids
+    from longbrain_jax.registration.cohort import register_cohort
+    from longbrain_jax.registration.evaluate import STRUCTURES, evaluate_against_truth, summarise
+    from longbrain_jax.simulate import SimulationConfig, simulate_cohort
+
+    bids = simulate_cohort(tmp_path / "bids", SimulationConfig(num_subjects=2, resolution_mm=4.0, ndim=2, chunk_size=2, regular_ages=(50.0, 58.0, 67.0, 75.0), sampling="regular"))
+    cfg = RegistrationConfig(network=DisplacementConfig(ndim=2, width=8, hidden_layers=1, time_features=4, w0=3.0),
+                             steps=4, patches=2, patch_size=4, steps_per_call=2, checkpoint_every=2, holdout="interpolation_extrapolation")  # fmt: skip
+    register_cohort(scan_bids(bids), tmp_path / "reg", cfg)
+    rows = evaluate_against_truth(tmp_path / "reg", bids, cfg)
+    assert len(rows) == 2 * 3 and {r["role"] for r in rows} == {"train", "interpolation", "extrapolation"}
+    for r in rows:
+        for s in STRUCTURES:
+            assert 0.0 <= r[f"dice_{s}"] <= 1.0 and r[f"jac_error_{s}"] >= 0.0
+        assert 0.0 <= r["monotone"] <= 1.0 and r["folding"] == 0.0
+    summary = summarise(rows)
+    assert summary["extrapolation"]["n"] == 2 and summary["interpolation"]["n"] == 2

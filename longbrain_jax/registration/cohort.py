@@ -34,6 +34,7 @@ from longbrain_jax.config import config_to_dict, write_config
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit import sharding
 from longbrain_jax.fit.checkpoint import StateCheckpoints, save_tree
+from longbrain_jax.fit.cohort_fit import scan_roles
 from longbrain_jax.fit.chunks import ChunkProgram, load_chunks, run_in_chunks
 from longbrain_jax.fit.outputs import write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
@@ -42,12 +43,13 @@ from longbrain_jax.registration.train import RegistrationConfig, init_states, re
 from longbrain_jax.simulate.template import REGIONS
 
 
-def _prepare(cohort, ids, n, t_max):
+def _prepare(cohort, ids, n, t_max, holdout):
     k = cohort.num_subjects
     pad_t = lambda a: np.concatenate([a, np.zeros((k, t_max - a.shape[1], *a.shape[2:]), a.dtype)], 1)  # noqa: E731
     volumes, mask = pad_t(cohort.volumes), pad_t(cohort.mask)
     times = np.where(mask, pad_t(cohort.ages) - cohort.ages[:, :1], 0.0).astype(np.float32)
-    return sharding.pad_subjects((volumes, times, mask), n)
+    train = scan_roles(mask, holdout) == 1
+    return sharding.pad_subjects((volumes, times, train), n)
 
 
 def subject_fields(params: dict, t: float, spatial_shape: tuple[int, ...], cfg: net.DisplacementConfig, block: int = 16384):
@@ -115,7 +117,7 @@ def register_cohort(
 
     program = ChunkProgram(
         stage="register", steps=cfg.steps, steps_per_call=cfg.steps_per_call, checkpoint_every=cfg.checkpoint_every, offset=0,
-        prepare=lambda cohort, ids, n: _prepare(cohort, ids, n, t_max), init=lambda n: init_states(cfg, n),
+        prepare=lambda cohort, ids, n: _prepare(cohort, ids, n, t_max, cfg.holdout), init=lambda n: init_states(cfg, n),
         block=block, finish=finish, status=status,
     )  # fmt: skip
     ckpt = StateCheckpoints(work / "checkpoints")
@@ -165,8 +167,10 @@ def write_registration_outputs(out: Path, source, cfg: RegistrationConfig, joine
                     if region.any():
                         traj_rows.append([sid, when, f"{age:.2f}", f"{t:.2f}", name, float(np.asarray(det)[region].mean()), float(np.asarray(rate)[region].mean())])
         status = "ok" if joined["diverged_at"][i] < 0 else f"diverged at step {int(joined['diverged_at'][i])}"
-        subjects_rows.append([sid, source.groups[i], n, status, float(joined["loss"][i])])
+        roles = scan_roles(cohort.mask, cfg.holdout)[0, :n]
+        held = ",".join(f"ses-{cohort.session_ids[0][j]}" for j in range(n) if roles[j] > 1) or "-"
+        subjects_rows.append([sid, source.groups[i], n, held, status, float(joined["loss"][i])])
         if progress is not None:
             progress({"stage": "written", "subject": i + 1, "subjects": source.num_subjects})
-    write_tsv(out / "subjects.tsv", ["participant_id", "group", "scans", "status", "loss"], subjects_rows)
+    write_tsv(out / "subjects.tsv", ["participant_id", "group", "scans", "held_out", "status", "loss"], subjects_rows)
     write_tsv(out / "trajectories.tsv", ["participant_id", "when", "age", "years", "structure", "mean_jacdet", "mean_jacdet_rate_per_year"], traj_rows)

@@ -39,6 +39,9 @@ class DisplacementConfig:
     - `w0`: SIREN frequency (paper: 30).
     - `output_scale`: the output layer's weights are scaled by this at initialisation so
       u starts near zero (the identity map).
+    - `time_scale`: years per unit of the time input (g sees t / time_scale). The paper's
+      follow-ups span 3 years (1 is right); for decades of follow-up use about 10, or
+      the time features grow large and the field oscillates in t.
     """
 
     ndim: int = 3
@@ -48,9 +51,10 @@ class DisplacementConfig:
     time_hidden: int = 10
     w0: float = 30.0
     output_scale: float = 1e-2
+    time_scale: float = 1.0
 
     def __post_init__(self):
-        if self.ndim not in (2, 3) or self.width < 1 or self.hidden_layers < 0 or self.time_features < 1:
+        if self.ndim not in (2, 3) or self.width < 1 or self.hidden_layers < 0 or self.time_features < 1 or self.time_scale <= 0:
             raise ValueError(f"invalid displacement INR config: {self}")
 
     def widths(self) -> list[tuple[int, int]]:
@@ -79,15 +83,15 @@ def init(key: PRNGKeyArray, cfg: DisplacementConfig) -> dict:
     return {"body": body, "output": out, "time": time}
 
 
-def time_features(params: dict, t: Float[Array, ""]) -> Float[Array, " F"]:
-    """g(t): Linear(1 -> 10), LeakyReLU(0.2), Linear(10 -> F)."""
-    h = jax.nn.leaky_relu(layers.dense(params["time"]["hidden"], jnp.reshape(t, (1,))), 0.2)
+def time_features(params: dict, t: Float[Array, ""], cfg: DisplacementConfig) -> Float[Array, " F"]:
+    """g(t): Linear(1 -> 10), LeakyReLU(0.2), Linear(10 -> F), on t / time_scale."""
+    h = jax.nn.leaky_relu(layers.dense(params["time"]["hidden"], jnp.reshape(t, (1,)) / cfg.time_scale), 0.2)
     return layers.dense(params["time"]["out"], h)
 
 
 def displacement(params: dict, x: Float[Array, " D"], t: Float[Array, ""], cfg: DisplacementConfig) -> Float[Array, " D"]:
     """u(x, t) at one point (normalised units)."""
-    g = time_features(params, t)
+    g = time_features(params, t, cfg)
     h = layers.apply_layer(params["body"][0], x, "sine", cfg.w0)
     for p in params["body"][1:]:
         h = layers.apply_layer(p, jnp.concatenate([h, g]), "sine", cfg.w0)

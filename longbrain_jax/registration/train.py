@@ -37,6 +37,11 @@ class RegistrationConfig:
     - `learning_rate`: AdamW learning rate (paper: 4e-5).
     - `weight_decay`: AdamW weight decay.
     - `patches`, `patch_size`: patches per step and their edge in voxels (paper: 12, 12).
+    - `tissue_patches`: draw patches on bright (tissue) regions of the baseline
+      (`sample_patches`); False draws them uniformly as the paper's code does on
+      skull-stripped volumes.
+    - `holdout`: scans left out of training and kept for evaluation, as in cohort
+      fitting ("none", "extrapolation", "interpolation_extrapolation").
     - `chunk_size`, `steps_per_call`, `checkpoint_every`: as in cohort fitting.
     - `seed`: PRNG seed of every draw.
     """
@@ -48,6 +53,8 @@ class RegistrationConfig:
     weight_decay: float = 1e-4
     patches: int = 12
     patch_size: int = 12
+    tissue_patches: bool = True
+    holdout: str = "none"
     chunk_size: int = 16
     steps_per_call: int = 50
     checkpoint_every: int = 500
@@ -63,11 +70,23 @@ class RegistrationConfig:
         return optax.adamw(self.learning_rate, weight_decay=self.weight_decay)
 
 
-def sample_patches(key: Array, spatial_shape: tuple[int, ...], num_patches: int, size: int) -> Float[Array, "B N D"]:
-    """Normalised coordinates of the voxel centres of `num_patches` random cubes of edge `size`."""
+def sample_patches(
+    key: Array, spatial_shape: tuple[int, ...], num_patches: int, size: int, image: Float[Array, "*spatial"] | None = None, candidates: int = 4
+) -> Float[Array, "B N D"]:
+    """Normalised coordinates of the voxel centres of `num_patches` random cubes of edge `size`.
+
+    With `image`, `candidates` x `num_patches` cubes are drawn and the `num_patches`
+    whose centres are brightest kept, so patches fall on tissue rather than on the
+    empty background around the head (where NCC compares noise with noise).
+    """
     shape = jnp.asarray(spatial_shape)
     edge = jnp.minimum(size, shape)
-    corner = jax.random.randint(key, (num_patches, len(spatial_shape)), 0, shape - edge + 1)
+    drawn = num_patches * (candidates if image is not None else 1)
+    corner = jax.random.randint(key, (drawn, len(spatial_shape)), 0, shape - edge + 1)
+    if image is not None:
+        centre = jnp.minimum(corner + edge // 2, shape - 1)
+        brightness = image[tuple(centre[:, d] for d in range(len(spatial_shape)))]
+        corner = corner[jax.lax.top_k(brightness, num_patches)[1]]
     offsets = jnp.stack(jnp.meshgrid(*[jnp.arange(size)] * len(spatial_shape), indexing="ij"), -1).reshape(-1, len(spatial_shape))
     index = jnp.minimum(corner[:, None, :] + offsets[None], shape - 1).astype(jnp.float32)
     return voxel_to_normalised(index, spatial_shape)
@@ -81,7 +100,7 @@ def registration_step(state: FitState, volumes, times, observed, subject, seed, 
     """One AdamW step of one subject; a non-finite step freezes the subject."""
     tx = cfg.optimizer()
     k_patch, k_time = jax.random.split(registration_key(seed, subject, step))
-    patches = sample_patches(k_patch, volumes.shape[1:], cfg.patches, cfg.patch_size)
+    patches = sample_patches(k_patch, volumes.shape[1:], cfg.patches, cfg.patch_size, image=volumes[0] if cfg.tissue_patches else None)
     loss_fn = lambda p: subject_loss(p, volumes, times, observed, patches, k_time, cfg.network, cfg.loss).total  # noqa: E731
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

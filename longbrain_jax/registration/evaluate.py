@@ -1,0 +1,106 @@
+"""Registration scored against the simulator's ground truth.
+
+For every follow-up scan of every subject (training and held-out), from a
+registration folder (`register_cohort`) and the simulated BIDS dataset with its
+`derivatives/simulator` truth:
+
+- Dice of the follow-up's labels carried onto the baseline by the predicted map
+  (L_t o phi_t against L_0), per structure; and the same without registration, for
+  reference;
+- error of the predicted |J| against the true |J| per structure (mean |difference|
+  over the structure's baseline voxels) and the true mean change |J| - 1;
+- the share of brain voxels whose predicted |J| changes monotonically over the
+  observed times and a yearly grid (`metrics.monotone_fraction`), and the share of
+  voxels with |J| <= 0 (folding).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from longbrain_jax import grid, metrics
+from longbrain_jax.fit.cohort_fit import ROLES, scan_roles
+from longbrain_jax.fit.checkpoint import load_tree
+from longbrain_jax.io import LoadConfig, load_image, read_bids
+from longbrain_jax.io.bids import derivative_path
+from longbrain_jax.registration import network as net
+from longbrain_jax.registration.cohort import _subject_fields
+from longbrain_jax.registration.train import RegistrationConfig
+from longbrain_jax.simulate.simulator import PIPELINE
+from longbrain_jax.simulate.template import REGIONS
+
+STRUCTURES = ("hippocampus", "lateral_ventricles", "cortical_gm", "cerebral_wm")
+
+
+def evaluate_against_truth(reg_dir: str | os.PathLike, bids_root: str | os.PathLike, cfg: RegistrationConfig) -> list[dict]:
+    """One row per follow-up scan (see the module docstring); `cfg` is the registration's."""
+    reg_dir, bids_root = Path(reg_dir), Path(bids_root)
+    cohort = read_bids(bids_root, LoadConfig(label_pipeline=PIPELINE))
+    template = net.init(jax.random.key(0), cfg.network)
+    target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((cohort.num_subjects, *x.shape), x.dtype), template)
+    params_all = load_tree(reg_dir / "params", target)
+    roles = scan_roles(cohort.mask, cfg.holdout)
+    shape = cohort.spatial_shape
+    rows = []
+    for i, sid in enumerate(cohort.subject_ids):
+        n = int(cohort.mask[i].sum())
+        if n < 2:
+            continue
+        params = jax.tree_util.tree_map(lambda x, i=i: jnp.asarray(x[i]), params_all)
+        base_labels = jnp.asarray(cohort.labels[i, 0])
+        brain = np.asarray(base_labels > 0)
+        times = cohort.ages[i, :n] - cohort.ages[i, 0]
+        grid_times = np.unique(np.concatenate([times, np.arange(0.0, times[-1] + 1.0, 1.0)]))
+        series = jnp.stack([_subject_fields(params, float(t), shape, cfg.network)[1] for t in grid_times])
+        monotone = float(metrics.monotone_fraction(series, jnp.asarray(grid_times), jnp.asarray(brain), tol=1e-4))
+        for j in range(1, n):
+            u, det, _ = _subject_fields(params, float(times[j]), shape, cfg.network)
+            carried = grid.warp_labels(jnp.asarray(cohort.labels[i, j]), u)
+            true_det, _ = load_image(derivative_path(bids_root, sid, cohort.session_ids[i][j], "jacdet", PIPELINE))
+            row = {"participant_id": sid, "group": cohort.groups[i], "session": cohort.session_ids[i][j],
+                   "years": float(times[j]), "role": ROLES[roles[i, j]], "monotone": monotone,
+                   "folding": float(np.mean(np.asarray(det)[brain] <= 0))}  # fmt: skip
+            for name in STRUCTURES:
+                ids = REGIONS[name]
+                row[f"dice_{name}"] = _dice(carried, base_labels, ids)
+                row[f"dice_unregistered_{name}"] = _dice(jnp.asarray(cohort.labels[i, j]), base_labels, ids)
+                region = np.isin(np.asarray(base_labels), ids)
+                row[f"jac_error_{name}"] = float(np.mean(np.abs(np.asarray(det) - true_det)[region])) if region.any() else float("nan")
+                row[f"jac_change_{name}"] = float(np.mean(np.abs(true_det - 1.0)[region])) if region.any() else float("nan")
+            rows.append(row)
+    return rows
+
+
+def _dice(a: jnp.ndarray, b: jnp.ndarray, ids) -> float:
+    """Dice of the union of `ids` (a structure made of several labels)."""
+    ina, inb = jnp.isin(a, jnp.asarray(ids)), jnp.isin(b, jnp.asarray(ids))
+    total = float(jnp.sum(ina) + jnp.sum(inb))
+    return 2.0 * float(jnp.sum(ina & inb)) / total if total > 0 else float("nan")
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Median per role of mean Dice (over structures), |J| error, monotone share and folding."""
+    out = {}
+    for role in ("train", "interpolation", "extrapolation"):
+        sel = [r for r in rows if r["role"] == role]
+        if not sel:
+            continue
+        dice = [np.nanmean([r[f"dice_{s}"] for s in STRUCTURES]) for r in sel]
+        raw = [np.nanmean([r[f"dice_unregistered_{s}"] for s in STRUCTURES]) for r in sel]
+        err = [np.nanmean([r[f"jac_error_{s}"] for s in STRUCTURES]) for r in sel]
+        change = [np.nanmean([r[f"jac_change_{s}"] for s in STRUCTURES]) for r in sel]
+        out[role] = {
+            "n": len(sel),
+            "dice": float(np.median(dice)),
+            "dice_unregistered": float(np.median(raw)),
+            "jac_error": float(np.median(err)),
+            "jac_true_change": float(np.median(change)),
+            "monotone": float(np.median([r["monotone"] for r in sel])),
+            "folding": float(np.max([r["folding"] for r in sel])),
+        }
+    return out
