@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from longbrain_jax.cohort import train_test_split
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -52,18 +54,6 @@ class Trained(NamedTuple):
     val_loss: np.ndarray  # (epochs,) NaN without validation
 
 
-def _validation_split(key: jax.Array, y: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split of training indices into fit and validation."""
-    fit, val = [], []
-    for c in np.unique(y):
-        members = np.flatnonzero(y == c)
-        members = members[np.asarray(jax.random.permutation(jax.random.fold_in(key, int(c)), members.size))]
-        n_val = int(round(fraction * members.size))
-        val.append(members[:n_val])
-        fit.append(members[n_val:])
-    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
-
-
 def _optimizer(total_steps: int, peak_lr: float, weight_decay: float) -> optax.GradientTransformation:
     return optax.adamw(optax.cosine_onecycle_schedule(total_steps, peak_lr), weight_decay=weight_decay)
 
@@ -92,7 +82,10 @@ def _eval_loss(params, state, xb, yb, *, model):
 def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, key: jax.Array) -> Trained:
     """Fit `model` to inputs `x` (N, ...) and integer labels `y` (N,)."""
     k_split, k_init, k_epochs = jax.random.split(key, 3)
-    fit_idx, val_idx = _validation_split(k_split, y, cfg.validation_fraction) if cfg.validation_fraction else (np.arange(len(y)), np.array([], int))
+    if cfg.validation_fraction:  # stratified by class
+        fit_idx, val_idx = train_test_split(k_split, len(y), cfg.validation_fraction, strata=y)
+    else:
+        fit_idx, val_idx = np.arange(len(y)), np.array([], int)
     variables = model.init({"params": k_init, "dropout": k_init}, jnp.asarray(x[:1]), train=False)
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     steps_per_epoch = max(1, -(-len(fit_idx) // cfg.batch_size))

@@ -179,6 +179,7 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
     import numpy as np
 
     from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, load_fit, write_reconstructions
+    from longbrain_jax.fit.cohort_fit import ROLES
     from longbrain_jax.inr import INRConfig
     from longbrain_jax.io import LoadConfig, scan_bids
 
@@ -211,7 +212,7 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
     failed = int((result.diverged_at >= 0).sum())
     click.echo(
         f"wrote {out}: {len(result.subject_ids)} subjects, median PSNR train {result.median('psnr', 'train'):.2f} dB"
-        + "".join(f", {r} {result.median('psnr', r):.2f} dB" for r in ("interpolation", "extrapolation") if (result.roles == ("padding", "train", "interpolation", "extrapolation").index(r)).any())
+        + "".join(f", {r} {result.median('psnr', r):.2f} dB" for r in ("interpolation", "extrapolation") if (result.roles == ROLES.index(r)).any())
         + (f"; {failed} subject(s) diverged (see subjects.tsv)" if failed else "")
     )
 

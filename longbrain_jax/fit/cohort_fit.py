@@ -165,10 +165,8 @@ class FitResult:
 # -- data -------------------------------------------------------------------------------
 def _chunk_arrays(cohort: Cohort, roles: np.ndarray, t_max: int, cfg: FitConfig):
     """Host arrays for one chunk, T padded to the source's T_max."""
-    n = cohort.num_subjects
-    pad_t = lambda a: np.concatenate([a, np.zeros((n, t_max - a.shape[1], *a.shape[2:]), a.dtype)], 1)  # noqa: E731
-    volumes = pad_t(cohort.volumes)
-    ages = pad_t(cohort.ages)
+    volumes = sharding.pad_scans(cohort.volumes, t_max)
+    ages = sharding.pad_scans(cohort.ages, t_max)
     times = np.where(roles > 0, (ages - cfg.inr.age_center) / cfg.inr.age_scale, 0.0).astype(np.float32)
     data = prepare_subjects(volumes, times, roles == 1, cfg.foreground_threshold)
     return data, ages
@@ -177,10 +175,6 @@ def _chunk_arrays(cohort: Cohort, roles: np.ndarray, t_max: int, cfg: FitConfig)
 @functools.partial(jax.jit, static_argnums=1)
 def _init_states(params: st.Params, stage: StageConfig) -> FitState:
     return jax.vmap(lambda p: init_state(p, stage.optimizer()))(params)
-
-
-def _pad_to(tree, n: int):
-    return sharding.pad_subjects(tree, n)
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -215,7 +209,7 @@ def fit_cohort(
     if cfg.inr.ndim != len(source.spatial_shape):
         raise InputError(out, f"INR ndim {cfg.inr.ndim} does not match the {len(source.spatial_shape)}D data")
     record = {"config": config_to_dict(cfg), "source": source_description, "subjects": list(source.subject_ids)}
-    _prepare_out(out, record, resume, overwrite)
+    prepare_output_dir(out, record, resume, overwrite)
     write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids))
     mesh = mesh or sharding.subject_mesh()
     work = out / "work"
@@ -233,7 +227,12 @@ def fit_cohort(
     return result
 
 
-def _prepare_out(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
+def prepare_output_dir(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
+    """Create `out` for a new run, or check it holds the unfinished run `record` describes.
+
+    `record` has the run's "config" and "subjects"; resuming needs the same. An existing
+    `out` is replaced only with `overwrite`.
+    """
     saved = out / "config.json"
     if resume:
         if not saved.is_file():
@@ -318,7 +317,7 @@ def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress) -> FitResult:
 
     def prepare(cohort, ids, n):
         data, ages = _chunk_arrays(cohort, roles_all[ids], t_max, cfg)
-        return _pad_to((data, ages, roles_all[ids] > 0), n)
+        return sharding.pad_subjects((data, ages, roles_all[ids] > 0), n)
 
     def block(state, data, subjects, first_step, num_steps):
         return finetune_block(

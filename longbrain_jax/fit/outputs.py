@@ -24,10 +24,10 @@ import numpy as np
 from longbrain_jax.config import config_from_dict
 from longbrain_jax.files import atomic_file
 from longbrain_jax.fit.checkpoint import load_tree, save_tree
+from longbrain_jax.fit.cohort_fit import ROLES
 from longbrain_jax.inr import spatiotemporal as st
 from longbrain_jax.io.nifti import save_image
 
-ROLE_NAMES = ("padding", "train", "interpolation", "extrapolation")
 
 
 def layer_tokens(layer: dict) -> np.ndarray:
@@ -83,7 +83,7 @@ def write_fit_outputs(out: Path, result, source, cfg) -> None:
         ])  # fmt: skip
     write_tsv(out / "subjects.tsv", ["participant_id", "group", "scans", "status", "loss", "psnr_train", "ssim_train"], rows)
     rows = [
-        [sid, f"{result.ages[i, t]:.2f}", ROLE_NAMES[result.roles[i, t]], float(result.psnr[i, t]), float(result.ssim[i, t])]
+        [sid, f"{result.ages[i, t]:.2f}", ROLES[result.roles[i, t]], float(result.psnr[i, t]), float(result.ssim[i, t])]
         for i, sid in enumerate(result.subject_ids)
         for t in range(result.roles.shape[1])
         if result.roles[i, t] > 0
@@ -110,7 +110,7 @@ def reconstruction_figure(path: Path, result, source, cfg) -> Path:
         label = f"sub-{result.subject_ids[i]} ({result.groups[i] or 'no group'})"
         rows += [list(cohort.volumes[k, :n]), list(recon)]
         titles += [f"{label}: scans", "INR"]
-        roles = [ROLE_NAMES[r] for r in result.roles[i, :n]]
+        roles = [ROLES[r] for r in result.roles[i, :n]]
         cols += [[f"{a:.1f} y ({r})" for a, r in zip(cohort.ages[k, :n], roles, strict=True)],
                  [f"{p:.1f} dB" for p in result.psnr[i, :n]]]  # fmt: skip
     fig = series_montage(rows, titles, cols, vmin=-1.0, vmax=1.0)

@@ -40,6 +40,11 @@ def pad_subjects(tree, n: int):
     return jax.tree_util.tree_map(pad, tree)
 
 
+def pad_scans(x: np.ndarray, t_max: int) -> np.ndarray:
+    """Zero-pad the scan axis (axis 1) of a (n, T, ...) host array to `t_max` slots."""
+    return np.concatenate([x, np.zeros((x.shape[0], t_max - x.shape[1], *x.shape[2:]), x.dtype)], 1)
+
+
 def shard_subjects(tree, mesh: Mesh):
     """Host arrays (same on every host) -> global arrays sharded on their leading axis."""
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))

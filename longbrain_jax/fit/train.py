@@ -115,6 +115,24 @@ def _all_finite(tree) -> Bool[Array, ""]:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
+def guarded_update(
+    state: FitState, loss: Float[Array, ""], grads, tx: optax.GradientTransformation, step: Int[Array, ""]
+) -> FitState:
+    """Apply one optimiser update to `state` unless the loss or the new parameters are
+    not finite; then the subject keeps its last finite state and is marked diverged."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ok = state.alive & jnp.isfinite(loss) & _all_finite(params)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    return FitState(
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        alive=ok,
+        diverged_at=jnp.where(state.alive & ~ok, step, state.diverged_at).astype(jnp.int32),
+        loss=jnp.where(ok, loss, jnp.nan),
+    )
+
+
 def init_state(params: st.Params, tx: optax.GradientTransformation) -> FitState:
     """Fresh training state of one subject starting from `params`."""
     return FitState(params, tx.init(params), jnp.array(True), jnp.array(-1, jnp.int32), jnp.array(jnp.nan, jnp.float32))
@@ -133,17 +151,7 @@ def finetune_step(
     """One AdamW step of one subject; a non-finite result freezes the subject (see `FitState`)."""
     key = subject_key(seed, FINETUNE_STAGE, subject, step)
     loss, grads = jax.value_and_grad(sampled_loss)(state.params, data, key, cfg, sampling)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ok = state.alive & jnp.isfinite(loss) & _all_finite(params)
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-    return FitState(
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
-        alive=ok,
-        diverged_at=jnp.where(state.alive & ~ok, step, state.diverged_at).astype(jnp.int32),
-        loss=jnp.where(ok, loss, jnp.nan),
-    )
+    return guarded_update(state, loss, grads, tx, step)
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "cfg", "sampling", "stage"), donate_argnums=0)
@@ -204,11 +212,9 @@ def shared_block(
     def body(carry, i):
         p, o = carry
         loss, grads = jax.value_and_grad(loss_fn)(p, first_step + i)
-        updates, new_o = tx.update(grads, o, p)
-        new_p = optax.apply_updates(p, updates)
-        ok = jnp.isfinite(loss) & _all_finite(new_p)  # a non-finite step is skipped, not taken
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        return (keep(new_p, p), keep(new_o, o)), loss
+        # a non-finite step is skipped, not taken (theta* stays alive: `alive` is reset each step)
+        s = guarded_update(FitState(p, o, jnp.array(True), jnp.array(-1, jnp.int32), loss), loss, grads, tx, first_step + i)
+        return (s.params, s.opt_state), loss
 
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(num_steps))
     return params, opt_state, losses

@@ -20,7 +20,6 @@ phi_t maps follow-up coordinates onto the baseline: I_t o phi_t ~ I_0.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -34,7 +33,7 @@ from longbrain_jax.config import config_to_dict, write_config
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit import sharding
 from longbrain_jax.fit.checkpoint import StateCheckpoints, save_tree
-from longbrain_jax.fit.cohort_fit import scan_roles
+from longbrain_jax.fit.cohort_fit import prepare_output_dir, scan_roles
 from longbrain_jax.fit.chunks import ChunkProgram, load_chunks, run_in_chunks
 from longbrain_jax.fit.outputs import write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
@@ -44,10 +43,8 @@ from longbrain_jax.simulate.template import REGIONS
 
 
 def _prepare(cohort, ids, n, t_max, holdout):
-    k = cohort.num_subjects
-    pad_t = lambda a: np.concatenate([a, np.zeros((k, t_max - a.shape[1], *a.shape[2:]), a.dtype)], 1)  # noqa: E731
-    volumes, mask = pad_t(cohort.volumes), pad_t(cohort.mask)
-    times = np.where(mask, pad_t(cohort.ages) - cohort.ages[:, :1], 0.0).astype(np.float32)
+    volumes, mask = sharding.pad_scans(cohort.volumes, t_max), sharding.pad_scans(cohort.mask, t_max)
+    times = np.where(mask, sharding.pad_scans(cohort.ages, t_max) - cohort.ages[:, :1], 0.0).astype(np.float32)
     train = scan_roles(mask, holdout) == 1
     return sharding.pad_subjects((volumes, times, train), n)
 
@@ -89,16 +86,7 @@ def register_cohort(
     out = Path(out)
     if cfg.network.ndim != len(source.spatial_shape):
         raise InputError(out, f"network ndim {cfg.network.ndim} does not match the {len(source.spatial_shape)}D data")
-    record = {"config": config_to_dict(cfg), "subjects": list(source.subject_ids)}
-    if resume:
-        saved = out / "config.json"
-        if not saved.is_file() or json.loads(saved.read_text()).get("config") != record["config"]:
-            raise InputError(out, "nothing to resume with this configuration (config.json missing or different)")
-    elif out.exists():
-        if not overwrite:
-            raise InputError(out, "already exists; pass overwrite=True (--overwrite) to replace it, or resume=True (--resume)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, {"config": config_to_dict(cfg), "subjects": list(source.subject_ids)}, resume, overwrite)
     write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids), extra_ages=list(extra_ages))
     mesh = mesh or sharding.subject_mesh()
     work, t_max = out / "work", source.max_scans

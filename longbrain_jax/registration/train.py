@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int
 
-from longbrain_jax.fit.train import FitState, init_state
+from longbrain_jax.fit.train import FitState, guarded_update, init_state
 from longbrain_jax.grid import voxel_to_normalised
 from longbrain_jax.registration import network as net
 from longbrain_jax.registration.losses import LossConfig, subject_loss
@@ -103,15 +103,7 @@ def registration_step(state: FitState, volumes, times, observed, subject, seed, 
     patches = sample_patches(k_patch, volumes.shape[1:], cfg.patches, cfg.patch_size, image=volumes[0] if cfg.tissue_patches else None)
     loss_fn = lambda p: subject_loss(p, volumes, times, observed, patches, k_time, cfg.network, cfg.loss).total  # noqa: E731
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
-    ok = state.alive & jnp.isfinite(loss) & finite
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-    return FitState(
-        keep(params, state.params), keep(opt_state, state.opt_state), ok,
-        jnp.where(state.alive & ~ok, step, state.diverged_at).astype(jnp.int32), jnp.where(ok, loss, jnp.nan),
-    )  # fmt: skip
+    return guarded_update(state, loss, grads, tx, step)
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "cfg"), donate_argnums=0)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from longbrain_jax.fit.outputs import group_tokens
+from longbrain_jax.fit.outputs import flat_weights, group_tokens
 from longbrain_jax.inr.spatiotemporal import GROUPS
 
 # The stream combinations of the paper's Table 2.
@@ -46,8 +46,8 @@ def stream_tokens(params: dict, streams: Sequence[str]) -> np.ndarray:
 
 def stream_vectors(params: dict, streams: Sequence[str]) -> np.ndarray:
     """(N, P) flat parameters of the selected streams (tokens flattened in order)."""
-    tokens = stream_tokens(params, streams)
-    return tokens.reshape(tokens.shape[0], -1)
+    _check(streams)
+    return np.concatenate([flat_weights(params, s) for s in streams], axis=1).astype(np.float32)
 
 
 def combination_name(streams: Sequence[str]) -> str:
