@@ -351,6 +351,79 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
 
 @main.command()
 @click.argument("bids_dir", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--method", "methods", default="all", show_default=True,
+              help="Forecasters, comma-separated: last_observation, voxelwise_linear, mrextrap, noder, inr, or all.")
+@click.option("--holdout", type=click.Choice(["extrapolation", "interpolation_extrapolation"]), default="interpolation_extrapolation", show_default=True)
+@click.option("--labels", "label_pipeline", default="simulator", show_default=True,
+              help="derivatives pipeline with the label maps (regional volumes and Dice); ignored if the dataset has none.")
+@click.option("--autoencoder", "autoencoder_dir", type=click.Path(path_type=Path), default=None,
+              help="A trained autoencoder (OUT/autoencoder of an earlier run) instead of training one.")
+@click.option("--ae-channels", default="32,64,128", show_default=True, help="Autoencoder channels per level (latent 2**(levels-1) coarser).")
+@click.option("--ae-steps", default=5000, show_default=True, help="Autoencoder training steps.")
+@click.option("--adversarial-start", default=2000, show_default=True, help="Step at which the adversarial loss is switched on.")
+@click.option("--prior", type=click.Choice(["population", "group", "none"]), default="population", show_default=True, help="MRExtrap's slope prior.")
+@click.option("--noder-iterations", default=300, show_default=True)
+@click.option("--inr-width", default=128, show_default=True, help="Width of the spatiotemporal INR (paper: 512).")
+@click.option("--inr-steps", default=1000, show_default=True, help="Fine-tuning steps of the spatiotemporal INR.")
+@click.option("--segmenter-steps", default=1500, show_default=True)
+@click.option("--no-curve", is_flag=True, help="Skip error against the number of scans used.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress messages.")
+@_input_errors_exit_2
+def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, ae_channels, ae_steps, adversarial_start, prior, noder_iterations,
+             inr_width, inr_steps, segmenter_steps, no_curve, seed, overwrite, quiet) -> None:  # fmt: skip
+    """Forecast held-out scans with MRExtrap, NODER, the spatiotemporal INR and two baselines; score them."""
+    from longbrain_jax.fit import FitConfig, StageConfig
+    from longbrain_jax.forecasting import METHODS, ForecastConfig, results_markdown, run_forecasting, write_forecasting
+    from longbrain_jax.inr import INRConfig
+    from longbrain_jax.io import LoadConfig, read_bids
+    from longbrain_jax.latent.autoencoder import AutoencoderConfig
+    from longbrain_jax.latent.noder import NODERConfig
+    from longbrain_jax.latent.segmenter import SegmenterConfig
+    from longbrain_jax.progress import LazyBar
+
+    chosen = METHODS if methods == "all" else tuple(m.strip() for m in methods.split(",") if m.strip())
+    if not Path(bids_dir, "derivatives", label_pipeline).is_dir():
+        label_pipeline = None
+    bar = LazyBar("reading scans", enabled=not quiet, unit="scan")
+    cohort = read_bids(bids_dir, LoadConfig(label_pipeline=label_pipeline), progress=bar)
+    bar.close()
+    try:
+        cfg = ForecastConfig(
+            methods=chosen, holdout=holdout, prior=prior,
+            autoencoder=AutoencoderConfig(ndim=cohort.ndim, channels=tuple(int(c) for c in _floats(ae_channels, "--ae-channels")),
+                                          steps=ae_steps, adversarial_start=adversarial_start, seed=seed),
+            noder=NODERConfig(iterations=noder_iterations, seed=seed),
+            inr=FitConfig(inr=INRConfig(ndim=cohort.ndim, width=inr_width), finetune=StageConfig(steps=inr_steps, learning_rate=1e-3, sample_fraction=0.05),
+                          seed=seed),
+            segmenter=SegmenterConfig(steps=segmenter_steps, seed=seed), curve=not no_curve,
+        )  # fmt: skip
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    progress = None if quiet else (lambda what: click.echo(f"running {what}", err=True))
+    model = None
+    if autoencoder_dir is not None:
+        from longbrain_jax.latent.autoencoder import load_autoencoder
+        from longbrain_jax.latent.forecasters import MRExtrapModel
+
+        if not (autoencoder_dir / "config.json").is_file():
+            raise InputError(autoencoder_dir, "not a saved autoencoder (no config.json)")
+        params, ae_cfg, shape = load_autoencoder(autoencoder_dir)
+        if shape != cohort.spatial_shape:
+            raise InputError(autoencoder_dir, f"autoencoder was trained on grid {shape}, the dataset is {cohort.spatial_shape}")
+        model = MRExtrapModel(params, ae_cfg, prior)
+        cfg = dataclasses.replace(cfg, autoencoder=ae_cfg)
+    result = run_forecasting(cohort, cfg, progress=progress, model=model)
+    report = write_forecasting(out, cohort, result, cfg, f"Dataset: `{bids_dir}` ({cohort.num_subjects} subjects, {cohort.ndim}D {cohort.spatial_shape}).",
+                               overwrite=overwrite)  # fmt: skip
+    click.echo(f"wrote {report}")
+    click.echo(results_markdown(result))
+
+
+@main.command()
+@click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.option("--common-grid", is_flag=True, help="Resample every subject onto the first subject's grid.")
 @click.option("--no-normalise", is_flag=True, help="Keep raw intensities.")
 @click.option("--workers", default=2, show_default=True, help="Threads reading images.")

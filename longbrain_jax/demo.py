@@ -28,10 +28,14 @@ from longbrain_jax.classifier import TrainConfig
 from longbrain_jax.files import atomic_dir
 from longbrain_jax.fit import FitConfig, FitResult, StageConfig, fit_cohort, load_fit
 from longbrain_jax.fit.evaluate import role_summary
+from longbrain_jax.forecasting import ForecastConfig, results_markdown, run_forecasting, write_forecasting
 from longbrain_jax.grid import displacement_from_world, warp
 from longbrain_jax.inr import INRConfig
 from longbrain_jax.io import IntensityNorm, LoadConfig, load_displacement, load_image, read_bids
 from longbrain_jax.io.bids import derivative_path
+from longbrain_jax.latent.autoencoder import AutoencoderConfig
+from longbrain_jax.latent.noder import NODERConfig
+from longbrain_jax.latent.segmenter import SegmenterConfig
 from longbrain_jax.progress import progress_bar
 from longbrain_jax.report import markdown_table, save_figure, series_montage
 from longbrain_jax.simulate import REGIONS, SimulationConfig, Simulator
@@ -58,6 +62,8 @@ class DemoConfig:
       follows the simulation).
     - `classify`: the trajectory-classification experiment at toy size (INR-weight
       encoder and logistic regression on some streams, SFCN on the scans).
+    - `forecast`: the forecasting experiment at toy size (baselines, MRExtrap, NODER;
+      the spatiotemporal INR's forecasts are the held-out rows of the fit above).
     - `test_fraction`, `folds`: subject-level split sizes.
     - `seed`: the PRNG seed of the splits.
     """
@@ -82,6 +88,13 @@ class DemoConfig:
         sfcn=TrainConfig(epochs=30, batch_size=4, learning_rate=1e-3),
         combinations=(("P_space",), ("P_time",), ("P_space", "P_time", "P_com")),
     )
+    forecast: ForecastConfig = ForecastConfig(
+        methods=("last_observation", "voxelwise_linear", "mrextrap", "noder"),
+        autoencoder=AutoencoderConfig(ndim=2, channels=(8, 16, 32), discriminator_channels=(8, 16, 16), perceptual_channels=(8, 16),
+                                      steps=150, batch_size=8, learning_rate=2e-3, adversarial_start=100),
+        noder=NODERConfig(iterations=50),
+        segmenter=SegmenterConfig(channels=(8, 16, 32), steps=150, learning_rate=3e-3),
+    )  # fmt: skip
     test_fraction: float = 0.5
     folds: int = 2
     seed: int = 0
@@ -102,7 +115,7 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig = DemoConfig(), overwrite: 
     """Run the demo into the folder `out` (created atomically) and return the report path."""
     out = Path(out)
     k_split, k_fold = jax.random.split(jax.random.key(cfg.seed))
-    stages = progress_bar(8, "demo", enabled=not quiet, unit="stage")
+    stages = progress_bar(9, "demo", enabled=not quiet, unit="stage")
     started = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_config(cfg, tmp / "config.json", command="longbrain demo")
@@ -137,6 +150,10 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig = DemoConfig(), overwrite: 
         classify_md = _classify_section(tmp / "fit", cohort, dataclasses.replace(cfg.classify, seed=cfg.seed))
         stages.update()
 
+        stages.set_postfix_str("forecast")
+        forecast_md = _forecast_section(tmp / "forecast", cohort, cfg.forecast)
+        stages.update()
+
         stages.set_postfix_str("splits and report")
         train, test = train_test_split(k_split, cohort.num_subjects, cfg.test_fraction, strata=cohort.groups)
         folds = stratified_kfold(k_fold, cohort.num_subjects, cfg.folds, strata=cohort.groups)
@@ -153,7 +170,7 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig = DemoConfig(), overwrite: 
         }
         _jacobian_figure(tmp / "jacobians.png", cohort, jac_last)
         report = _report(
-            cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, classify_md, train, test, folds, classes, cls,
+            cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, classify_md, forecast_md, train, test, folds, classes, cls,
             time.perf_counter() - started,
         )
         (tmp / "report.md").write_text(report)
@@ -259,7 +276,22 @@ def _classify_section(fit_dir: Path, cohort: Cohort, cfg: ClassifyConfig) -> str
     )
 
 
-def _report(cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, classify_md, train, test, folds, classes, cls, seconds) -> str:
+def _forecast_section(out: Path, cohort: Cohort, cfg: ForecastConfig) -> str:
+    """The forecasting experiment at toy size, as Markdown (skipped without held-out scans)."""
+    if not np.any(cohort.num_scans >= 3):
+        return "Skipped: needs subjects with at least 3 scans.\n"
+    result = run_forecasting(cohort, dataclasses.replace(cfg, autoencoder=dataclasses.replace(cfg.autoencoder, ndim=cohort.ndim)))
+    write_forecasting(out, cohort, result, cfg, "The demo cohort.", write_images=False)
+    return (
+        f"Held-out scans predicted from the others by last observation carried forward, voxelwise linear regression, "
+        f"MRExtrap (autoencoder {cfg.autoencoder.steps} steps, population slope prior) and NODER "
+        f"({cfg.noder.iterations} iterations); regional volumes by a U-Net trained on the known scans "
+        f"({cfg.segmenter.steps} steps). Toy sizes: see `benchmarks/RESULTS.md` for the benchmark. Outputs: `forecast/`.\n\n"
+        + results_markdown(result) + "\n![forecasts](forecast/forecast.png)\n"
+    )
+
+
+def _report(cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, classify_md, forecast_md, train, test, folds, classes, cls, seconds) -> str:
     sim = cfg.simulation
     return "\n".join(
         [
@@ -303,6 +335,8 @@ def _report(cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows
             "![reconstructions](fit/figures/reconstruction.png)\n",
             "## Classifying trajectories from INR weights and from the scans\n",
             classify_md,
+            "## Forecasting held-out scans\n",
+            forecast_md,
             "## Subject-level splits\n",
             f"Train/test ({1 - cfg.test_fraction:.2f}/{cfg.test_fraction:.2f}, stratified by group): "
             f"{len(train)} / {len(test)} subjects; {cfg.folds}-fold test sizes {[len(f[1]) for f in folds]}.\n",

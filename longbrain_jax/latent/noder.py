@@ -1,0 +1,269 @@
+"""NODER: image-sequence regression with a neural ODE on deformations (Bai and Hong, MICCAI 2024).
+
+The ODE state is a deformation phi_t = x + u_t(x) (displacement `u` in normalised
+units, (*spatial, D)), starting at the identity at the baseline scan (t = 0, years):
+
+    d phi_t / dt (x) = v_theta(phi_t, t)(phi_t(x))
+
+The velocity network `Velocity` encodes the current displacement with strided
+convolutions to a small latent (32 numbers), appends t, decodes with dense layers to
+a coarse velocity grid, upsamples it linearly to the image grid and smooths it with a
+Gaussian; the bottleneck is what makes a per-voxel ODE tractable. The flow of a
+smooth velocity field is a diffeomorphism, so the predicted image at any time,
+baseline o phi_t, keeps the baseline's topology; labels are carried the same way.
+
+Training is per subject (one network each), vmapped over the cohort: loss =
+mean over observed scans of (1 - local NCC(baseline o phi_t, scan_t))
++ `smooth_weight` * mean |grad v|^2 at those times + `boundary_weight` * mean |u|^2 on
+the image border; Adam (AMSGrad) as the paper.
+
+**Solver and adjoint (diffrax).** A fixed-step explicit Runge-Kutta (`solver`, Heun by
+default; the authors use RK4) with `step_years`. Gradients use
+`diffrax.RecursiveCheckpointAdjoint` by default: it differentiates the discretised
+solve exactly (so the gradient is the gradient of what is evaluated, and matches
+finite differences) and keeps memory at O(log steps) states by recursive
+checkpointing, which at our step counts is what the paper's continuous adjoint
+bought them, without its error. `"backsolve"` (the continuous adjoint, O(1) memory,
+approximate gradients) is available for very long horizons. Reverse-mode adjoints
+cannot be differentiated in forward mode: for `jax.jvp` / `jax.jacfwd` through a
+solve use `adjoint="forward"` (`diffrax.ForwardMode`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import diffrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Bool, Float
+
+from longbrain_jax import grid, metrics
+
+SOLVERS = {"euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint, "ralston": diffrax.Ralston,
+           "bosh3": diffrax.Bosh3, "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}  # fmt: skip
+ADJOINTS = {"recursive": diffrax.RecursiveCheckpointAdjoint, "backsolve": diffrax.BacksolveAdjoint, "forward": diffrax.ForwardMode}
+
+
+@dataclasses.dataclass(frozen=True)
+class NODERConfig:
+    """NODER's network, ODE and training.
+
+    **Arguments:**
+
+    - `encoder_channels`: channels of the stride-2 convolutions that encode u.
+    - `latent_size`: the bottleneck (paper: 32).
+    - `hidden`: width of the dense decoder.
+    - `velocity_factor`: the coarse velocity grid is this many times coarser per axis.
+    - `smoothing_sigma`: Gaussian smoothing of the upsampled velocity (voxels).
+    - `time_scale`: years per unit of the network's time input; large values make the
+      velocity nearly stationary over a follow-up, which extrapolated best on simulated
+      cohorts (8 subjects, 2D 3 mm, 150 iterations: last-scan MAE 0.092 at 100 years,
+      0.102 at 10, together with `velocity_scale` 0.001 against 0.01).
+    - `velocity_scale`: the network's output times this is the velocity (normalised
+      units per year); it sets the step the optimiser takes in deformation space.
+    - `solver`, `step_years`, `adjoint`: see the module docstring.
+    - `ncc_window`: local NCC window (voxels).
+    - `smooth_weight`, `boundary_weight`: loss weights (paper: 0.05 and small).
+    - `iterations`, `learning_rate`: full-batch AMSGrad (paper: 300 at 5e-3).
+    - `seed`.
+    """
+
+    encoder_channels: tuple[int, ...] = (8, 16, 32)
+    latent_size: int = 32
+    hidden: int = 64
+    velocity_factor: int = 6
+    smoothing_sigma: float = 2.0
+    time_scale: float = 100.0
+    velocity_scale: float = 0.001
+    solver: str = "heun"
+    step_years: float = 1.0
+    adjoint: str = "recursive"
+    ncc_window: int = 7
+    smooth_weight: float = 0.05
+    boundary_weight: float = 0.01
+    iterations: int = 300
+    learning_rate: float = 5e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+        if self.adjoint not in ADJOINTS:
+            raise ValueError(f"adjoint must be one of {sorted(ADJOINTS)}, got {self.adjoint!r}")
+        if self.step_years <= 0 or self.iterations < 0 or self.velocity_factor < 1:
+            raise ValueError(f"need step_years > 0, iterations >= 0, velocity_factor >= 1: {self}")
+
+
+class Velocity(nn.Module):
+    """Displacement (*spatial, D) and time -> smooth velocity (*spatial, D), normalised units per year."""
+
+    shape: tuple[int, ...]
+    cfg: NODERConfig
+
+    @nn.compact
+    def __call__(self, u: Float[Array, "*s D"], t: Float[Array, ""]) -> Float[Array, "*s D"]:
+        cfg, d = self.cfg, len(self.shape)
+        h = u[None] * 10.0  # displacements are O(0.01) in normalised units
+        for c in cfg.encoder_channels:
+            h = nn.swish(nn.Conv(c, (3,) * d, strides=(2,) * d)(h))
+        h = jnp.tanh(nn.Dense(cfg.latent_size)(h.reshape(-1)))
+        h = jnp.concatenate([h, jnp.reshape(t / cfg.time_scale, (1,))])
+        h = nn.swish(nn.Dense(cfg.hidden)(h))
+        coarse = coarse_shape(self.shape, cfg.velocity_factor)
+        v = nn.Dense(int(np.prod(coarse)) * d, kernel_init=nn.initializers.zeros)(h)  # starts at the identity flow
+        v = grid.resize_linear(v.reshape(*coarse, d), self.shape)
+        return grid.gaussian_smooth(v, cfg.smoothing_sigma, ndim=d) * cfg.velocity_scale
+
+
+def coarse_shape(shape: Sequence[int], factor: int) -> tuple[int, ...]:
+    return tuple(max(2, round(n / factor)) for n in shape)
+
+
+def init(key: jax.Array, shape: Sequence[int], cfg: NODERConfig) -> Any:
+    """Parameters of one subject's velocity network for images of spatial `shape`."""
+    shape = tuple(int(n) for n in shape)
+    return Velocity(shape, cfg).init(key, jnp.zeros((*shape, len(shape))), jnp.zeros(()))["params"]
+
+
+def flow(params: Any, times: Float[Array, " K"], shape: tuple[int, ...], cfg: NODERConfig, t_end: Float[Array, ""] | None = None):
+    """Displacements u_t (K, *shape, D) at `times` (years since baseline, non-decreasing, >= 0).
+
+    The solve runs on [0, t_end] (default: max(times)) with fixed steps of `cfg.step_years`.
+    """
+    net = Velocity(shape, cfg)
+    t1 = jnp.max(times) if t_end is None else t_end
+
+    def vector_field(t, u, args):
+        v = net.apply({"params": params}, u, t)
+        return grid.warp(v, u)  # v evaluated at phi_t(x) = x + u(x)
+
+    u0 = jnp.zeros((*shape, len(shape)), jnp.float32)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field), SOLVERS[cfg.solver](), t0=0.0, t1=jnp.maximum(t1, 1e-6), dt0=cfg.step_years, y0=u0,
+        saveat=diffrax.SaveAt(ts=jnp.minimum(times, jnp.maximum(t1, 1e-6))), adjoint=ADJOINTS[cfg.adjoint](),
+        stepsize_controller=diffrax.ConstantStepSize(), max_steps=4096,
+    )  # fmt: skip
+    return sol.ys
+
+
+class Terms(NamedTuple):
+    total: Array
+    ncc: Array
+    smooth: Array
+    boundary: Array
+
+
+def subject_loss(
+    params: Any, volumes: Float[Array, "T *s"], times: Float[Array, " T"], observed: Bool[Array, " T"], cfg: NODERConfig
+) -> Terms:
+    """NODER's loss for one subject; `volumes[0]` is the baseline, padding slots have `observed` False."""
+    shape = volumes.shape[1:]
+    d = len(shape)
+    times = jax.lax.cummax(jnp.where(observed, times, 0.0))  # unobserved slots: a repeat of an observed time
+    us = flow(params, times, shape, cfg)
+    w = observed.astype(jnp.float32)
+    warped = jax.vmap(lambda u: grid.warp(volumes[0], u))(us)
+    ncc = jax.vmap(lambda a, b: metrics.local_ncc(a, b, cfg.ncc_window))(warped, volumes)
+    net = Velocity(tuple(shape), cfg)
+    vs = jax.vmap(lambda u, t: net.apply({"params": params}, u, t))(us, times)
+    vox = vs * (jnp.asarray(shape, jnp.float32) - 1.0) / 2.0  # voxels per year
+    smooth = jax.vmap(lambda v: sum(jnp.mean(jnp.sum(jnp.diff(v, axis=a) ** 2, -1)) for a in range(d)))(vox)
+    border = jnp.zeros(shape, bool)
+    for a in range(d):
+        idx = [slice(None)] * d
+        idx[a] = jnp.array([0, shape[a] - 1])
+        border = border.at[tuple(idx)].set(True)
+    boundary = jax.vmap(lambda u: jnp.sum(jnp.where(border[..., None], u**2, 0.0)) / jnp.sum(border))(us)
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    ncc_term = jnp.sum(w * (1.0 - ncc)) / n
+    smooth_term = jnp.sum(w * smooth) / n
+    boundary_term = jnp.sum(w * boundary) / n
+    total = ncc_term + cfg.smooth_weight * smooth_term + cfg.boundary_weight * boundary_term
+    return Terms(total, ncc_term, smooth_term, boundary_term)
+
+
+def _optimizer(cfg: NODERConfig) -> optax.GradientTransformation:
+    return optax.amsgrad(cfg.learning_rate)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_steps"))
+def _train_block(params, opt_state, volumes, times, observed, *, cfg: NODERConfig, num_steps: int):
+    """`num_steps` AMSGrad steps for every subject (leading axis), vmapped."""
+    tx = _optimizer(cfg)
+
+    def one_subject(p, s, v, t, o):
+        def loss(q):
+            terms = subject_loss(q, v, t, o, cfg)
+            return terms.total, terms
+
+        def step(carry, _):
+            p, s = carry
+            (_, terms), grads = jax.value_and_grad(loss, has_aux=True)(p)
+            updates, s = tx.update(grads, s, p)
+            return (optax.apply_updates(p, updates), s), terms
+
+        (p, s), terms = jax.lax.scan(step, (p, s), None, length=num_steps)
+        return p, s, terms
+
+    return jax.vmap(one_subject)(params, opt_state, volumes, times, observed)
+
+
+def fit_cohort(
+    volumes: np.ndarray, times: np.ndarray, observed: np.ndarray, cfg: NODERConfig = NODERConfig(),
+    steps_per_call: int = 25, progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[Any, np.ndarray]:  # fmt: skip
+    """Fit one NODER per subject, all subjects in one vmapped program.
+
+    **Arguments:**
+
+    - `volumes`: (N, T, *spatial) scans, slot 0 of each subject its baseline.
+    - `times`: (N, T) years since the baseline; `observed`: (N, T) which slots to fit.
+    - `steps_per_call`: iterations per compiled call (progress is reported between).
+
+    Returns (stacked params, loss history (iterations, N)).
+    """
+    volumes = jnp.asarray(volumes, jnp.float32)
+    n, shape = volumes.shape[0], tuple(volumes.shape[2:])
+    keys = jax.random.split(jax.random.key(cfg.seed), n)
+    params = jax.vmap(lambda k: init(k, shape, cfg))(keys)
+    opt_state = jax.vmap(_optimizer(cfg).init)(params)
+    times, observed = jnp.asarray(times, jnp.float32), jnp.asarray(observed, bool)
+    history = np.zeros((cfg.iterations, n), np.float32)
+    done = 0
+    while done < cfg.iterations:
+        k = min(steps_per_call, cfg.iterations - done)
+        params, opt_state, terms = _train_block(params, opt_state, volumes, times, observed, cfg=cfg, num_steps=k)
+        history[done : done + k] = np.asarray(terms.total).T
+        done += k
+        if progress is not None:
+            progress(done, cfg.iterations, float(np.median(history[done - 1])))
+    return jax.device_get(params), history
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "shape"))
+def _predict_one(params, baseline, labels, times, *, cfg, shape):
+    us = flow(params, times, shape, cfg)
+    images = jax.vmap(lambda u: grid.warp(baseline, u))(us)
+    carried = jax.vmap(lambda u: grid.warp_labels(labels, u))(us)
+    folding = jax.vmap(lambda u: jnp.mean(grid.jacobian_determinant(u) <= 0))(us)
+    return images, carried, folding
+
+
+def predict(
+    params: Any, baselines: np.ndarray, baseline_labels: np.ndarray, times: np.ndarray, cfg: NODERConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per subject at `times` (N, K) years: images (N, K, *s), carried labels (N, K, *s), folding fraction (N, K)."""
+    shape = tuple(int(n) for n in baselines.shape[1:])
+    out = [
+        _predict_one(jax.tree_util.tree_map(lambda x, i=i: x[i], params), jnp.asarray(baselines[i], jnp.float32),
+                     jnp.asarray(baseline_labels[i]), jnp.asarray(times[i], jnp.float32), cfg=cfg, shape=shape)
+        for i in range(baselines.shape[0])
+    ]  # fmt: skip
+    return tuple(np.stack([np.asarray(o[k]) for o in out]) for k in range(3))

@@ -1,0 +1,159 @@
+"""A small U-Net that segments scans into the structures whose volumes forecasting is scored on.
+
+The role SynthSeg plays in MRExtrap's evaluation: any scan, observed or predicted, is
+segmented the same way, so regional volumes of predicted scans can be compared with
+the truth. Trained on simulated scans and their true label maps (the simulator
+knows them), with cross-entropy + soft Dice; its own Dice on held-out simulated
+subjects is reported next to every volume error it is used for.
+
+Classes (`CLASSES`): background, cortical grey matter, cerebral white matter,
+lateral ventricles, hippocampus, and everything else inside the head ("other").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int
+
+from longbrain_jax.latent.autoencoder import crop, pad_to_multiple, padded_shape
+from longbrain_jax.simulate.template import REGIONS
+
+CLASSES = ("background", "cortical_gm", "cerebral_wm", "lateral_ventricles", "hippocampus", "other")
+#: the classes whose volumes forecasts are scored on
+SCORED = ("hippocampus", "lateral_ventricles", "cortical_gm", "cerebral_wm")
+
+
+def label_classes(labels: np.ndarray) -> np.ndarray:
+    """aseg labels (any shape) -> class index into `CLASSES` (int32)."""
+    labels = np.asarray(labels)
+    out = np.where(labels > 0, CLASSES.index("other"), 0).astype(np.int32)
+    for name in CLASSES[1:-1]:
+        out[np.isin(labels, REGIONS[name])] = CLASSES.index(name)
+    return out
+
+
+class UNet(nn.Module):
+    """(B, *spatial, 1) -> (B, *spatial, classes) logits; spatial sizes divisible by 2**(levels - 1)."""
+
+    channels: Sequence[int] = (16, 32, 64)
+    num_classes: int = len(CLASSES)
+    groups: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.ndim - 2
+
+        def block(h, c):
+            for _ in range(2):
+                h = nn.swish(nn.GroupNorm(min(self.groups, c))(nn.Conv(c, (3,) * d)(h)))
+            return h
+
+        skips = []
+        h = x
+        for level, c in enumerate(self.channels):
+            h = block(h, c)
+            if level < len(self.channels) - 1:
+                skips.append(h)
+                h = nn.max_pool(h, (2,) * d, strides=(2,) * d)
+        for c, skip in zip(reversed(self.channels[:-1]), reversed(skips), strict=True):
+            b, *spatial, ch = h.shape
+            h = jax.image.resize(h, (b, *[2 * n for n in spatial], ch), "nearest")
+            h = block(jnp.concatenate([nn.Conv(c, (1,) * d)(h), skip], axis=-1), c)
+        return nn.Conv(self.num_classes, (1,) * d)(h)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmenterConfig:
+    """U-Net widths and training (Adam, cross-entropy + `dice_weight` soft Dice)."""
+
+    channels: tuple[int, ...] = (16, 32, 64)
+    steps: int = 1500
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    dice_weight: float = 1.0
+    seed: int = 0
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _logits(params, images, cfg: SegmenterConfig):
+    logits = UNet(cfg.channels).apply({"params": params}, pad_to_multiple(images, cfg.factor))
+    return crop(logits, images.shape[1:])
+
+
+def _loss(params, images, classes, cfg: SegmenterConfig):
+    logits = _logits(params, images, cfg)
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, classes))
+    prob = jax.nn.softmax(logits)
+    onehot = jax.nn.one_hot(classes, len(CLASSES))
+    axes = tuple(range(1, images.ndim))
+    inter = jnp.sum(prob * onehot, axis=axes)
+    dice = (2 * inter + 1.0) / (jnp.sum(prob, axis=axes) + jnp.sum(onehot, axis=axes) + 1.0)
+    return ce + cfg.dice_weight * (1.0 - jnp.mean(dice[:, 1:]))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _step(params, opt_state, images, classes, cfg: SegmenterConfig):
+    loss, grads = jax.value_and_grad(_loss)(params, images, classes, cfg)
+    updates, opt_state = optax.adam(cfg.learning_rate).update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def train_segmenter(
+    images: np.ndarray, labels: np.ndarray, cfg: SegmenterConfig = SegmenterConfig(),
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[dict, np.ndarray]:  # fmt: skip
+    """Train on scans (M, *spatial) and their aseg label maps (M, *spatial); returns (params, losses)."""
+    images = np.asarray(images, np.float32)
+    classes = label_classes(labels)
+    if images.shape != classes.shape:
+        raise ValueError(f"images {images.shape} and labels {classes.shape} differ")
+    key = jax.random.key(cfg.seed)
+    shape = images.shape[1:]
+    params = UNet(cfg.channels).init(jax.random.fold_in(key, 0), jnp.zeros((1, *padded_shape(shape, cfg.factor), 1)))["params"]
+    opt_state = optax.adam(cfg.learning_rate).init(params)
+    data_x, data_y = jnp.asarray(images), jnp.asarray(classes)
+    losses = np.zeros(cfg.steps, np.float32)
+    for step in range(cfg.steps):
+        idx = jax.random.randint(jax.random.fold_in(key, step + 1), (cfg.batch_size,), 0, images.shape[0])
+        params, opt_state, loss = _step(params, opt_state, data_x[idx], data_y[idx], cfg)
+        losses[step] = float(loss)
+        if progress is not None:
+            progress(step + 1, cfg.steps, losses[step])
+    return jax.device_get(params), losses
+
+
+def segment(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int = 16) -> np.ndarray:
+    """Class maps (M, *spatial) int32 (indices into `CLASSES`) of scans (M, *spatial)."""
+    images = np.asarray(images, np.float32)
+    out = [np.asarray(jnp.argmax(_logits(params, jnp.asarray(images[i : i + batch_size]), cfg), -1)) for i in range(0, len(images), batch_size)]
+    return np.concatenate(out).astype(np.int32)
+
+
+def class_volumes(classes: Int[Array, "M *s"], voxel_mm3: float) -> Float[Array, "M K"]:
+    """Volumes in mm^3 of the `SCORED` classes in class maps (M, *spatial)."""
+    classes = np.asarray(classes)
+    axes = tuple(range(1, classes.ndim))
+    return np.stack([np.sum(classes == CLASSES.index(name), axis=axes) * voxel_mm3 for name in SCORED], axis=-1)
+
+
+def class_dice(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Dice per `SCORED` class between class maps of the same shape (all scans pooled)."""
+    out = {}
+    for name in SCORED:
+        c = CLASSES.index(name)
+        a, b = pred == c, true == c
+        total = a.sum() + b.sum()
+        out[name] = float(2.0 * np.sum(a & b) / total) if total else float("nan")
+    return out

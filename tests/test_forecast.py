@@ -1,0 +1,206 @@
+"""Forecasting: MRExtrap's closed forms, NODER's ODE, the autoencoder, the segmenter, the forecasters."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from longbrain_jax.latent import autoencoder as ae
+from longbrain_jax.latent import forecasters as fc
+from longbrain_jax.latent import mrextrap, noder
+from longbrain_jax.latent import segmenter as sg
+
+
+def _latent_data(key, n=5, t=4, dims=3):
+    k1, k2, k3 = jax.random.split(key, 3)
+    ages = 50.0 + jnp.sort(jax.random.uniform(k1, (n, t)) * 25.0, axis=1)
+    slope = 0.1 + 0.02 * jax.random.normal(k2, (n, dims))
+    z = 1.0 + slope[:, None] * (ages[..., None] - 60.0) + 0.01 * jax.random.normal(k3, (n, t, dims))
+    mask = jnp.arange(t)[None] < jnp.array([4, 3, 2, 4, 3])[:, None]
+    return z, ages, mask
+
+
+def test_closed_form_lines_equal_numerical_least_squares(key):
+    z, ages, mask = _latent_data(key)
+    lines = mrextrap.fit_lines(z, ages, mask)
+    for i in range(z.shape[0]):
+        m = np.asarray(mask[i])
+        design = np.stack([np.ones(m.sum()), np.asarray(ages[i])[m]], axis=1)
+        coef, *_ = np.linalg.lstsq(design, np.asarray(z[i])[m], rcond=None)
+        np.testing.assert_allclose(lines.slope[i], coef[1], rtol=1e-4, atol=1e-5)
+        at = jnp.asarray(ages[i])[None]
+        np.testing.assert_allclose(mrextrap.predict(jax.tree_util.tree_map(lambda x, i=i: x[i : i + 1], lines), at)[0],
+                                   coef[0] + np.asarray(at).T * coef[1], rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+def test_prior_update_reduces_to_least_squares_with_a_flat_prior_and_to_the_prior_with_one_scan(key):
+    z, ages, mask = _latent_data(key)
+    dims = z.shape[-1]
+    flat = mrextrap.SlopePrior(jnp.full(dims, 5.0), jnp.full(dims, 1e12), jnp.full(dims, 1e-4))
+    np.testing.assert_allclose(mrextrap.fit_lines_with_prior(z, ages, mask, flat).slope, mrextrap.fit_lines(z, ages, mask).slope, rtol=1e-4)
+    prior = mrextrap.estimate_prior(z, ages, mask)
+    np.testing.assert_allclose(prior.mean, 0.1, atol=0.03)  # the simulated population slope
+    first = jnp.arange(z.shape[1])[None] < 1
+    one = mrextrap.fit_lines_with_prior(z, ages, jnp.broadcast_to(first, mask.shape), prior)
+    np.testing.assert_allclose(one.slope, jnp.broadcast_to(prior.mean, one.slope.shape), rtol=1e-6)
+    np.testing.assert_allclose(mrextrap.predict(one, ages[:, :1])[:, 0], z[:, 0], rtol=1e-6)  # through the scan
+    # each scan added shrinks the posterior variance of the slope (the Bayesian update)
+    variances = [mrextrap.fit_lines_with_prior(z, ages, jnp.arange(4)[None] < k, prior).slope_var[0] for k in (1, 2, 3, 4)]
+    assert all(bool(jnp.all(b < a)) for a, b in zip(variances, variances[1:]))
+
+
+def test_voxelwise_linear_is_exact_on_linear_data_and_last_observation_carries_forward(key):
+    ages = np.array([[50.0, 55.0, 60.0, 70.0]], np.float32)
+    base = np.asarray(jax.random.normal(key, (6, 5)), np.float32)
+    volumes = (base[None, None] + 0.1 * (ages[..., None, None] - 50.0)).astype(np.float32)
+    known = np.array([[True, True, False, False]])
+    np.testing.assert_allclose(fc.voxelwise_linear(volumes, ages, known).images, volumes, atol=1e-4)
+    locf = fc.last_observation(volumes, ages, np.array([[True, False, True, False]])).images
+    np.testing.assert_array_equal(locf[0, [0, 1, 2, 3]], volumes[0, [0, 0, 2, 2]])
+    with pytest.raises(ValueError, match="baseline"):
+        fc.last_observation(volumes, ages, np.array([[False, True, True, True]]))
+
+
+# -- NODER -----------------------------------------------------------------------------------------
+TINY = noder.NODERConfig(encoder_channels=(2,), latent_size=4, hidden=8, velocity_factor=3, smoothing_sigma=0.5,
+                         step_years=0.5, iterations=40, learning_rate=2e-2, time_scale=10.0, velocity_scale=0.01)  # fmt: skip
+
+
+def _perturbed(key, params, scale=0.3):
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree_util.tree_unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+
+
+def _discs(shape=(16, 16), radii=(3.0, 4.0, 5.0)):
+    yy, xx = np.meshgrid(*(np.arange(n) - (n - 1) / 2 for n in shape), indexing="ij")
+    r = np.sqrt(yy**2 + xx**2)
+    return np.stack([np.tanh(rad - r) for rad in radii]).astype(np.float32)
+
+
+def test_noder_gradients_match_finite_differences(key):
+    volumes, times, observed = jnp.asarray(_discs()), jnp.array([0.0, 1.0, 2.0]), jnp.array([True, True, True])
+    with jax.enable_x64(True):
+        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), _perturbed(key, noder.init(key, (16, 16), TINY)))
+        v64 = volumes.astype(jnp.float64)
+        loss = lambda p: noder.subject_loss(p, v64, times.astype(jnp.float64), observed, TINY).total  # noqa: E731
+        grads = jax.grad(loss)(params)
+        direction = _perturbed(jax.random.fold_in(key, 1), jax.tree_util.tree_map(jnp.zeros_like, params), 1.0)
+        h = 1e-5
+        shift = lambda s: jax.tree_util.tree_map(lambda p, d: p + s * d, params, direction)  # noqa: E731
+        fd = (loss(shift(h)) - loss(shift(-h))) / (2 * h)
+        analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(direction)))
+        np.testing.assert_allclose(analytic, fd, rtol=1e-5)
+        # forward mode through the solve needs the forward adjoint, and agrees
+        fwd = dataclasses.replace(TINY, adjoint="forward")
+        _, tangent = jax.jvp(lambda p: noder.subject_loss(p, v64, times.astype(jnp.float64), observed, fwd).total, (params,), (direction,))
+        np.testing.assert_allclose(tangent, fd, rtol=1e-5)
+
+
+def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_the_loop():
+    volumes = _discs()[None].repeat(2, 0)
+    volumes[1] = volumes[1, :, ::-1]
+    times = np.array([[0.0, 1.0, 2.0]] * 2, np.float32)
+    observed = np.array([[True, True, False]] * 2)
+    params, history = noder.fit_cohort(volumes, times, observed, TINY, steps_per_call=20)
+    assert np.all(history[-1] < 0.8 * history[0])
+    images, carried, folding = noder.predict(params, volumes[:, 0], (volumes[:, 0] > 0).astype(np.int32), times, TINY)
+    assert float(folding.max()) == 0.0
+    # the held-out (extrapolated) disc is closer than the last observation
+    assert np.abs(images[0, 2] - volumes[0, 2]).mean() < np.abs(volumes[0, 1] - volumes[0, 2]).mean()
+    assert carried[0, 2].sum() > carried[0, 0].sum()  # the carried label grows with the disc
+    # vmapped training equals the per-subject loop from the same start
+    start = jax.vmap(lambda k: noder.init(k, (16, 16), TINY))(jax.random.split(jax.random.key(3), 2))
+    opt = jax.vmap(noder._optimizer(TINY).init)(start)
+    args = (jnp.asarray(volumes), jnp.asarray(times), jnp.asarray(observed))
+    together, _, _ = noder._train_block(start, opt, *args, cfg=TINY, num_steps=3)
+    for i in range(2):
+        one = lambda x, i=i: x[i : i + 1]  # noqa: E731
+        alone, _, _ = noder._train_block(jax.tree_util.tree_map(one, start), jax.tree_util.tree_map(one, opt), *map(one, args), cfg=TINY, num_steps=3)
+        for a, b in zip(jax.tree_util.tree_leaves(alone), jax.tree_util.tree_leaves(jax.tree_util.tree_map(one, together))):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# -- autoencoder and segmenter -----------------------------------------------------------------------
+AE = ae.AutoencoderConfig(ndim=2, channels=(8, 16), latent_channels=2, groups=4, discriminator_channels=(8, 8),
+                          perceptual_channels=(4, 8), steps=40, batch_size=4, learning_rate=2e-3,
+                          adversarial_start=30, checkpoint_every=10)  # fmt: skip
+
+
+def test_autoencoder_shapes_training_and_resume(tmp_path):
+    images = np.concatenate([_discs((15, 13), radii=(2.0, 3.0, 4.0, 5.0)), -_discs((15, 13), radii=(2.0, 3.0, 4.0, 5.0))])
+    params, history = ae.train_autoencoder(images, AE)
+    assert history[-5:, 1].mean() < 0.6 * history[:5, 1].mean()  # L1 falls
+    assert np.all(history[AE.adversarial_start :, 5] > 0) and np.all(history[: AE.adversarial_start, 5] == 0)
+    z = ae.encode_scans(params, images, AE)
+    assert z.shape == (8, *ae.latent_shape((15, 13), AE)) == (8, 8, 7, 2)
+    assert ae.decode_latents(params, z, AE, (15, 13)).shape == images.shape
+
+    class Killed(Exception):
+        pass
+
+    def kill(step, total, losses):
+        if step == 25:
+            raise Killed
+
+    with pytest.raises(Killed):
+        ae.train_autoencoder(images, AE, tmp_path / "ckpt", progress=kill)
+    resumed, resumed_history = ae.train_autoencoder(images, AE, tmp_path / "ckpt", resume=True)
+    np.testing.assert_allclose(resumed_history, history, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    ae.save_autoencoder(tmp_path / "model", params, AE, (15, 13))
+    loaded, cfg, shape = ae.load_autoencoder(tmp_path / "model")
+    assert cfg == AE and shape == (15, 13)
+    np.testing.assert_allclose(ae.encode_scans(loaded, images, cfg), z, rtol=1e-6)
+
+
+def test_segmenter_reaches_dice_on_tiny_simulated_scans():
+    from longbrain_jax.simulate import SimulationConfig, Simulator
+
+    sim = Simulator(SimulationConfig(num_subjects=5, resolution_mm=4.0, ndim=2, chunk_size=5, seed=1, sampling="regular"))
+    arr = sim.simulate(sim.plan())
+    img = arr["image"] / np.percentile(arr["image"], 99) * 2.0 - 1.0
+    flat = lambda a, s: a[s].reshape(-1, *a.shape[2:])  # noqa: E731
+    cfg = sg.SegmenterConfig(channels=(8, 16, 32), steps=250, learning_rate=3e-3)
+    params, losses = sg.train_segmenter(flat(img, slice(0, 4)), flat(arr["labels"], slice(0, 4)), cfg)
+    dice = sg.class_dice(sg.segment(params, flat(img, slice(4, 5)), cfg), sg.label_classes(flat(arr["labels"], slice(4, 5))))
+    assert dice["cerebral_wm"] >= 0.8 and dice["cortical_gm"] >= 0.6, dice  # a subject it never saw
+    assert losses[-20:].mean() < 0.5 * losses[:20].mean()
+
+
+def test_forecast_command_scores_every_method_and_rejects_cohorts_without_held_out_scans(tmp_path):
+    from click.testing import CliRunner
+
+    from longbrain_jax.cli import main
+    from longbrain_jax.io import load_image
+    from longbrain_jax.simulate import SimulationConfig, simulate_cohort
+
+    sim = SimulationConfig(num_subjects=3, resolution_mm=4.0, ndim=2, chunk_size=3, sampling="regular")
+    bids = simulate_cohort(tmp_path / "bids", sim)
+    args = ["forecast", str(bids), str(tmp_path / "out"), "--method", "last_observation,voxelwise_linear,mrextrap",
+            "--ae-channels", "8,16", "--ae-steps", "6", "--adversarial-start", "3", "--noder-iterations", "3",
+            "--segmenter-steps", "5", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "out" / "scores.tsv").read_text().splitlines()
+    header = rows[0].split("\t")
+    assert {"ssim", "psnr", "mae", "dice", "volume_error_pct_hippocampus"} <= set(header)
+    # 3 subjects x 2 held-out scans (interpolation, extrapolation) x (3 methods + the segmenter's reference)
+    assert len(rows) - 1 == 3 * 2 * 4
+    pred, affine = load_image(tmp_path / "out/predictions/mrextrap/sub-0001/ses-4/anat/sub-0001_ses-4_desc-mrextrap_T1w.nii.gz")
+    _, truth_affine = load_image(bids / "sub-0001/ses-4/anat/sub-0001_ses-4_T1w.nii.gz")
+    np.testing.assert_allclose(affine, truth_affine)
+    carried = tmp_path / "out/predictions/last_observation/sub-0001/ses-4/anat/sub-0001_ses-4_desc-lastobservation_dseg.nii.gz"
+    assert carried.exists()  # the last known scan's labels, carried forward
+    report = (tmp_path / "out/report.md").read_text()
+    assert "| mrextrap | extrapolation |" in report and "Linearity of MRExtrap's latent space" in report
+    # the saved autoencoder is reused by a second run
+    again = CliRunner().invoke(main, [*args[:2], str(tmp_path / "again"), "--method", "mrextrap", "--autoencoder", str(tmp_path / "out/autoencoder"),
+                                      "--segmenter-steps", "2", "--no-curve", "--quiet"])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    short = simulate_cohort(tmp_path / "short", dataclasses.replace(sim, regular_ages=(50.0, 60.0)))
+    bad = CliRunner().invoke(main, ["forecast", str(short), str(tmp_path / "out2"), "--quiet"])
+    assert bad.exit_code == 2 and "no held-out scans" in bad.output
