@@ -278,8 +278,9 @@ def _classify_section(fit_dir: Path, cohort: Cohort, cfg: ClassifyConfig) -> str
 
 def _forecast_section(out: Path, cohort: Cohort, cfg: ForecastConfig) -> str:
     """The forecasting experiment at toy size, as Markdown (skipped without held-out scans)."""
-    if not np.any(cohort.num_scans >= 3):
-        return "Skipped: needs subjects with at least 3 scans.\n"
+    usable = int(np.sum(cohort.num_scans >= 3))
+    if usable < 4:  # the slope prior is estimated from the other subjects' known scans
+        return f"Skipped: needs at least 4 subjects with 3 or more scans (have {usable}).\n"
     result = run_forecasting(cohort, dataclasses.replace(cfg, autoencoder=dataclasses.replace(cfg.autoencoder, ndim=cohort.ndim)))
     write_forecasting(out, cohort, result, cfg, "The demo cohort.", write_images=False)
     return (
