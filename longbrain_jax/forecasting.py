@@ -36,6 +36,7 @@ from longbrain_jax.config import write_config
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import atomic_dir
 from longbrain_jax.fit.cohort_fit import ROLES, FitConfig, scan_roles
+from longbrain_jax.fit.evaluate import DATA_RANGE
 from longbrain_jax.latent import autoencoder as ae
 from longbrain_jax.latent import forecasters as fc
 from longbrain_jax.latent import segmenter as sg
@@ -44,7 +45,6 @@ from longbrain_jax.report import markdown_table, save_figure
 
 METHODS = ("last_observation", "voxelwise_linear", "mrextrap", "noder", "inr")
 CURVE_METHODS = ("last_observation", "voxelwise_linear", "mrextrap")
-DATA_RANGE = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +143,9 @@ def train_models(cohort: Cohort, known: np.ndarray, cfg: ForecastConfig, show_pr
 def score(cohort: Cohort, roles: np.ndarray, forecasts: dict[str, fc.Forecast], seg_params, seg_cfg) -> list[dict]:
     """One row per (method, held-out scan); see the module docstring. Adds the segmenter's reference rows."""
     held = np.argwhere(roles >= 2)
-    voxel_mm3 = float(abs(np.linalg.det(cohort.affines[0][:3, :3])))
+    affine = cohort.affines[0]  # one grid for the cohort
     true_classes = sg.label_classes(cohort.labels[held[:, 0], held[:, 1]]) if cohort.labels is not None else None
-    true_vol = sg.class_volumes(true_classes, voxel_mm3) if true_classes is not None else None
+    true_vol = sg.class_volumes(true_classes, affine) if true_classes is not None else None
     truth = cohort.volumes[held[:, 0], held[:, 1]]
     entries = dict(forecasts)
     if seg_params is not None:
@@ -156,7 +156,7 @@ def score(cohort: Cohort, roles: np.ndarray, forecasts: dict[str, fc.Forecast], 
     for name, f in entries.items():
         pred = f.images[held[:, 0], held[:, 1]]
         seg = sg.segment(seg_params, pred, seg_cfg) if seg_params is not None else None
-        vol = sg.class_volumes(seg, voxel_mm3) if seg is not None else None
+        vol = sg.class_volumes(seg, affine) if seg is not None else None
         for k, (i, j) in enumerate(held):
             row = {"method": name, "participant_id": cohort.subject_ids[i], "group": cohort.groups[i],
                    "age": float(cohort.ages[i, j]), "role": ROLES[roles[i, j]],
@@ -188,11 +188,10 @@ def scans_used_curve(cohort: Cohort, roles: np.ndarray, cfg: ForecastConfig, mod
     rows = []
     for k in range(1, max_k + 1):
         known = known_all & (np.cumsum(known_all, axis=1) <= k)
-        use = target.any(1) & (known_all.sum(1) >= k)
-        sub_roles = np.where(use[:, None], roles, 0)
+        use = known_all.sum(1) >= k
         methods = tuple(m for m in CURVE_METHODS if m in cfg.methods)
         forecasts = run_forecasters(cohort, known, cfg, model, methods, prior_scans=known_all)
-        scored = score(cohort, np.where(sub_roles == 3, 3, 0), forecasts, seg_params, cfg.segmenter)
+        scored = score(cohort, np.where(use[:, None] & target, roles, 0), forecasts, seg_params, cfg.segmenter)
         for m in (*methods, "segmenter on the true scan"):
             sel = [r for r in scored if r["method"] == m]
             errors = [np.mean([r[f"volume_error_pct_{s}"] for s in sg.SCORED]) for r in sel]
@@ -212,13 +211,12 @@ def linearity_check(cohort: Cohort, known: np.ndarray, model: fc.MRExtrapModel, 
 
     alphas = np.linspace(0.0, 1.0, steps, dtype=np.float32)
     shape = cohort.spatial_shape
-    voxel_mm3 = float(abs(np.linalg.det(cohort.affines[0][:3, :3])))
     volumes, r2 = [], []
     for i in np.flatnonzero(known.sum(1) >= 2):
         slots = np.flatnonzero(known[i])
         z = ae.encode_scans(model.params, cohort.volumes[i, [slots[0], slots[-1]]], model.cfg)
         path = np.asarray(mrextrap.interpolate(jnp.asarray(z[0]), jnp.asarray(z[1]), jnp.asarray(alphas)))
-        vol = sg.class_volumes(sg.segment(seg_params, ae.decode_latents(model.params, path, model.cfg, shape), seg_cfg), voxel_mm3)
+        vol = sg.class_volumes(sg.segment(seg_params, ae.decode_latents(model.params, path, model.cfg, shape), seg_cfg), cohort.affines[i])
         design = np.stack([np.ones_like(alphas), alphas], 1)
         coef, *_ = np.linalg.lstsq(design, vol, rcond=None)
         resid = ((vol - design @ coef) ** 2).sum(0)

@@ -190,7 +190,7 @@ def test_forecast_command_scores_every_method_and_rejects_cohorts_without_held_o
     assert {"ssim", "psnr", "mae", "dice", "volume_error_pct_hippocampus"} <= set(header)
     # 3 subjects x 2 held-out scans (interpolation, extrapolation) x (3 methods + the segmenter's reference)
     assert len(rows) - 1 == 3 * 2 * 4
-    pred, affine = load_image(tmp_path / "out/predictions/mrextrap/sub-0001/ses-4/anat/sub-0001_ses-4_desc-mrextrap_T1w.nii.gz")
+    _, affine = load_image(tmp_path / "out/predictions/mrextrap/sub-0001/ses-4/anat/sub-0001_ses-4_desc-mrextrap_T1w.nii.gz")
     _, truth_affine = load_image(bids / "sub-0001/ses-4/anat/sub-0001_ses-4_T1w.nii.gz")
     np.testing.assert_allclose(affine, truth_affine)
     carried = tmp_path / "out/predictions/last_observation/sub-0001/ses-4/anat/sub-0001_ses-4_desc-lastobservation_dseg.nii.gz"

@@ -252,7 +252,7 @@ def _predict_one(params, baseline, labels, times, *, cfg, shape):
     us = flow(params, times, shape, cfg)
     images = jax.vmap(lambda u: grid.warp(baseline, u))(us)
     carried = jax.vmap(lambda u: grid.warp_labels(labels, u))(us)
-    folding = jax.vmap(lambda u: jnp.mean(grid.jacobian_determinant(u) <= 0))(us)
+    folding = jax.vmap(lambda u: metrics.folding_fraction(grid.jacobian_determinant(u)))(us)
     return images, carried, folding
 
 

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Int
 
+from longbrain_jax import metrics
 from longbrain_jax.latent.autoencoder import crop, pad_to_multiple, padded_shape
 from longbrain_jax.simulate.template import REGIONS
 
@@ -141,19 +142,13 @@ def segment(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: 
     return np.concatenate(out).astype(np.int32)
 
 
-def class_volumes(classes: Int[Array, "M *s"], voxel_mm3: float) -> Float[Array, "M K"]:
-    """Volumes in mm^3 of the `SCORED` classes in class maps (M, *spatial)."""
-    classes = np.asarray(classes)
-    axes = tuple(range(1, classes.ndim))
-    return np.stack([np.sum(classes == CLASSES.index(name), axis=axes) * voxel_mm3 for name in SCORED], axis=-1)
+def class_volumes(classes: Int[Array, "M *s"], affine: np.ndarray) -> np.ndarray:
+    """Volumes (M, len(SCORED)) in mm^3 of the `SCORED` classes in class maps (M, *spatial) on `affine`'s grid."""
+    ids = [CLASSES.index(name) for name in SCORED]
+    return np.asarray(jax.vmap(lambda c: metrics.regional_volumes(c, affine, ids))(jnp.asarray(classes)))
 
 
 def class_dice(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """Dice per `SCORED` class between class maps of the same shape (all scans pooled)."""
-    out = {}
-    for name in SCORED:
-        c = CLASSES.index(name)
-        a, b = pred == c, true == c
-        total = a.sum() + b.sum()
-        out[name] = float(2.0 * np.sum(a & b) / total) if total else float("nan")
-    return out
+    """Dice per `SCORED` class between class maps of the same shape (all scans pooled; NaN if absent from both)."""
+    dice = metrics.dice(jnp.asarray(pred), jnp.asarray(true), [CLASSES.index(name) for name in SCORED])
+    return {name: float(d) for name, d in zip(SCORED, dice, strict=True)}
