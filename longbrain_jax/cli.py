@@ -47,16 +47,17 @@ def main() -> None:
 @click.option("--resolution", default=3.0, show_default=True, help="Voxel size in mm.")
 @click.option("--dim", type=click.Choice(["2", "3"]), default="2", show_default=True, help="2D axial slice or 3D volumes.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="Every stage with few steps: checks an installation; the figures mean nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def demo(out: Path, subjects: int, resolution: float, dim: str, seed: int, overwrite: bool, quiet: bool) -> None:
+def demo(out: Path, subjects: int, resolution: float, dim: str, seed: int, quick: bool, overwrite: bool, quiet: bool) -> None:
     """Simulate a small cohort, run what the library does on it, write OUT/report.md."""
     from longbrain_jax.demo import DemoConfig, run_demo
 
     if subjects < 2:
         raise click.BadParameter("need --subjects >= 2 (one per group)")
-    base = DemoConfig()
+    base = DemoConfig().quick() if quick else DemoConfig()
     try:
         simulation = dataclasses.replace(
             base.simulation, num_subjects=subjects, resolution_mm=resolution, ndim=int(dim), seed=seed, chunk_size=min(subjects, 8)
@@ -300,6 +301,8 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, epochs, l
 @click.option("--time-scale", default=1.0, show_default=True, help="Years per unit of the time input (about 10 for decades of follow-up).")
 @click.option("--steps", default=2000, show_default=True, help="AdamW steps per subject.")
 @click.option("--lr", default=4e-5, show_default=True)
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="cosine", show_default=True,
+              help="Learning rate: constant (the paper) or cosine decay to 1% over the steps.")
 @click.option("--patches", default=12, show_default=True, help="Patches per step.")
 @click.option("--patch-size", default=12, show_default=True, help="Patch edge in voxels.")
 @click.option("--losses", default="100,0.1,0.01,0.001", show_default=True, help="Weights: identity, spatial, temporal, monotonic.")
@@ -310,7 +313,7 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, epochs, l
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale, steps, lr, patches, patch_size, losses, extra_ages, chunk_size, seed, resume, overwrite, quiet) -> None:
+def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale, steps, lr, schedule, patches, patch_size, losses, extra_ages, chunk_size, seed, resume, overwrite, quiet) -> None:
     """Register each subject's scans into a continuous-time deformation (|J| maps, fields, labels)."""
     from longbrain_jax.io import scan_bids
     from longbrain_jax.progress import progress_bar
@@ -324,7 +327,7 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
     try:
         cfg = RegistrationConfig(
             network=DisplacementConfig(ndim=dataset.ndim, width=width, hidden_layers=hidden_layers, time_features=time_features, w0=w0, time_scale=time_scale),
-            loss=LossConfig(*weights), steps=steps, learning_rate=lr, patches=patches, patch_size=patch_size,
+            loss=LossConfig(*weights), steps=steps, learning_rate=lr, cosine_decay=schedule == "cosine", patches=patches, patch_size=patch_size,
             chunk_size=chunk_size, checkpoint_every=max(50, (steps // 4) // 50 * 50), seed=seed,
         )  # fmt: skip
     except ValueError as e:

@@ -37,6 +37,9 @@ from longbrain_jax.latent.autoencoder import AutoencoderConfig
 from longbrain_jax.latent.noder import NODERConfig
 from longbrain_jax.latent.segmenter import SegmenterConfig
 from longbrain_jax.progress import progress_bar
+from longbrain_jax.registration import DisplacementConfig, RegistrationConfig
+from longbrain_jax.registration.cohort import register_cohort
+from longbrain_jax.registration.evaluate import evaluate_against_truth, summarise
 from longbrain_jax.report import markdown_table, save_figure, series_montage
 from longbrain_jax.simulate import REGIONS, SimulationConfig, Simulator
 from longbrain_jax.simulate.simulator import PIPELINE
@@ -62,6 +65,8 @@ class DemoConfig:
       follows the simulation).
     - `classify`: the trajectory-classification experiment at toy size (INR-weight
       encoder and logistic regression on some streams, SFCN on the scans).
+    - `registration`: longitudinal registration of the first `register_subjects`
+      subjects (its network's `ndim` follows the simulation), scored against the truth.
     - `forecast`: the forecasting experiment at toy size (baselines, MRExtrap, NODER;
       the spatiotemporal INR's forecasts are the held-out rows of the fit above).
     - `test_fraction`, `folds`: subject-level split sizes.
@@ -95,9 +100,30 @@ class DemoConfig:
         noder=NODERConfig(iterations=50),
         segmenter=SegmenterConfig(channels=(8, 16, 32), steps=150, learning_rate=3e-3),
     )  # fmt: skip
+    registration: RegistrationConfig = RegistrationConfig(
+        network=DisplacementConfig(ndim=2, width=32, hidden_layers=2, time_features=8, w0=3.0, time_scale=10.0),
+        steps=400, learning_rate=2e-3, patches=16, patch_size=9, holdout="interpolation_extrapolation",
+        chunk_size=2, steps_per_call=50, checkpoint_every=200,
+    )  # fmt: skip
+    register_subjects: int = 2
     test_fraction: float = 0.5
     folds: int = 2
     seed: int = 0
+
+    def quick(self) -> DemoConfig:
+        """Every stage with a small fraction of its steps: a check that an installation
+        works end to end in about a minute; the figures it reports mean nothing."""
+        r = dataclasses.replace
+        few = lambda t: r(t, epochs=3)  # noqa: E731
+        fc = self.forecast
+        return r(
+            self,
+            fit=r(self.fit, shared=r(self.fit.shared, steps=10), finetune=r(self.fit.finetune, steps=50)),
+            classify=r(self.classify, encoder=few(self.classify.encoder), baseline=few(self.classify.baseline), sfcn=few(self.classify.sfcn)),
+            registration=r(self.registration, steps=50),
+            forecast=r(fc, autoencoder=r(fc.autoencoder, steps=20, adversarial_start=10), noder=r(fc.noder, iterations=5),
+                       segmenter=r(fc.segmenter, steps=20)),
+        )  # fmt: skip
 
 
 def _group_volumes(labels: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -115,7 +141,7 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig = DemoConfig(), overwrite: 
     """Run the demo into the folder `out` (created atomically) and return the report path."""
     out = Path(out)
     k_split, k_fold = jax.random.split(jax.random.key(cfg.seed))
-    stages = progress_bar(9, "demo", enabled=not quiet, unit="stage")
+    stages = progress_bar(10, "demo", enabled=not quiet, unit="stage")
     started = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_config(cfg, tmp / "config.json", command="longbrain demo")
@@ -150,6 +176,10 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig = DemoConfig(), overwrite: 
         classify_md = _classify_section(tmp / "fit", cohort, dataclasses.replace(cfg.classify, seed=cfg.seed))
         stages.update()
 
+        stages.set_postfix_str("register")
+        register_md = _register_section(tmp / "register", bids, cohort, cfg)
+        stages.update()
+
         stages.set_postfix_str("forecast")
         forecast_md = _forecast_section(tmp / "forecast", cohort, cfg.forecast)
         stages.update()
@@ -170,8 +200,8 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig = DemoConfig(), overwrite: 
         }
         _jacobian_figure(tmp / "jacobians.png", cohort, jac_last)
         report = _report(
-            cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, classify_md, forecast_md, train, test, folds, classes, cls,
-            time.perf_counter() - started,
+            cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, classify_md, register_md, forecast_md, train, test, folds, classes,
+            cls, time.perf_counter() - started,
         )
         (tmp / "report.md").write_text(report)
         stages.update()
@@ -276,6 +306,41 @@ def _classify_section(fit_dir: Path, cohort: Cohort, cfg: ClassifyConfig) -> str
     )
 
 
+def _register_section(out: Path, bids: Path, cohort: Cohort, cfg: DemoConfig) -> str:
+    """Register a few subjects, show |J| over time, score against the truth (Markdown)."""
+    picks = [i for i in range(cohort.num_subjects) if cohort.num_scans[i] >= 2][: cfg.register_subjects]
+    if not picks:
+        return "Skipped: no subject has two scans.\n"
+    reg = dataclasses.replace(cfg.registration, network=dataclasses.replace(cfg.registration.network, ndim=cohort.ndim), seed=cfg.seed)
+    source = cohort.select(picks)
+    last = float(source.ages[source.mask].max())
+    register_cohort(source, out, reg, extra_ages=(last + 5.0,))
+    rows = []
+    for k, i in enumerate(picks):
+        n = int(source.num_scans[k])
+        whens = [f"ses-{source.session_ids[k][j]}" for j in range(n)] + [f"age-{last + 5.0:05.1f}".replace(".", "p")]
+        jacs = [load_image(out / f"sub-{source.subject_ids[k]}" / "anat" / f"sub-{source.subject_ids[k]}_{w}_desc-jacdet.nii.gz")[0] for w in whens]
+        rows.append(jacs[1:])
+    titles = [[f"{a:.0f} y" for a in source.ages[k, 1 : int(source.num_scans[k])]] + [f"{last + 5.0:.0f} y (no scan)"] for k in range(len(picks))]
+    names = [f"sub-{source.subject_ids[k]} ({source.groups[k]})" for k in range(len(picks))]
+    save_figure(series_montage(rows, names, titles, cmap="RdBu_r", vmin=0.5, vmax=1.5), out / "jacobians.png")
+    summary = summarise(evaluate_against_truth(out, bids, reg))
+    table = [[role, s["n"], s["dice_unregistered"], s["dice"], s["dice_truth"], s["jac_error"], s["jac_true_change"], s["monotone"], s["folding"]]
+             for role, s in summary.items()]  # fmt: skip
+    return (
+        f"One displacement INR u(x, t) per subject for {len(picks)} subjects ({reg.steps} AdamW steps, width "
+        f"{reg.network.width}, all four losses), trained on all but the middle and last scans; |J| of phi_t "
+        f"at every scan and 5 years past the last (> 1: the follow-up's tissue maps to a larger baseline volume, "
+        "so ventricles show red and shrinking tissue blue). Dice of the follow-up's labels carried onto the "
+        "baseline (mean over hippocampus, ventricles, cortex and WM; medians over scans), next to no registration "
+        "and to the simulator's true field (the ceiling of label resampling on this grid); |J| error against "
+        "the true |J| and the true mean change. Toy sizes: the benchmark is `benchmarks/registration.py`. "
+        "Outputs: `register/` (`longbrain register`).\n\n"
+        + markdown_table(["scans", "n", "Dice unregistered", "Dice", "Dice true field", "|J| error", "true |J| change", "monotone", "folding"], table)
+        + "\n![registration jacobians](register/jacobians.png)\n"
+    )
+
+
 def _forecast_section(out: Path, cohort: Cohort, cfg: ForecastConfig) -> str:
     """The forecasting experiment at toy size, as Markdown (skipped without held-out scans)."""
     usable = int(np.sum(cohort.num_scans >= 3))
@@ -292,7 +357,7 @@ def _forecast_section(out: Path, cohort: Cohort, cfg: ForecastConfig) -> str:
     )
 
 
-def _report(cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, classify_md, forecast_md, train, test, folds, classes, cls, seconds) -> str:
+def _report(cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows, classify_md, register_md, forecast_md, train, test, folds, classes, cls, seconds) -> str:
     sim = cfg.simulation
     return "\n".join(
         [
@@ -336,6 +401,8 @@ def _report(cfg, cohort, deform_rows, vol_rows, group_rows, agree_rows, fit_rows
             "![reconstructions](fit/figures/reconstruction.png)\n",
             "## Classifying trajectories from INR weights and from the scans\n",
             classify_md,
+            "## Longitudinal registration in continuous time\n",
+            register_md,
             "## Forecasting held-out scans\n",
             forecast_md,
             "## Subject-level splits\n",

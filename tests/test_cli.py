@@ -40,15 +40,16 @@ def test_bad_input_is_one_line_exit_2_no_traceback(dataset):  # noqa: F811
 
 def test_demo_runs_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", str(out), "--subjects", "2", "--resolution", "4", "--quiet"]
+    args = ["demo", str(out), "--subjects", "2", "--resolution", "4", "--quick", "--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
     assert "Regional volume change" in report and "| dementia | hippocampus |" in report
     assert (out / "jacobians.png").stat().st_size > 1000
     assert (out / "bids/derivatives/simulator/montage.png").stat().st_size > 1000
+    assert "| extrapolation | 2 |" in report and (out / "register/jacobians.png").stat().st_size > 1000  # registration section
     cfg = read_config(DemoConfig, out / "config.json")
-    assert cfg.simulation.resolution_mm == 4.0 and cfg.simulation.num_subjects == 2
+    assert cfg.simulation.resolution_mm == 4.0 and cfg.simulation.num_subjects == 2 and cfg.registration.steps == 50
     assert json.loads((out / "config.json").read_text())["command"] == "longbrain demo"
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "already exists" in again.output

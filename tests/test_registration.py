@@ -92,7 +92,7 @@ def test_a_known_2d_deformation_is_recovered():
     truth = [grid.invert_displacement(t * contraction) for t in times]
     cfg = RegistrationConfig(
         network=DisplacementConfig(ndim=2, width=32, hidden_layers=2, time_features=8, w0=3.0),
-        steps=600, learning_rate=2e-3, patches=8, patch_size=9, tissue_patches=False,
+        loss=LossConfig(regulariser_points=256), steps=600, learning_rate=2e-3, patches=16, patch_size=9, tissue_patches=False,
     )  # fmt: skip
     state = register(np.asarray(scans)[None], np.asarray(times)[None], np.ones((1, 4), bool), cfg)
     params = jax.tree_util.tree_map(lambda a: a[0], state.params)
@@ -137,8 +137,12 @@ def test_register_cli_writes_fields_and_refuses_to_overwrite(tmp_path):
 def test_evaluation_against_the_simulators_truth(tmp_path):
     from longbrain_jax.io import scan_bids
     from longbrain_jax.registration.cohort import register_cohort
-    from longbrain_jax.registration.evaluate import STRUCTURES, evaluate_against_truth, summarise
+    from longbrain_jax.fit.cohort_fit import scan_roles
+    from longbrain_jax.io import LoadConfig, read_bids
+    from longbrain_jax.registration.evaluate import STRUCTURES, evaluate_against_truth, score_fields, summarise
+    from longbrain_jax.registration.pairwise import register_pairwise
     from longbrain_jax.simulate import SimulationConfig, simulate_cohort
+    from longbrain_jax.simulate.simulator import PIPELINE
 
     bids = simulate_cohort(tmp_path / "bids", SimulationConfig(num_subjects=2, resolution_mm=4.0, ndim=2, chunk_size=2, regular_ages=(50.0, 58.0, 67.0, 75.0), sampling="regular"))
     cfg = RegistrationConfig(network=DisplacementConfig(ndim=2, width=8, hidden_layers=1, time_features=4, w0=3.0),
@@ -152,3 +156,22 @@ def test_evaluation_against_the_simulators_truth(tmp_path):
         assert 0.0 <= r["monotone"] <= 1.0 and r["folding"] == 0.0
     summary = summarise(rows)
     assert summary["extrapolation"]["n"] == 2 and summary["interpolation"]["n"] == 2
+    assert 0.0 < summary["extrapolation"]["dice_truth"] <= 1.0
+    # the pairwise baseline is scored the same way, from the same training scans
+    cohort = read_bids(bids, LoadConfig(label_pipeline=PIPELINE))
+    times = np.where(cohort.mask, cohort.ages - cohort.ages[:, :1], 0).astype(np.float32)
+    pairs = register_pairwise(cohort.volumes, times, scan_roles(cohort.mask, cfg.holdout) == 1, cfg)
+    assert [len(t) for t in pairs.times] == [1, 1]  # 4 scans, 2 held out: one training follow-up each
+    pair_rows = score_fields(pairs.field, cohort, bids, cfg.holdout)
+    assert [(r["session"], r["role"]) for r in pair_rows] == [(r["session"], r["role"]) for r in rows]
+
+
+def test_pairwise_fields_are_linear_in_time_between_and_after_the_known_ones(rng):
+    from longbrain_jax.registration.pairwise import PairwiseFields
+
+    c = rng.normal(size=(5, 6, 2)).astype(np.float32)
+    fields = PairwiseFields([np.stack([2.0 * c, 5.0 * c])], [np.array([2.0, 5.0])])
+    for t in (0.0, 1.0, 2.0, 3.5, 5.0, 8.0):  # baseline, interpolation, known, extrapolation
+        np.testing.assert_allclose(fields.at(0, t), t * c, rtol=1e-5, atol=1e-6)
+    u, det = fields.field(0, 3.0)
+    assert u.shape == (5, 6, 2) and det.shape == (5, 6)

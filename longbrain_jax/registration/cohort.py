@@ -20,6 +20,7 @@ phi_t maps follow-up coordinates onto the baseline: I_t o phi_t ~ I_0.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -33,8 +34,8 @@ from longbrain_jax.config import config_to_dict, write_config
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit import sharding
 from longbrain_jax.fit.checkpoint import StateCheckpoints, save_tree
-from longbrain_jax.fit.cohort_fit import prepare_output_dir, scan_roles
 from longbrain_jax.fit.chunks import ChunkProgram, load_chunks, run_in_chunks
+from longbrain_jax.fit.cohort_fit import prepare_output_dir, scan_roles
 from longbrain_jax.fit.outputs import write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
 from longbrain_jax.registration import network as net
@@ -49,6 +50,7 @@ def _prepare(cohort, ids, n, t_max, holdout):
     return sharding.pad_subjects((volumes, times, train), n)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def subject_fields(params: dict, t: float, spatial_shape: tuple[int, ...], cfg: net.DisplacementConfig, block: int = 16384):
     """u (*spatial, D), |J| and d|J|/dt (*spatial) of one subject's INR at time t, on its voxel grid."""
     coords = grid.normalised_grid(spatial_shape).reshape(-1, len(spatial_shape))
@@ -65,9 +67,6 @@ def subject_fields(params: dict, t: float, spatial_shape: tuple[int, ...], cfg: 
     u, det, rate = jax.lax.map(lambda xs: jax.vmap(one)(xs), coords)
     u = u.reshape(-1, u.shape[-1])[:n].reshape(*spatial_shape, -1)
     return u, det.reshape(-1)[:n].reshape(spatial_shape), rate.reshape(-1)[:n].reshape(spatial_shape)
-
-
-_subject_fields = jax.jit(subject_fields, static_argnums=(2, 3, 4))
 
 
 def register_cohort(
@@ -142,7 +141,7 @@ def write_registration_outputs(out: Path, source, cfg: RegistrationConfig, joine
         labels0 = None if cohort.labels is None else jnp.asarray(cohort.labels[0, 0])
         for when, age in whens:
             t = age - baseline_age
-            u, det, rate = _subject_fields(params, t, shape, cfg.network)
+            u, det, rate = subject_fields(params, t, shape, cfg.network)
             stem = out / f"sub-{sid}" / "anat" / f"sub-{sid}_{when}"
             save_image(f"{stem}_desc-jacdet.nii.gz", np.asarray(det), affine, overwrite=True)
             save_image(f"{stem}_desc-logjacdet.nii.gz", np.log(np.maximum(np.asarray(det), 1e-6)), affine, overwrite=True)

@@ -43,6 +43,9 @@ class LossConfig:
     - `monotonic`: gamma (0.1 / 100).
     - `extra_times`: unobserved times drawn per step for the regularisers.
     - `extrapolate_years`: how far past the last scan those times reach.
+    - `regulariser_points`: the spatial, temporal and monotonic terms are averaged over
+      this many of the step's patch points, drawn at random (an unbiased estimate of
+      the same means; their nested forward-mode derivatives cost most of a step).
     """
 
     identity: float = 100.0
@@ -51,6 +54,7 @@ class LossConfig:
     monotonic: float = 0.001
     extra_times: int = 4
     extrapolate_years: float = 2.0
+    regulariser_points: int = 512
 
 
 class Terms(NamedTuple):
@@ -105,23 +109,26 @@ def subject_loss(
     points = patches.reshape(b * n, d)
     follow = observed & (jnp.arange(times.shape[0]) > 0)
     last = jnp.max(jnp.where(observed, times, 0.0))
-    extra = jax.random.uniform(key, (loss.extra_times,), maxval=last + loss.extrapolate_years)
+    k_time, k_points = jax.random.split(key)
+    extra = jax.random.uniform(k_time, (loss.extra_times,), maxval=last + loss.extrapolate_years)
     all_times = jnp.concatenate([times, extra])
     weight_t = jnp.concatenate([observed.astype(jnp.float32), jnp.ones(loss.extra_times)])
 
     terms = jax.vmap(jax.vmap(point_terms, in_axes=(None, 0, None, None)), in_axes=(None, None, 0, None))
-    u, du_dt, grad_sq, _, ddet_dt = terms(params, points, all_times, cfg)  # (T + E, P, ...)
+    reg_points = points[jax.random.permutation(k_points, points.shape[0])[: min(loss.regulariser_points, points.shape[0])]]
+    _, du_dt, grad_sq, _, ddet_dt = terms(params, reg_points, all_times, cfg)  # (T + E, P', ...)
     n_t = jnp.maximum(jnp.sum(weight_t), 1.0)
 
+    u = jax.vmap(lambda t: jax.vmap(lambda x: net.displacement(params, x, t, cfg))(points))(times)  # (T, P, D)
     fixed = sample(volumes[0], points).reshape(b, n)
-    moved = jax.vmap(lambda img, disp: sample(img, points + disp))(volumes, u[: times.shape[0]]).reshape(-1, b, n)
+    moved = jax.vmap(lambda img, disp: sample(img, points + disp))(volumes, u).reshape(-1, b, n)
     ncc = jax.vmap(lambda m: jnp.mean(patch_ncc(fixed, m)))(moved)
     dissimilarity = jnp.sum(jnp.where(follow, 1.0 - ncc, 0.0))
 
     u0 = jax.vmap(lambda x: net.displacement(params, x, jnp.zeros(()), cfg))(points)
     identity = jnp.mean(jnp.sum(jnp.square(u0), -1))
-    spatial = jnp.sum(weight_t[:, None] * grad_sq) / (n_t * points.shape[0])
-    temporal = jnp.sum(weight_t[:, None] * jnp.sum(jnp.square(du_dt), -1)) / (n_t * points.shape[0])
+    spatial = jnp.sum(weight_t[:, None] * grad_sq) / (n_t * reg_points.shape[0])
+    temporal = jnp.sum(weight_t[:, None] * jnp.sum(jnp.square(du_dt), -1)) / (n_t * reg_points.shape[0])
     monotonic = jnp.mean(monotonic_penalty(ddet_dt, weight_t))
     total = (
         dissimilarity
