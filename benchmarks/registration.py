@@ -71,6 +71,11 @@ def vmapped_vs_loop(cfg: RegistrationConfig, volumes, times, observed, steps: in
     return {"vmapped_s": together, "loop_s": loop, "ratio": loop / together}
 
 
+def with_weights(loss: LossConfig, args) -> LossConfig:
+    """The ablation's loss with --temporal and --monotonic in place of the terms it keeps."""
+    return dataclasses.replace(loss, temporal=loss.temporal and args.temporal, monotonic=loss.monotonic and args.monotonic)
+
+
 def summary_rows(name: str, summary: dict) -> list[tuple[str, str]]:
     return [(f"{name:22s} {role:13s}", f"Dice {s['dice']:.3f} (unregistered {s['dice_unregistered']:.3f}, true field {s['dice_truth']:.3f})  "
              f"|J| error {s['jac_error']:.3f} of true change {s['jac_true_change']:.3f}  monotone {s['monotone']:.3f}  folding {100 * s['folding']:.4f}%")
@@ -92,6 +97,7 @@ def main() -> None:
     ap.add_argument("--patches", type=int, default=16)
     ap.add_argument("--patch-size", type=int, default=9)
     ap.add_argument("--temporal", type=float, default=LossConfig().temporal, help="beta (the ablations keep their own zeros)")
+    ap.add_argument("--monotonic", type=float, default=LossConfig().monotonic, help="gamma (the ablations keep their own zeros)")
     ap.add_argument("--no-pairwise", action="store_true", help="skip the pairwise baseline")
     ap.add_argument("--ablations", default=",".join(ABLATIONS))
     ap.add_argument("--seed", type=int, default=0)
@@ -109,7 +115,7 @@ def main() -> None:
             steps_per_call=50, checkpoint_every=100, holdout="interpolation_extrapolation", seed=args.seed,
         )  # fmt: skip
         for name in args.ablations.split(","):
-            loss = ABLATIONS[name] if ABLATIONS[name].temporal == 0 else dataclasses.replace(ABLATIONS[name], temporal=args.temporal)
+            loss = with_weights(ABLATIONS[name], args)
             cfg = dataclasses.replace(base, loss=loss)
             start = time.perf_counter()
             register_cohort(dataset, Path(tmp) / "reg", cfg, overwrite=True)
@@ -121,7 +127,7 @@ def main() -> None:
         if not args.no_pairwise:
             cohort = read_bids(bids, LoadConfig(label_pipeline=PIPELINE))
             times = np.where(cohort.mask, cohort.ages - cohort.ages[:, :1], 0).astype(np.float32)
-            cfg = dataclasses.replace(base, loss=dataclasses.replace(ABLATIONS["all four"], temporal=args.temporal))
+            cfg = dataclasses.replace(base, loss=with_weights(ABLATIONS["all four"], args))
             start = time.perf_counter()
             pairs = register_pairwise(cohort.volumes, times, scan_roles(cohort.mask, base.holdout) == 1, cfg)
             seconds = time.perf_counter() - start
