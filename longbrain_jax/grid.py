@@ -83,7 +83,9 @@ def displacement_to_world(
     shape = displacement.shape[:-1]
     d = len(shape)
     in_voxels = displacement * _half_extent(shape)
-    return in_voxels @ jnp.asarray(affine, jnp.float32)[:3, :d].T
+    linear = jnp.asarray(affine, jnp.float32)[:3, :d]
+    # a sum over the D components, not a (voxels, D) x (D, 3) matmul, which XLA's CPU backend runs slowly
+    return sum(in_voxels[..., j, None] * linear[:, j] for j in range(d))
 
 
 def displacement_from_world(
@@ -103,6 +105,59 @@ def displacement_from_world(
 
 
 # -- interpolation ------------------------------------------------------------------
+def _check_interpolation(image: jax.Array, index: jax.Array, order: int, mode: str) -> int:
+    d = index.shape[-1]
+    if image.ndim not in (d, d + 1):
+        raise ValueError(f"image of shape {image.shape} does not match {d}-D positions")
+    if mode not in ("nearest", "constant"):
+        raise ValueError(f"mode must be 'nearest' or 'constant', got {mode!r}")
+    if order not in (0, 1):
+        raise ValueError(f"order must be 0 or 1, got {order}")
+    return d
+
+
+def _gather(image: jax.Array, corner: Int[Array, "... D"], mode: str, cval: float) -> Float[Array, "... C"]:
+    """Channels-last values of `image` at integer voxel `corner`s, read per `mode`."""
+    d = corner.shape[-1]
+    shape = image.shape[:d]
+    flat = image.reshape(int(np.prod(shape)), -1)
+    sizes = jnp.asarray(shape)
+    strides = jnp.asarray([int(np.prod(shape[i + 1 :])) for i in range(d)])
+    values = flat[jnp.sum(jnp.clip(corner, 0, sizes - 1) * strides, axis=-1)]
+    if mode == "constant":
+        inside = jnp.all((corner >= 0) & (corner <= sizes - 1), axis=-1)
+        values = jnp.where(inside[..., None], values, cval)
+    return values
+
+
+def linear_corners(
+    image: Float[Array, "*spatial"] | Float[Array, "*spatial C"],
+    index: Float[Array, "... D"],
+    mode: str = "nearest",
+    cval: float = 0.0,
+) -> tuple[Float[Array, "... K"], Float[Array, "... K C"]]:
+    """The 2**D = K corner weights and values of linear interpolation at `index`.
+
+    `interpolate(image, index)` is `sum_k weights[..., k, None] * values[..., k, :]`.
+    All corners come from one gather: the positions (often an upsampled field or a
+    composition that XLA fuses into its consumers) are then computed once for the
+    gather, not once per corner (on CPU that made a 3D warp about 2x slower). A
+    caller that needs only some channels of the result can sum just those.
+    """
+    d = _check_interpolation(image, index, 1, mode)
+    offsets = np.asarray(list(itertools.product((0, 1), repeat=d)))  # (K, D)
+    low = jnp.floor(index)
+    frac = (index - low)[..., None, :]
+    weights = jnp.prod(jnp.where(offsets.astype(bool), frac, 1.0 - frac), axis=-1)
+    return weights, _gather(image, low.astype(jnp.int32)[..., None, :] + offsets, mode, cval)
+
+
+def corner_sum(weights: Float[Array, "... K"], values: Float[Array, "... K C"]) -> Float[Array, "... C"]:
+    """sum_k weights[..., k] * values[..., k, :], unrolled (as a reduction over the small
+    corner axis XLA's CPU backend ran it several times slower)."""
+    return sum(weights[..., k, None] * values[..., k, :] for k in range(weights.shape[-1]))
+
+
 def interpolate(
     image: Float[Array, "*spatial"] | Float[Array, "*spatial C"],
     index: Float[Array, "... D"],
@@ -118,36 +173,12 @@ def interpolate(
     ('nearest' repeats the edge, 'constant' reads `cval`), as in
     `scipy.ndimage.map_coordinates`. Differentiable with respect to `index`.
     """
-    d = index.shape[-1]
-    if image.ndim not in (d, d + 1):
-        raise ValueError(f"image of shape {image.shape} does not match {d}-D positions")
-    if mode not in ("nearest", "constant"):
-        raise ValueError(f"mode must be 'nearest' or 'constant', got {mode!r}")
-    if order not in (0, 1):
-        raise ValueError(f"order must be 0 or 1, got {order}")
-    shape = image.shape[:d]
+    d = _check_interpolation(image, index, order, mode)
     channels = image.ndim == d + 1
-    flat = image.reshape(int(np.prod(shape)), -1)
-    sizes = jnp.asarray(shape)
-    strides = jnp.asarray([int(np.prod(shape[i + 1 :])) for i in range(d)])
-
-    def gather(corner: jax.Array) -> jax.Array:
-        inside = jnp.all((corner >= 0) & (corner <= sizes - 1), axis=-1)
-        values = flat[jnp.sum(jnp.clip(corner, 0, sizes - 1) * strides, axis=-1)]
-        if mode == "constant":
-            values = jnp.where(inside[..., None], values, cval)
-        return values
-
     if order == 0:
-        out = gather(jnp.round(index).astype(jnp.int32))
+        out = _gather(image, jnp.round(index).astype(jnp.int32), mode, cval)
     else:
-        low = jnp.floor(index)
-        frac = index - low
-        low = low.astype(jnp.int32)
-        out = 0.0
-        for offset in itertools.product((0, 1), repeat=d):
-            weight = jnp.prod(jnp.where(jnp.asarray(offset, bool), frac, 1.0 - frac), axis=-1)
-            out = out + weight[..., None] * gather(low + jnp.asarray(offset))
+        out = corner_sum(*linear_corners(image, index, mode, cval))
     return out if channels else out[..., 0]
 
 
@@ -161,6 +192,40 @@ def sample(
     """Sample `image` at normalised coordinates (see `interpolate`)."""
     shape = image.shape[: coords.shape[-1]]
     return interpolate(image, normalised_to_voxel(coords, shape), order=order, mode=mode, cval=cval)
+
+
+def _linear_positions(m: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower / upper source index and weight of the upper one for n points over m (same extent)."""
+    pos = np.linspace(0.0, m - 1.0, n) if n > 1 else np.zeros(1)
+    low = np.clip(np.floor(pos).astype(int), 0, max(m - 2, 0))
+    return low, np.minimum(low + 1, m - 1), (pos - low).astype(np.float32)
+
+
+def smooth_resize_operator(m: int, n: int, sigma: float) -> np.ndarray:
+    """(n, m) matrix of Gaussian smoothing (std `sigma` voxels, as `gaussian_smooth`)
+    then linear resizing from m to n points (as `resize_linear`) along one axis."""
+    kernel = gaussian_kernel1d(sigma).astype(np.float64)
+    radius = (kernel.size - 1) // 2
+    padded = np.pad(np.eye(m), ((radius, radius), (0, 0)), mode="symmetric")
+    smooth = sum(kernel[j] * padded[j : j + m] for j in range(kernel.size))  # (m, m)
+    low, high, frac = _linear_positions(m, n)
+    resize = np.zeros((n, m))
+    np.add.at(resize, (np.arange(n), low), 1.0 - frac)
+    np.add.at(resize, (np.arange(n), high), frac)
+    return (resize @ smooth).astype(np.float32)
+
+
+def apply_separable(image: Float[Array, "*spatial ..."], matrices: Sequence[np.ndarray]) -> Float[Array, "*out ..."]:
+    """Apply one (n_a, m_a) matrix along each leading axis a of `image` (further axes are channels).
+
+    Dense per-axis products: for the small operators of smooth random fields they cost
+    little, and XLA does not re-fuse them into every output element as it does with
+    chains of pads and slices.
+    """
+    out = image
+    for axis, matrix in enumerate(matrices):
+        out = jnp.moveaxis(jnp.tensordot(jnp.asarray(matrix), out, axes=([1], [axis])), 0, axis)
+    return out
 
 
 def resize_linear(
@@ -177,14 +242,12 @@ def resize_linear(
         m = out.shape[axis]
         if m == n:
             continue
-        pos = np.linspace(0.0, m - 1.0, n) if n > 1 else np.zeros(1)
-        low = np.clip(np.floor(pos).astype(int), 0, max(m - 2, 0))
-        frac = (pos - low).astype(np.float32)
-        high = np.minimum(low + 1, m - 1)
+        low, high, frac = _linear_positions(m, n)
         bshape = [1] * out.ndim
         bshape[axis] = n
         w = jnp.asarray(frac).reshape(bshape)
-        out = jnp.take(out, low, axis=axis) * (1.0 - w) + jnp.take(out, high, axis=axis) * w
+        # 'clip': the indices are in range by construction, and a clamp is cheaper than the default fill
+        out = jnp.take(out, low, axis=axis, mode="clip") * (1.0 - w) + jnp.take(out, high, axis=axis, mode="clip") * w
     return out
 
 
@@ -339,6 +402,28 @@ def jacobian(displacement: Float[Array, "*spatial D"]) -> Float[Array, "*spatial
     return jnp.stack(rows, axis=-2) + jnp.eye(d, dtype=displacement.dtype)
 
 
+def det(matrix: Float[Array, "... D D"]) -> Float[Array, "..."]:
+    """Determinants of 1x1, 2x2 or 3x3 matrices in closed form (cofactor expansion).
+
+    Equals `jnp.linalg.det` to float rounding, without a batched LU decomposition per
+    matrix (several times faster per voxel on CPU, and its derivatives are plain
+    polynomials under `jvp` / `grad`). Larger matrices go to `jnp.linalg.det`.
+    """
+    d = matrix.shape[-1]
+    m = lambda i, j: matrix[..., i, j]  # noqa: E731
+    if d == 1:
+        return m(0, 0)
+    if d == 2:
+        return m(0, 0) * m(1, 1) - m(0, 1) * m(1, 0)
+    if d == 3:
+        return (
+            m(0, 0) * (m(1, 1) * m(2, 2) - m(1, 2) * m(2, 1))
+            - m(0, 1) * (m(1, 0) * m(2, 2) - m(1, 2) * m(2, 0))
+            + m(0, 2) * (m(1, 0) * m(2, 1) - m(1, 1) * m(2, 0))
+        )
+    return jnp.linalg.det(matrix)
+
+
 def jacobian_determinant(displacement: Float[Array, "*spatial D"]) -> Float[Array, "*spatial"]:
     """|J| = det(d phi / d x) per voxel: > 1 expansion, < 1 shrinkage, <= 0 folding."""
-    return jnp.linalg.det(jacobian(displacement))
+    return det(jacobian(displacement))

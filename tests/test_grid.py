@@ -178,3 +178,33 @@ def test_resize_linear_equals_sampling_at_the_new_grid(rng, src, dst):
     field = jnp.asarray(rng.standard_normal((*src, 2)), jnp.float32)
     np.testing.assert_allclose(grid.resize_linear(field, dst), grid.sample(field, grid.normalised_grid(dst)), atol=1e-5)
     np.testing.assert_allclose(grid.resize_linear(field[..., 0], dst), grid.sample(field[..., 0], grid.normalised_grid(dst)), atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_closed_form_det_matches_lu_with_derivatives(d):
+    m = jax.random.normal(jax.random.key(d), (6, d, d))
+    dm = jax.random.normal(jax.random.key(10 + d), (6, d, d))
+    np.testing.assert_allclose(grid.det(m), jnp.linalg.det(m), rtol=1e-5, atol=1e-5)
+    _, tangent = jax.jvp(grid.det, (m,), (dm,))
+    _, expected = jax.jvp(jnp.linalg.det, (m,), (dm,))
+    np.testing.assert_allclose(tangent, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jax.jit(jax.vmap(grid.det))(m), jnp.linalg.det(m), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_corners_sum_to_interpolation(rng):
+    image = jnp.asarray(rng.normal(size=(5, 6, 4, 3)), jnp.float32)
+    index = jnp.asarray(rng.uniform(-1.0, 6.0, size=(20, 3)), jnp.float32)
+    weights, values = grid.linear_corners(image, index)
+    assert weights.shape == (20, 8) and values.shape == (20, 8, 3)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(grid.corner_sum(weights, values), grid.interpolate(image, index), atol=1e-6)
+    # a subset of channels sums to the same channels of the whole
+    np.testing.assert_allclose(grid.corner_sum(weights, values[..., 1:]), grid.interpolate(image, index)[:, 1:], atol=1e-6)
+
+
+@pytest.mark.parametrize("src,dst", [((8, 10, 9), (30, 41, 33)), ((3, 12), (3, 5))])
+def test_separable_operator_equals_smoothing_then_resizing(rng, src, dst):
+    x = jnp.asarray(rng.normal(size=(*src, 2)), jnp.float32)
+    expected = grid.resize_linear(grid.gaussian_smooth(x, 2.0, ndim=len(src)), dst)
+    operators = [grid.smooth_resize_operator(m, n, 2.0) for m, n in zip(src, dst, strict=True)]
+    np.testing.assert_allclose(grid.apply_separable(x, operators), expected, atol=1e-5)

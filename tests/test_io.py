@@ -269,3 +269,18 @@ def test_fast_percentiles_are_exact(shape):
     for values in (rng.standard_normal(shape), np.round(rng.random(shape) * 5), np.zeros(shape)):
         values = values.astype(np.float32)
         np.testing.assert_array_equal(percentiles(values, qs), np.percentile(values, qs))
+
+
+def test_gzip_bytes_is_standard_deterministic_gzip():
+    import gzip
+
+    from longbrain_jax.io.nifti import gzip_bytes
+
+    raw = np.random.default_rng(0).normal(size=50_000).astype(np.float32).tobytes()
+    for level in (0, 1, 6, 9):
+        packed = gzip_bytes(raw, level)
+        assert gzip.decompress(packed) == raw
+        assert packed == gzip_bytes(raw, level)  # zero timestamp: same data, same bytes
+    assert len(gzip_bytes(raw, 9)) <= len(gzip_bytes(raw, 0))
+    with pytest.raises(ValueError, match="compresslevel"):
+        gzip_bytes(raw, 10)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from longbrain_jax.grid import sample
+from longbrain_jax.grid import det, sample
 from longbrain_jax.registration import network as net
 
 
@@ -72,9 +72,9 @@ def point_terms(params: dict, x: Float[Array, " D"], t: Float[Array, ""], cfg: n
     """At one point and time: u, du/dt, ||du/dx||_F^2, |J| and d|J|/dt (exact)."""
     u, du_dt = jax.jvp(lambda s: net.displacement(params, x, s, cfg), (t,), (jnp.ones_like(t),))
     jac, djac_dt = jax.jvp(lambda s: net.spatial_jacobian(params, x, s, cfg), (t,), (jnp.ones_like(t),))
-    det, ddet_dt = jax.jvp(jnp.linalg.det, (jac,), (djac_dt,))
+    jac_det, ddet_dt = jax.jvp(det, (jac,), (djac_dt,))
     grad_sq = jnp.sum(jnp.square(jac - jnp.eye(x.shape[0], dtype=jac.dtype)))
-    return u, du_dt, grad_sq, det, ddet_dt
+    return u, du_dt, grad_sq, jac_det, ddet_dt
 
 
 def monotonic_penalty(rates: Float[Array, "K ..."], weights: Float[Array, " K"] | None = None) -> Float[Array, "..."]:

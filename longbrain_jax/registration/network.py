@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from longbrain_jax.grid import det
 from longbrain_jax.inr import layers
 
 
@@ -106,7 +107,7 @@ def spatial_jacobian(params: dict, x: Float[Array, " D"], t: Float[Array, ""], c
 
 def jacobian_determinant(params: dict, x: Float[Array, " D"], t: Float[Array, ""], cfg: DisplacementConfig) -> Float[Array, ""]:
     """|J| = det(d phi_t / dx) at one point (> 1: the follow-up's tissue maps to a larger baseline volume)."""
-    return jnp.linalg.det(spatial_jacobian(params, x, t, cfg))
+    return det(spatial_jacobian(params, x, t, cfg))
 
 
 def jacobian_determinant_rate(

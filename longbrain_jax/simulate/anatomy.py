@@ -20,7 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from longbrain_jax.grid import gaussian_smooth, integrate_velocity, invert_displacement, normalised_grid, resize_linear, sample
+from longbrain_jax.grid import (
+    apply_separable,
+    integrate_velocity,
+    invert_displacement,
+    normalised_grid,
+    sample,
+    smooth_resize_operator,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +98,9 @@ def smooth_noise(
     extent = [(n - 1) * h for n, h in zip(shape, spacing_mm, strict=True)]
     coarse = tuple(max(int(np.ceil(e / (smoothness_mm / 2.0))) + 1, 2) for e in extent)
     tail = () if channels is None else (channels,)
-    noise = gaussian_smooth(jax.random.normal(key, (*coarse, *tail)), 2.0, ndim=len(shape))
-    return resize_linear(noise, shape)
+    # smoothing and upsampling are one linear operator per axis (as gaussian_smooth then resize_linear)
+    operators = [smooth_resize_operator(m, n, 2.0) for m, n in zip(coarse, shape, strict=True)]
+    return apply_separable(jax.random.normal(key, (*coarse, *tail)), operators)
 
 
 def sample_anatomy(

@@ -102,15 +102,18 @@ def solve_poisson_dirichlet(rhs: np.ndarray, spacing: tuple[float, ...]) -> np.n
     """psi with the discrete laplacian(psi) = rhs and psi = 0 just outside the grid.
 
     Exact for the standard (2D + 1)-point stencil with per-axis `spacing`, by a type-I
-    discrete sine transform.
+    discrete sine transform. The last `len(spacing)` axes of `rhs` are spatial; any
+    leading axes are a batch solved in the same transforms (on all cores).
     """
-    coeffs = scipy.fft.dstn(rhs.astype(np.float64), type=1)
-    eig = np.zeros(rhs.shape)
-    for axis, (n, h) in enumerate(zip(rhs.shape, spacing, strict=True)):
+    d = len(spacing)
+    axes = tuple(range(rhs.ndim - d, rhs.ndim))
+    coeffs = scipy.fft.dstn(rhs.astype(np.float64), type=1, axes=axes, workers=-1)
+    eig = np.zeros(rhs.shape[-d:])
+    for axis, (n, h) in enumerate(zip(rhs.shape[-d:], spacing, strict=True)):
         k = np.arange(1, n + 1)
         lam = (2.0 * np.cos(np.pi * k / (n + 1)) - 2.0) / h**2
-        eig = eig + lam.reshape([-1 if a == axis else 1 for a in range(rhs.ndim)])
-    return scipy.fft.idstn(coeffs / eig, type=1).astype(np.float32)
+        eig = eig + lam.reshape([-1 if a == axis else 1 for a in range(d)])
+    return scipy.fft.idstn(coeffs / eig, type=1, axes=axes, workers=-1).astype(np.float32)
 
 
 def _spacing(shape: tuple[int, ...]) -> tuple[float, ...]:
@@ -143,7 +146,8 @@ def calibrated_velocity(weights: np.ndarray, log_rates: np.ndarray) -> np.ndarra
     divergence (to first order), so each region meets its target even where the
     discrete divergence of a thin structure spreads into its neighbours.
     """
-    basis = [_gradient(solve_poisson_dirichlet(w, _spacing(w.shape))) for w in weights]
+    potentials = solve_poisson_dirichlet(weights, _spacing(weights.shape[1:]))
+    basis = [_gradient(psi) for psi in potentials]
     mass = weights.reshape(len(weights), -1).sum(1)
     divs = np.stack([_divergence(v).ravel() for v in basis])  # (S, V)
     m = (weights.reshape(len(weights), -1) @ divs.T) / mass[:, None]  # (R, S)

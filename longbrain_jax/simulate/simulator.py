@@ -47,7 +47,6 @@ from longbrain_jax.grid import (
     normalised_grid,
     resize_linear,
     sample,
-    warp,
 )
 from longbrain_jax.io.bids import BIDSWriter, derivative_path
 from longbrain_jax.io.nifti import save_displacement, save_image
@@ -153,7 +152,7 @@ class _Arrays(NamedTuple):
     t1: jax.Array
     gm: jax.Array
     wm: jax.Array
-    fractions: jax.Array
+    fractions: jax.Array  # (*spatial, G)
     group_labels: jax.Array
     flow: AgingFlow
     mtl_velocity: jax.Array | None
@@ -215,7 +214,7 @@ class Simulator:
             t1=jnp.asarray(self.template.t1),
             gm=jnp.asarray(self.template.gm),
             wm=jnp.asarray(self.template.wm),
-            fractions=fractions,
+            fractions=jnp.moveaxis(fractions, 0, -1),  # channels last, as the per-scan gather reads them
             group_labels=jnp.asarray(self.template.group_labels),
             flow=flow,
             mtl_velocity=mtl_velocity,
@@ -291,8 +290,8 @@ class Simulator:
             lo, hi = cfg.scanner.scale_range
             scale = jax.random.uniform(k_scale, minval=lo, maxval=hi)
             bias = jnp.exp(resize_linear(log_bias_field(k_bias, self.field_shape, self.field_spacing_mm, cfg.scanner), tpl.shape))
-            image = rician(k_noise, warp(t1, pull) * bias * scale, scale / cfg.scanner.snr)
-            labels, fractions = warp_template_labels(arrays.fractions, arrays.group_labels, pull)
+            labels, fractions, warped = warp_template_labels(arrays.fractions, arrays.group_labels, pull, t1[..., None])
+            image = rician(k_noise, warped[..., 0] * bias * scale, scale / cfg.scanner.snr)
             axes = tuple(range(len(tpl.shape)))
             n_regions = len(self.region_names)  # REGIONS lead LABEL_GROUPS, in order
             group = jnp.argmax(fractions, axis=-1)

@@ -28,7 +28,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 from scipy import ndimage
 
-from longbrain_jax.grid import interpolate, normalised_grid, normalised_to_voxel, resample
+from longbrain_jax.grid import corner_sum, linear_corners, normalised_grid, normalised_to_voxel, resample
 
 #: FreeSurfer aseg label groups used for volumes and aging rates.
 REGIONS: dict[str, tuple[int, ...]] = {
@@ -219,8 +219,11 @@ def _nearest_group_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def warp_template_labels(
-    fractions: Float[Array, "G *spatial"], group_labels: Int[Array, "G *spatial"], displacement: Float[Array, "*spatial D"]
-) -> tuple[Int[Array, "*spatial"], Float[Array, "*spatial G"]]:
+    fractions: Float[Array, "*spatial G"],
+    group_labels: Int[Array, "G *spatial"],
+    displacement: Float[Array, "*spatial D"],
+    images: Float[Array, "*spatial C"] | None = None,
+) -> tuple[Int[Array, "*spatial"], Float[Array, "*spatial G"], Float[Array, "*spatial C"] | None]:
     """Labels of the template pulled back through `displacement` (normalised units).
 
     Each voxel takes the group with the largest linearly interpolated partial-volume
@@ -228,13 +231,28 @@ def warp_template_labels(
     nearest-neighbour warp of a voxelised label map, boundaries move with sub-voxel
     shifts, so regional volumes change smoothly with the deformation.
 
-    **Returns:** the label map and the warped fractions (*spatial, G), whose sums
-    over space are the groups' partial volumes in voxels.
+    **Arguments:**
+
+    - `fractions`: the template's group fractions, channels last (`Template.fractions`
+      moved to the last axis once by the caller, not per call).
+    - `group_labels`: `Template.group_labels`.
+    - `displacement`: the pull-back field on the same grid.
+    - `images`: optional images warped with the same (linear) weights in the same
+      gather, e.g. the subject's T1: equal to `grid.warp` of each, at no extra pass.
+
+    **Returns:** the label map, the warped fractions (*spatial, G), whose sums over
+    space are the groups' partial volumes in voxels, and the warped `images` (or None).
     """
     shape = displacement.shape[:-1]
+    g = fractions.shape[-1]
     index = normalised_to_voxel(normalised_grid(shape) + displacement, shape)
-    frac = interpolate(jnp.moveaxis(fractions, 0, -1), index, order=1, mode="nearest")
+    stacked = fractions if images is None else jnp.concatenate([fractions, images], axis=-1)
+    weights, corners = linear_corners(stacked, index, mode="nearest")  # one gather for all channels
+    frac = corner_sum(weights, corners[..., :g])
     group = jnp.argmax(frac, axis=-1)
-    candidates = interpolate(jnp.moveaxis(group_labels, 0, -1).astype(jnp.float32), index, order=0, mode="nearest")
-    labels = jnp.round(jnp.take_along_axis(candidates, group[..., None], axis=-1)[..., 0]).astype(jnp.int32)
-    return labels, frac
+    # one gather: the argmax group's label at the nearest voxel (mode 'nearest')
+    sizes = np.asarray(shape)
+    nearest = jnp.clip(jnp.round(index).astype(jnp.int32), 0, sizes - 1)
+    flat = jnp.sum(nearest * jnp.asarray([int(np.prod(shape[i + 1 :])) for i in range(len(shape))]), axis=-1)
+    labels = group_labels.reshape(-1)[group * int(np.prod(shape)) + flat]
+    return labels, frac, (None if images is None else corner_sum(weights, corners[..., g:]))
