@@ -50,7 +50,7 @@ class ImageHandle:
     def read(self) -> np.ndarray:
         """The voxels as float32 (*shape); `InputError` if truncated or NaN / Inf."""
         try:
-            data = np.asarray(self._image.dataobj, dtype=np.float32)
+            data = np.asarray(_voxels(self.path, self._image), dtype=np.float32)
         except Exception as e:  # EOFError, zlib.error, OSError, ValueError on truncation
             raise InputError(self.path, f"image data is truncated or corrupt ({type(e).__name__}: {e})") from None
         data = data.reshape(self.shape)
@@ -58,6 +58,17 @@ class ImageHandle:
         if bad.any():
             raise InputError(self.path, f"{int(bad.sum())} voxel(s) are NaN or Inf")
         return data
+
+
+def _voxels(path: Path, img: nib.Nifti1Image) -> np.ndarray:
+    """The image's stored array (scaled as its header says).
+
+    A `.nii.gz` file is inflated in one call by ISA-L (about 2x zlib's speed), then read
+    from memory; a `.nii` file is read (memory-mapped) by nibabel.
+    """
+    if not path.name.endswith(".gz"):
+        return np.asarray(img.dataobj)
+    return np.asarray(type(img).from_bytes(igzip.decompress(path.read_bytes())).dataobj)
 
 
 def _load(path: str | os.PathLike) -> tuple[Path, nib.Nifti1Image, np.ndarray]:
@@ -188,7 +199,10 @@ def load_displacement(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     A field on a 2D slice (stored with Z = 1) comes back as (X, Y, C).
     """
     path, img, affine = _load(path)
-    data = np.asarray(img.dataobj, np.float32)
+    try:
+        data = np.asarray(_voxels(path, img), np.float32)
+    except Exception as e:  # truncated or corrupt, as in ImageHandle.read
+        raise InputError(path, f"image data is truncated or corrupt ({type(e).__name__}: {e})") from None
     if data.ndim != 5 or data.shape[3] != 1 or data.shape[4] not in (2, 3):
         raise InputError(path, f"expected an ITK displacement field (X, Y, Z, 1, 2 or 3), got {data.shape}")
     u = data[:, :, :, 0, :] * np.array([-1.0, -1.0, 1.0][: data.shape[4]], np.float32)
