@@ -116,16 +116,19 @@ def _check_interpolation(image: jax.Array, index: jax.Array, order: int, mode: s
     return d
 
 
+def flat_voxel_index(voxel: Int[Array, "... D"], shape: Sequence[int]) -> Int[Array, "..."]:
+    """Row-major flat index of integer `voxel`s on a grid of `shape`, clamped to the grid."""
+    sizes = jnp.asarray(shape)
+    strides = jnp.asarray([int(np.prod(shape[i + 1 :])) for i in range(len(shape))])
+    return jnp.sum(jnp.clip(voxel, 0, sizes - 1) * strides, axis=-1)
+
+
 def _gather(image: jax.Array, corner: Int[Array, "... D"], mode: str, cval: float) -> Float[Array, "... C"]:
     """Channels-last values of `image` at integer voxel `corner`s, read per `mode`."""
-    d = corner.shape[-1]
-    shape = image.shape[:d]
-    flat = image.reshape(int(np.prod(shape)), -1)
-    sizes = jnp.asarray(shape)
-    strides = jnp.asarray([int(np.prod(shape[i + 1 :])) for i in range(d)])
-    values = flat[jnp.sum(jnp.clip(corner, 0, sizes - 1) * strides, axis=-1)]
+    shape = image.shape[: corner.shape[-1]]
+    values = image.reshape(int(np.prod(shape)), -1)[flat_voxel_index(corner, shape)]
     if mode == "constant":
-        inside = jnp.all((corner >= 0) & (corner <= sizes - 1), axis=-1)
+        inside = jnp.all((corner >= 0) & (corner <= jnp.asarray(shape) - 1), axis=-1)
         values = jnp.where(inside[..., None], values, cval)
     return values
 
@@ -141,8 +144,8 @@ def linear_corners(
     `interpolate(image, index)` is `sum_k weights[..., k, None] * values[..., k, :]`.
     All corners come from one gather: the positions (often an upsampled field or a
     composition that XLA fuses into its consumers) are then computed once for the
-    gather, not once per corner (on CPU that made a 3D warp about 2x slower). A
-    caller that needs only some channels of the result can sum just those.
+    gather, not once per corner (in the simulator's 3D label warp that recomputation
+    cost several times the gather itself). A caller that needs only some channels of the result can sum just those.
     """
     d = _check_interpolation(image, index, 1, mode)
     offsets = np.asarray(list(itertools.product((0, 1), repeat=d)))  # (K, D)

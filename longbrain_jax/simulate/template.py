@@ -28,7 +28,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 from scipy import ndimage
 
-from longbrain_jax.grid import corner_sum, linear_corners, normalised_grid, normalised_to_voxel, resample
+from longbrain_jax.grid import corner_sum, flat_voxel_index, linear_corners, normalised_grid, normalised_to_voxel, resample
 
 #: FreeSurfer aseg label groups used for volumes and aging rates.
 REGIONS: dict[str, tuple[int, ...]] = {
@@ -251,8 +251,6 @@ def warp_template_labels(
     frac = corner_sum(weights, corners[..., :g])
     group = jnp.argmax(frac, axis=-1)
     # one gather: the argmax group's label at the nearest voxel (mode 'nearest')
-    sizes = np.asarray(shape)
-    nearest = jnp.clip(jnp.round(index).astype(jnp.int32), 0, sizes - 1)
-    flat = jnp.sum(nearest * jnp.asarray([int(np.prod(shape[i + 1 :])) for i in range(len(shape))]), axis=-1)
-    labels = group_labels.reshape(-1)[group * int(np.prod(shape)) + flat]
+    nearest = flat_voxel_index(jnp.round(index).astype(jnp.int32), shape)
+    labels = group_labels.reshape(-1)[group * int(np.prod(shape)) + nearest]
     return labels, frac, (None if images is None else corner_sum(weights, corners[..., g:]))
