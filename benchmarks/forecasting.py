@@ -1,8 +1,10 @@
 """The forecasting table: every forecaster on the same held-out scans of a simulated cohort.
 
 Simulates a cohort (regular ages 50, 58, 67, 75 by default: the middle-but-one scan held
-out for interpolation, the last for extrapolation), trains the autoencoder and the
-segmentation U-Net on the known scans, runs last observation carried forward,
+out for interpolation, the last for extrapolation) and a second, independent one (other
+subjects, irregular ages over the same span) that trains the segmentation U-Net which
+measures every regional volume (`--segmenter-subjects 0` trains it on the known scans
+instead); trains the autoencoder on the known scans, runs last observation carried forward,
 voxelwise linear regression, MRExtrap (population slope prior), NODER and the
 spatiotemporal INR, and prints SSIM / PSNR / MAE against the true scans, Dice of
 NODER's carried labels, regional volume errors against the simulator's label maps,
@@ -16,6 +18,7 @@ last-observation-carried-forward on regional volume error for the extrapolated s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -48,7 +51,10 @@ def main() -> None:
     p.add_argument("--noder-iterations", type=int, default=200)
     p.add_argument("--inr-width", type=int, default=64)
     p.add_argument("--inr-steps", type=int, default=600)
+    p.add_argument("--inr-time-curvature", type=float, default=0.01, help="weight of the INR's temporal curvature penalty")
     p.add_argument("--segmenter-steps", type=int, default=1500)
+    p.add_argument("--segmenter-subjects", type=int, default=48, help="subjects of the U-Net's own training cohort (0: the known scans)")
+    p.add_argument("--segmenter-volumes", choices=("soft", "hard"), default="soft")
     p.add_argument("--methods", default="last_observation,voxelwise_linear,mrextrap,noder,inr")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("forecasting-benchmark"))
@@ -59,6 +65,12 @@ def main() -> None:
                                chunk_size=min(args.subjects, 8), seed=args.seed)  # fmt: skip
         bids = simulate_cohort(Path(tmp) / "bids", sim)
         cohort = read_bids(bids, LoadConfig(label_pipeline=PIPELINE))
+        seg_cohort = None
+        if args.segmenter_subjects:
+            ages = sim.regular_ages if args.sampling == "regular" else sim.age_range
+            seg_sim = dataclasses.replace(sim, num_subjects=args.segmenter_subjects, sampling="irregular", age_range=(min(ages), max(ages)),
+                                          chunk_size=min(args.segmenter_subjects, 8), seed=args.seed + 1000)  # fmt: skip
+            seg_cohort = read_bids(simulate_cohort(Path(tmp) / "segmenter", seg_sim), LoadConfig(label_pipeline=PIPELINE))
     cfg = ForecastConfig(
         methods=tuple(args.methods.split(",")),
         autoencoder=AutoencoderConfig(ndim=args.dim, channels=tuple(int(c) for c in args.ae_channels.split(",")), steps=args.ae_steps,
@@ -67,14 +79,19 @@ def main() -> None:
         inr=FitConfig(inr=INRConfig(ndim=args.dim, width=args.inr_width, stream_layers=3, combined_layers=2),
                       shared=StageConfig(steps=100, learning_rate=1e-3, sample_fraction=0.05),
                       finetune=StageConfig(steps=args.inr_steps, learning_rate=1e-3, sample_fraction=0.1),
-                      chunk_size=args.subjects, steps_per_call=100, checkpoint_every=1000, seed=args.seed),
-        segmenter=SegmenterConfig(steps=args.segmenter_steps, seed=args.seed),
+                      chunk_size=args.subjects, steps_per_call=100, checkpoint_every=1000, seed=args.seed,
+                      time_curvature=args.inr_time_curvature),
+        segmenter=SegmenterConfig(steps=args.segmenter_steps, volumes=args.segmenter_volumes, seed=args.seed),
     )  # fmt: skip
     started = time.perf_counter()
-    result = run_forecasting(cohort, cfg, progress=lambda what: print(f"[{time.perf_counter() - started:7.1f} s] {what}", flush=True))
+    result = run_forecasting(cohort, cfg, progress=lambda what: print(f"[{time.perf_counter() - started:7.1f} s] {what}", flush=True),
+                             segmenter_cohort=seg_cohort)  # fmt: skip
     description = (f"Simulated cohort: {args.subjects} subjects, {args.sampling} sampling, {args.dim}D at {args.resolution} mm "
                    f"{cohort.spatial_shape}, seed {args.seed}; autoencoder {args.ae_steps} steps, NODER {args.noder_iterations} "
-                   f"iterations, INR width {args.inr_width} x {args.inr_steps} steps, U-Net {args.segmenter_steps} steps; "
+                   f"iterations, INR width {args.inr_width} x {args.inr_steps} steps (temporal curvature {args.inr_time_curvature}), "
+                   f"U-Net {args.segmenter_steps} steps on "
+                   + (f"{int(seg_cohort.mask.sum())} scans of {args.segmenter_subjects} other simulated subjects (seed {args.seed + 1000})"
+                      if seg_cohort is not None else "the known scans") + f", {args.segmenter_volumes} volumes; "
                    f"total {result['seconds']:.0f} s on this machine.")  # fmt: skip
     write_forecasting(args.out, cohort, result, cfg, description, overwrite=True)
     print("\n" + description + "\n")

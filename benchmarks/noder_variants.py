@@ -52,5 +52,5 @@ print(f"{'variant':<14} {'Dice int':>8} {'Dice ext':>8} {'MAE int':>8} {'MAE ext
 print(f"{'last obs.':<14} {dice(locf, 2):8.3f} {dice(locf, 3):8.3f} {mae(locf, 2):8.4f} {mae(locf, 3):8.4f}")
 for name in (sys.argv[1].split(",") if len(sys.argv) > 1 else variants):
     start = time.time()
-    f = fc.noder_forecast(cohort.volumes, cohort.ages, known, cohort.labels[:, 0], variants[name])
+    f = fc.noder_forecast(cohort.volumes, cohort.ages, known, cohort.labels, variants[name], source="baseline")
     print(f"{name:<14} {dice(f, 2):8.3f} {dice(f, 3):8.3f} {mae(f, 2):8.4f} {mae(f, 3):8.4f} {f.extra['folding'].max():8.4f} {time.time() - start:6.0f}")

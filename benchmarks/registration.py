@@ -72,8 +72,10 @@ def vmapped_vs_loop(cfg: RegistrationConfig, volumes, times, observed, steps: in
 
 
 def with_weights(loss: LossConfig, args) -> LossConfig:
-    """The ablation's loss with --temporal and --monotonic in place of the terms it keeps."""
-    return dataclasses.replace(loss, temporal=loss.temporal and args.temporal, monotonic=loss.monotonic and args.monotonic)
+    """The ablation's loss with --temporal and --monotonic in place of the terms it keeps; --curvature and
+    --extrapolate-years for all (curvature is ours, 0 by default: "NCC only" stays NCC only unless asked)."""
+    return dataclasses.replace(loss, temporal=loss.temporal and args.temporal, monotonic=loss.monotonic and args.monotonic,
+                               curvature=args.curvature, extrapolate_years=args.extrapolate_years)  # fmt: skip
 
 
 def summary_rows(name: str, summary: dict) -> list[tuple[str, str]]:
@@ -98,6 +100,9 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=9)
     ap.add_argument("--temporal", type=float, default=LossConfig().temporal, help="beta (the ablations keep their own zeros)")
     ap.add_argument("--monotonic", type=float, default=LossConfig().monotonic, help="gamma (the ablations keep their own zeros)")
+    ap.add_argument("--curvature", type=float, default=0.0, help="kappa, the temporal curvature weight (ours; 0 = the paper)")
+    ap.add_argument("--extrapolate-years", type=float, default=LossConfig().extrapolate_years,
+                    help="how far past the last scan the regularisers reach")
     ap.add_argument("--no-pairwise", action="store_true", help="skip the pairwise baseline")
     ap.add_argument("--ablations", default=",".join(ABLATIONS))
     ap.add_argument("--seed", type=int, default=0)

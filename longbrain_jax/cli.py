@@ -306,6 +306,9 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, epochs, l
 @click.option("--patches", default=12, show_default=True, help="Patches per step.")
 @click.option("--patch-size", default=12, show_default=True, help="Patch edge in voxels.")
 @click.option("--losses", default="100,0.1,0.01,0.001", show_default=True, help="Weights: identity, spatial, temporal, monotonic.")
+@click.option("--curvature", default=0.0, show_default=True,
+              help="Weight of the temporal curvature term (ours; straight paths in t between and past the scans).")
+@click.option("--extrapolate-years", default=2.0, show_default=True, help="How far past the last scan the regularisers reach.")
 @click.option("--extra-ages", default="", help="Also write fields at these ages (e.g. 80,81,82).")
 @click.option("--chunk-size", default=16, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -313,7 +316,8 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, epochs, l
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale, steps, lr, schedule, patches, patch_size, losses, extra_ages, chunk_size, seed, resume, overwrite, quiet) -> None:
+def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale, steps, lr, schedule, patches, patch_size, losses, curvature,
+             extrapolate_years, extra_ages, chunk_size, seed, resume, overwrite, quiet) -> None:  # fmt: skip
     """Register each subject's scans into a continuous-time deformation (|J| maps, fields, labels)."""
     from longbrain_jax.io import scan_bids
     from longbrain_jax.progress import progress_bar
@@ -327,7 +331,7 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
     try:
         cfg = RegistrationConfig(
             network=DisplacementConfig(ndim=dataset.ndim, width=width, hidden_layers=hidden_layers, time_features=time_features, w0=w0, time_scale=time_scale),
-            loss=LossConfig(*weights), steps=steps, learning_rate=lr, cosine_decay=schedule == "cosine", patches=patches, patch_size=patch_size,
+            loss=LossConfig(*weights, extrapolate_years=extrapolate_years, curvature=curvature), steps=steps, learning_rate=lr, cosine_decay=schedule == "cosine", patches=patches, patch_size=patch_size,
             chunk_size=chunk_size, checkpoint_every=max(50, (steps // 4) // 50 * 50), seed=seed,
         )  # fmt: skip
     except ValueError as e:
@@ -369,14 +373,22 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
 @click.option("--noder-iterations", default=300, show_default=True)
 @click.option("--inr-width", default=128, show_default=True, help="Width of the spatiotemporal INR (paper: 512).")
 @click.option("--inr-steps", default=1000, show_default=True, help="Fine-tuning steps of the spatiotemporal INR.")
+@click.option("--inr-time-curvature", default=0.01, show_default=True,
+              help="Weight of the INR's temporal curvature penalty (straighter trajectories past the last scan).")
 @click.option("--segmenter-steps", default=1500, show_default=True)
+@click.option("--segmenter-bids", type=click.Path(path_type=Path), default=None,
+              help="A labelled dataset (e.g. `longbrain simulate` with another seed) to train the volume-measuring U-Net on, "
+                   "instead of the known scans.")
+@click.option("--segmenter-volumes", type=click.Choice(["soft", "hard"]), default="soft", show_default=True,
+              help="Regional volumes as sums of class probabilities (soft) or arg-max label counts (hard).")
 @click.option("--no-curve", is_flag=True, help="Skip error against the number of scans used.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @_input_errors_exit_2
 def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, ae_channels, ae_steps, adversarial_start, prior, noder_iterations,
-             inr_width, inr_steps, segmenter_steps, no_curve, seed, overwrite, quiet) -> None:  # fmt: skip
+             inr_width, inr_steps, inr_time_curvature, segmenter_steps, segmenter_bids, segmenter_volumes, no_curve, seed, overwrite,
+             quiet) -> None:  # fmt: skip
     """Forecast held-out scans with MRExtrap, NODER, the spatiotemporal INR and two baselines; score them."""
     from longbrain_jax.fit import FitConfig, StageConfig
     from longbrain_jax.forecasting import METHODS, ForecastConfig, results_markdown, run_forecasting, write_forecasting
@@ -393,6 +405,12 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
     bar = LazyBar("reading scans", enabled=not quiet, unit="scan")
     cohort = read_bids(bids_dir, LoadConfig(label_pipeline=label_pipeline), progress=bar)
     bar.close()
+    segmenter_cohort = None
+    if segmenter_bids is not None:
+        seg_pipeline = label_pipeline or "simulator"
+        if not Path(segmenter_bids, "derivatives", seg_pipeline).is_dir():
+            raise InputError(segmenter_bids, f"has no label maps (derivatives/{seg_pipeline}) to train the segmenter on")
+        segmenter_cohort = read_bids(segmenter_bids, LoadConfig(label_pipeline=seg_pipeline))
     try:
         cfg = ForecastConfig(
             methods=chosen, holdout=holdout, prior=prior,
@@ -400,8 +418,8 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
                                           steps=ae_steps, adversarial_start=adversarial_start, seed=seed),
             noder=NODERConfig(iterations=noder_iterations, seed=seed),
             inr=FitConfig(inr=INRConfig(ndim=cohort.ndim, width=inr_width), finetune=StageConfig(steps=inr_steps, learning_rate=1e-3, sample_fraction=0.05),
-                          seed=seed),
-            segmenter=SegmenterConfig(steps=segmenter_steps, seed=seed), curve=not no_curve,
+                          seed=seed, time_curvature=inr_time_curvature),
+            segmenter=SegmenterConfig(steps=segmenter_steps, volumes=segmenter_volumes, seed=seed), curve=not no_curve,
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None
@@ -418,7 +436,7 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
             raise InputError(autoencoder_dir, f"autoencoder was trained on grid {shape}, the dataset is {cohort.spatial_shape}")
         model = MRExtrapModel(params, ae_cfg, prior)
         cfg = dataclasses.replace(cfg, autoencoder=ae_cfg)
-    result = run_forecasting(cohort, cfg, progress=progress, model=model)
+    result = run_forecasting(cohort, cfg, progress=progress, model=model, segmenter_cohort=segmenter_cohort)
     report = write_forecasting(out, cohort, result, cfg, f"Dataset: `{bids_dir}` ({cohort.num_subjects} subjects, {cohort.ndim}D {cohort.spatial_shape}).",
                                overwrite=overwrite)  # fmt: skip
     click.echo(f"wrote {report}")

@@ -5,14 +5,16 @@ scans by `fit.scan_roles` (the last scan of subjects with >= 3 scans for extrapo
 the middle one of subjects with >= 4 for interpolation):
 
 1. the known (training) scans train the autoencoder (MRExtrap) and the segmentation
-   U-Net (with their true label maps); the U-Net's Dice on the held-out scans is
+   U-Net (with their true label maps), or the U-Net is trained on a separate labelled
+   cohort (`segmenter_cohort`: an instrument independent of the cohort it measures,
+   as SynthSeg is; what the benchmark does); the U-Net's Dice on the held-out scans is
    reported, and its volumes of the true held-out scans are a reference row;
 2. each forecaster (`latent.forecasters`) predicts every held-out scan from the
    known ones;
 3. scores per held-out scan: SSIM, PSNR (data range 2) and MAE against the true scan;
    Dice of the predicted label map against the true one where the method carries
-   labels (NODER); the absolute % error of the U-Net's regional volumes of the
-   predicted scan (hippocampus, lateral ventricles, cortical GM, cerebral WM) against
+   labels (NODER); the absolute % error of the U-Net's regional volumes (soft by
+   default, `segmenter.SegmenterConfig.volumes`) of the predicted scan (hippocampus, lateral ventricles, cortical GM, cerebral WM) against
    the true label maps' volumes; wall time per subject;
 4. error against the number of scans used: the extrapolated scan predicted from the
    first k scans, k = 1 .. all known (for the forecasters cheap enough to refit k times).
@@ -57,7 +59,8 @@ class ForecastConfig:
     - `holdout`: "extrapolation" or "interpolation_extrapolation" (`fit.scan_roles`).
     - `autoencoder`, `prior`: MRExtrap's autoencoder (its `ndim` follows the data) and
       slope prior ("population", "group" or "none").
-    - `noder`: NODER's settings.
+    - `noder`: NODER's settings; `noder_source`: "last" (warp the most recent known
+      scan) or "baseline" (the paper's), see `latent.forecasters.noder_forecast`.
     - `inr`: cohort-fitting settings of the spatiotemporal INR (`inr.ndim` follows the data).
     - `segmenter`: the U-Net that measures regional volumes.
     - `curve`: also compute error against the number of scans used.
@@ -68,6 +71,7 @@ class ForecastConfig:
     autoencoder: ae.AutoencoderConfig = ae.AutoencoderConfig()
     prior: str = "population"
     noder: NODERConfig = NODERConfig()
+    noder_source: str = "last"
     inr: FitConfig = FitConfig()
     segmenter: sg.SegmenterConfig = sg.SegmenterConfig()
     curve: bool = True
@@ -78,6 +82,8 @@ class ForecastConfig:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
         if self.holdout not in ("extrapolation", "interpolation_extrapolation"):
             raise ValueError(f"holdout must be 'extrapolation' or 'interpolation_extrapolation', got {self.holdout!r}")
+        if self.noder_source not in ("last", "baseline"):
+            raise ValueError(f"noder_source must be 'last' or 'baseline', got {self.noder_source!r}")
         if self.prior not in ("population", "group", "none"):
             raise ValueError(f"prior must be 'population', 'group' or 'none', got {self.prior!r}")
 
@@ -105,16 +111,17 @@ def run_forecasters(
         elif name == "mrextrap":
             out[name] = fc.mrextrap_forecast(model, cohort.volumes, ages, known, cohort.groups, prior_scans)
         elif name == "noder":
-            labels = None if cohort.labels is None else cohort.labels[:, 0]
-            out[name] = fc.noder_forecast(cohort.volumes, ages, known, labels, cfg.noder)
+            out[name] = fc.noder_forecast(cohort.volumes, ages, known, cohort.labels, cfg.noder, cfg.noder_source)
         elif name == "inr":
             fit_cfg = dataclasses.replace(cfg.inr, inr=dataclasses.replace(cfg.inr.inr, ndim=cohort.ndim))
             out[name] = fc.inr_forecast(cohort, known, fit_cfg)
     return out
 
 
-def train_models(cohort: Cohort, known: np.ndarray, cfg: ForecastConfig, show_progress: bool = False, model: fc.MRExtrapModel | None = None):
-    """The autoencoder (if MRExtrap runs and no `model` is given) and the segmenter, on the known scans only.
+def train_models(cohort: Cohort, known: np.ndarray, cfg: ForecastConfig, show_progress: bool = False,
+                 model: fc.MRExtrapModel | None = None, segmenter_cohort: Cohort | None = None):  # fmt: skip
+    """The autoencoder (if MRExtrap runs and no `model` is given) on the known scans only, and the
+    segmenter on the known scans or, if given, on every scan of `segmenter_cohort` (with labels).
 
     Returns (MRExtrapModel | None, U-Net params | None).
     """
@@ -133,9 +140,17 @@ def train_models(cohort: Cohort, known: np.ndarray, cfg: ForecastConfig, show_pr
         bar.close()
         model = fc.MRExtrapModel(params, ae_cfg, cfg.prior)
     seg_params = None
-    if cohort.labels is not None:
+    if segmenter_cohort is not None:
+        if segmenter_cohort.labels is None:
+            raise InputError("segmenter cohort", "has no label maps to train the segmentation U-Net on")
+        if segmenter_cohort.ndim != cohort.ndim:
+            raise InputError("segmenter cohort", f"is {segmenter_cohort.ndim}D, the forecast cohort {cohort.ndim}D")
+        seg_scans, seg_labels = segmenter_cohort.volumes[segmenter_cohort.mask], segmenter_cohort.labels[segmenter_cohort.mask]
+    elif cohort.labels is not None:
+        seg_scans, seg_labels = scans, cohort.labels[known]
+    if segmenter_cohort is not None or cohort.labels is not None:
         bar = progress_bar(cfg.segmenter.steps, "segmenter", enabled=show_progress, unit="step")
-        seg_params, _ = sg.train_segmenter(scans, cohort.labels[known], cfg.segmenter, progress=lambda *_: bar.update(1))
+        seg_params, _ = sg.train_segmenter(seg_scans, seg_labels, cfg.segmenter, progress=lambda *_: bar.update(1))
         bar.close()
     return model, seg_params
 
@@ -148,15 +163,14 @@ def score(cohort: Cohort, roles: np.ndarray, forecasts: dict[str, fc.Forecast], 
     true_vol = sg.class_volumes(true_classes, affine) if true_classes is not None else None
     truth = cohort.volumes[held[:, 0], held[:, 1]]
     entries = dict(forecasts)
-    if seg_params is not None:
+    if seg_params is not None and true_vol is not None:
         reference = np.array(cohort.volumes)
         entries["segmenter on the true scan"] = fc.Forecast(reference, None, 0.0, {})
     rows = []
     n_subjects = cohort.num_subjects
     for name, f in entries.items():
         pred = f.images[held[:, 0], held[:, 1]]
-        seg = sg.segment(seg_params, pred, seg_cfg) if seg_params is not None else None
-        vol = sg.class_volumes(seg, affine) if seg is not None else None
+        vol = sg.segmented_volumes(seg_params, pred, affine, seg_cfg) if seg_params is not None and true_vol is not None else None
         for k, (i, j) in enumerate(held):
             row = {"method": name, "participant_id": cohort.subject_ids[i], "group": cohort.groups[i],
                    "age": float(cohort.ages[i, j]), "role": ROLES[roles[i, j]],
@@ -181,7 +195,7 @@ def score(cohort: Cohort, roles: np.ndarray, forecasts: dict[str, fc.Forecast], 
 def scans_used_curve(cohort: Cohort, roles: np.ndarray, cfg: ForecastConfig, model, seg_params) -> list[dict]:
     """Mean volume error (%) at the extrapolated scan against the number of scans used."""
     target = roles == ROLES.index("extrapolation")
-    if seg_params is None or not target.any():
+    if seg_params is None or cohort.labels is None or not target.any():
         return []
     known_all = roles == ROLES.index("train")
     max_k = int(known_all.sum(1)[target.any(1)].max())
@@ -216,7 +230,7 @@ def linearity_check(cohort: Cohort, known: np.ndarray, model: fc.MRExtrapModel, 
         slots = np.flatnonzero(known[i])
         z = ae.encode_scans(model.params, cohort.volumes[i, [slots[0], slots[-1]]], model.cfg)
         path = np.asarray(mrextrap.interpolate(jnp.asarray(z[0]), jnp.asarray(z[1]), jnp.asarray(alphas)))
-        vol = sg.class_volumes(sg.segment(seg_params, ae.decode_latents(model.params, path, model.cfg, shape), seg_cfg), cohort.affines[i])
+        vol = sg.segmented_volumes(seg_params, ae.decode_latents(model.params, path, model.cfg, shape), cohort.affines[i], seg_cfg)
         design = np.stack([np.ones_like(alphas), alphas], 1)
         coef, *_ = np.linalg.lstsq(design, vol, rcond=None)
         resid = ((vol - design @ coef) ** 2).sum(0)
@@ -242,17 +256,21 @@ def linearity_figure(check: dict, path: str | os.PathLike) -> None:
 
 def run_forecasting(
     cohort: Cohort, cfg: ForecastConfig = ForecastConfig(), progress: Callable[[str], None] | None = None,
-    model: fc.MRExtrapModel | None = None,
+    model: fc.MRExtrapModel | None = None, segmenter_cohort: Cohort | None = None,
 ) -> dict:  # fmt: skip
-    """The whole experiment; returns {"rows", "curve", "segmenter_dice", "linearity", "forecasts", "roles", "seconds", ...}."""
+    """The whole experiment; returns {"rows", "curve", "segmenter_dice", "linearity", "forecasts", "roles", "seconds", ...}.
+
+    `model`: a trained autoencoder for MRExtrap; `segmenter_cohort`: a labelled cohort to
+    train the segmentation U-Net on instead of the known scans (see the module docstring).
+    """
     roles = scan_roles(cohort.mask, cfg.holdout)
     if not np.any(roles >= 2):
         raise InputError("cohort", "no held-out scans: forecasting needs subjects with >= 3 scans")
     known = roles == ROLES.index("train")
     started = time.perf_counter()
-    model, seg_params = train_models(cohort, known, cfg, show_progress=progress is not None, model=model)
+    model, seg_params = train_models(cohort, known, cfg, show_progress=progress is not None, model=model, segmenter_cohort=segmenter_cohort)
     seg_dice = {}
-    if seg_params is not None:
+    if seg_params is not None and cohort.labels is not None:
         held = roles >= 2
         seg_dice = sg.class_dice(sg.segment(seg_params, cohort.volumes[held], cfg.segmenter), sg.label_classes(cohort.labels[held]))
     forecasts = run_forecasters(cohort, known, cfg, model, cfg.methods, progress)

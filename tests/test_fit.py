@@ -208,3 +208,28 @@ def test_fit_cli_on_a_bids_dataset(tmp_path):
     assert again.exit_code == 2 and "already exists" in again.output
     missing = CliRunner().invoke(main, ["fit", str(tmp_path / "nope"), str(tmp_path / "o2")])
     assert missing.exit_code == 2 and "dataset folder not found" in missing.output
+
+
+def test_time_curvature_is_zero_on_a_straight_trajectory_and_sees_relu_kinks(key):
+    from longbrain_jax.fit.train import time_curvature
+
+    cfg = INRConfig(ndim=2, width=4, stream_layers=1, combined_layers=0, spatial_activation="sine", temporal_activation="relu")
+    params = st.init(key, cfg)
+    cohort = blob_cohort(1)
+    data = jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), _chunk(cohort, scan_roles(cohort.mask, "none")))
+    h_space = st.spatial_features(params, jnp.zeros((64, 2)), cfg)
+    sampling = Sampling(SHAPE, 64, 0.9, time_curvature=1.0, time_step=0.2, time_horizon=1.0)
+    # every ReLU unit active over the whole time range: the output is linear in t
+    w = jnp.abs(params["time"]["input"]["w"])
+    straight = dict(params, time={"input": {"w": w, "b": jnp.full_like(params["time"]["input"]["b"], 10.0)}, "hidden": []})
+    assert float(time_curvature(straight, h_space, data, key, cfg, sampling)) < 1e-6
+    # a unit switching on inside the range bends the trajectory: the second difference sees the kink
+    bent = dict(params, time={"input": {"w": w, "b": -w[0] * float(data.times[0] + 0.3)}, "hidden": []})
+    assert float(time_curvature(bent, h_space, data, key, cfg, sampling)) > 1e-2
+    # the penalty enters the loss only with a positive weight
+    from longbrain_jax.fit.train import sampled_loss
+
+    plain = sampled_loss(bent, data, key, cfg, sampling._replace(time_curvature=0.0))
+    assert float(sampled_loss(bent, data, key, cfg, sampling)) > float(plain)
+    with pytest.raises(ValueError, match="time_curvature"):
+        dataclasses.replace(TINY, time_curvature=-1.0)

@@ -104,13 +104,24 @@ def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_t
     volumes[1] = volumes[1, :, ::-1]
     times = np.array([[0.0, 1.0, 2.0]] * 2, np.float32)
     observed = np.array([[True, True, False]] * 2)
-    params, history = noder.fit_cohort(volumes, times, observed, TINY, steps_per_call=20)
+    params, history = noder.fit_cohort(volumes, times, observed, TINY, steps_per_call=25)  # noder_forecast's blocks: compiled once
     assert np.all(history[-1] < 0.8 * history[0])
     images, carried, folding = noder.predict(params, volumes[:, 0], (volumes[:, 0] > 0).astype(np.int32), times, TINY)
     assert float(folding.max()) == 0.0
     # the held-out (extrapolated) disc is closer than the last observation
     assert np.abs(images[0, 2] - volumes[0, 2]).mean() < np.abs(volumes[0, 1] - volumes[0, 2]).mean()
     assert carried[0, 2].sum() > carried[0, 0].sum()  # the carried label grows with the disc
+    # resampling a source scan: from the baseline it is the same prediction; from a scan at the
+    # target's own time, phi_s^-1 o phi_t is the identity up to the inversion's accuracy
+    labels = (volumes > 0).astype(np.int32)
+    base = noder.predict(params, volumes[:, [0, 0, 0]], labels[:, [0, 0, 0]], times, TINY, np.zeros_like(times))
+    np.testing.assert_allclose(base[0], images, atol=1e-5)
+    same = noder.predict(params, volumes, labels, times, TINY, times)
+    assert np.abs(same[0] - volumes).mean() < 0.05 * np.abs(images[:, 2] - volumes[:, 0]).mean()  # measured: 0.004 vs 0.35
+    # the forecaster from the most recent scan: the extrapolated disc from the t = 1 scan
+    f = fc.noder_forecast(volumes, times + 60.0, observed, labels, TINY)
+    assert np.abs(f.images[0, 2] - volumes[0, 2]).mean() < np.abs(volumes[0, 1] - volumes[0, 2]).mean()
+    assert f.labels[0, 2].sum() > labels[0, 1].sum() and float(f.extra["folding"].max()) == 0.0
     # vmapped training equals the per-subject loop from the same start
     start = jax.vmap(lambda k: noder.init(k, (16, 16), TINY))(jax.random.split(jax.random.key(3), 2))
     opt = jax.vmap(noder._optimizer(TINY).init)(start)
@@ -169,6 +180,20 @@ def test_segmenter_reaches_dice_on_tiny_simulated_scans():
     dice = sg.class_dice(sg.segment(params, flat(img, slice(4, 5)), cfg), sg.label_classes(flat(arr["labels"], slice(4, 5))))
     assert dice["cerebral_wm"] >= 0.8 and dice["cortical_gm"] >= 0.6, dice  # a subject it never saw
     assert losses[-20:].mean() < 0.5 * losses[:20].mean()
+    # volumes: hard = arg-max counts; soft = probability sums, and both near the truth for the big classes
+    test, affine = flat(img, slice(4, 5)), np.diag([4.0, 4.0, 4.0, 1.0])
+    prob = sg.probabilities(params, test, cfg)
+    np.testing.assert_allclose(prob.sum(-1), 1.0, rtol=1e-5)
+    hard = sg.segmented_volumes(params, test, affine, dataclasses.replace(cfg, volumes="hard"))
+    np.testing.assert_array_equal(hard, sg.class_volumes(sg.segment(params, test, cfg), affine))
+    soft = sg.segmented_volumes(params, test, affine, cfg)
+    ids = [sg.CLASSES.index(n) for n in sg.SCORED]
+    np.testing.assert_allclose(soft, 64.0 * prob[..., ids].sum(axis=(1, 2)), rtol=1e-5)
+    truth = sg.class_volumes(sg.label_classes(flat(arr["labels"], slice(4, 5))), affine)
+    wm = sg.SCORED.index("cerebral_wm")
+    assert abs(soft[:, wm] - truth[:, wm]).max() < 0.15 * truth[:, wm].min(), (soft, truth)
+    with pytest.raises(ValueError, match="volumes must be"):
+        sg.SegmenterConfig(volumes="counts")
 
 
 def test_forecast_command_scores_every_method_and_rejects_cohorts_without_held_out_scans(tmp_path):
@@ -197,10 +222,13 @@ def test_forecast_command_scores_every_method_and_rejects_cohorts_without_held_o
     assert carried.exists()  # the last known scan's labels, carried forward
     report = (tmp_path / "out/report.md").read_text()
     assert "| mrextrap | extrapolation |" in report and "Linearity of MRExtrap's latent space" in report
-    # the saved autoencoder is reused by a second run
+    # the saved autoencoder is reused by a second run, whose segmenter trains on another labelled dataset
+    short = simulate_cohort(tmp_path / "short", dataclasses.replace(sim, regular_ages=(50.0, 60.0), seed=7))
     again = CliRunner().invoke(main, [*args[:2], str(tmp_path / "again"), "--method", "mrextrap", "--autoencoder", str(tmp_path / "out/autoencoder"),
-                                      "--segmenter-steps", "2", "--no-curve", "--quiet"])  # fmt: skip
+                                      "--segmenter-steps", "2", "--segmenter-bids", str(short), "--no-curve", "--quiet"])  # fmt: skip
     assert again.exit_code == 0, again.output
-    short = simulate_cohort(tmp_path / "short", dataclasses.replace(sim, regular_ages=(50.0, 60.0)))
+    assert "volume_error_pct_hippocampus" in (tmp_path / "again" / "scores.tsv").read_text()
+    unlabelled = CliRunner().invoke(main, [*args[:2], str(tmp_path / "out3"), "--segmenter-bids", str(tmp_path / "out"), "--quiet"])
+    assert unlabelled.exit_code == 2 and "no label maps" in unlabelled.output
     bad = CliRunner().invoke(main, ["forecast", str(short), str(tmp_path / "out2"), "--quiet"])
     assert bad.exit_code == 2 and "no held-out scans" in bad.output

@@ -58,6 +58,29 @@ def test_loss_terms_are_finite_and_padding_is_ignored(key):
     np.testing.assert_allclose(loss_and_grad(params, garbage)[0], total, rtol=1e-6)
 
 
+def test_curvature_term_is_the_mean_squared_second_difference_in_time(key):
+    import pytest
+
+    params = net.init(key, CFG)
+    volumes, times, observed = _toy_subject(key)
+    patches = sample_patches(key, volumes.shape[1:], 2, 3)
+    loss = LossConfig(extra_times=0, curvature=0.5, curvature_step_years=1.5, regulariser_points=10**6)
+    loss_terms = jax.jit(subject_loss, static_argnames=("cfg", "loss"))
+    terms = loss_terms(params, volumes, times, observed, patches, key, cfg=CFG, loss=loss)
+    points = patches.reshape(-1, 3)
+    u = lambda t: jax.vmap(lambda x: net.displacement(params, x, jnp.asarray(t), CFG))(points)  # noqa: E731
+    second = [jnp.mean(jnp.sum(((u(t - 1.5) - 2 * u(t) + u(t + 1.5)) / 1.5**2) ** 2, -1)) for t in times[:3]]
+    np.testing.assert_allclose(terms.curvature, np.mean(second), rtol=1e-4)
+    others = terms.ncc + 100.0 * terms.identity + 0.1 * terms.spatial + 0.01 * terms.temporal + 0.001 * terms.monotonic
+    np.testing.assert_allclose(terms.total, others + 0.5 * terms.curvature, rtol=1e-5)
+    # a field that does not change in t has no curvature
+    still = jax.tree_util.tree_map(jnp.zeros_like, params["time"])
+    flat = loss_terms(dict(params, time=still), volumes, times, observed, patches, key, cfg=CFG, loss=loss)
+    assert float(flat.curvature) < 1e-10 < float(terms.curvature)
+    with pytest.raises(ValueError, match="curvature_step_years"):
+        LossConfig(curvature_step_years=0.0)
+
+
 def test_vmapped_registration_equals_per_subject_loop(key):
     cfg = RegistrationConfig(network=CFG, steps=3, learning_rate=1e-3, patches=2, patch_size=4)
     subjects = [_toy_subject(k) for k in jax.random.split(key, 3)]

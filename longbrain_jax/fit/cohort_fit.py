@@ -71,6 +71,9 @@ class FitConfig:
     - `finetune`: the per-subject stage (paper: 100 steps, lr 1e-3, 1% of voxels).
     - `foreground_fraction`: share of points drawn from foreground voxels (paper: 0.9).
     - `foreground_threshold`: normalised intensity above which a voxel is foreground.
+    - `time_curvature`: weight of the temporal curvature penalty (`fit.train.Sampling`;
+      0, the paper's, switches it off); `time_step_years`, `time_horizon_years`: its
+      difference step and how far past the last training scan it reaches.
     - `holdout`: "none"; "extrapolation" (hold out the last scan of subjects with >= 3
       scans); "interpolation_extrapolation" (also a middle scan of subjects with >= 4).
     - `chunk_size`: subjects trained together (memory); rounded up to a device multiple.
@@ -87,6 +90,9 @@ class FitConfig:
     finetune: StageConfig = StageConfig(steps=100, learning_rate=1e-3, sample_fraction=0.01)
     foreground_fraction: float = 0.9
     foreground_threshold: float = -0.9
+    time_curvature: float = 0.0
+    time_step_years: float = 2.0
+    time_horizon_years: float = 10.0
     holdout: str = "none"
     chunk_size: int = 64
     steps_per_call: int = 10
@@ -101,6 +107,8 @@ class FitConfig:
             raise ValueError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
         if self.chunk_size < 1 or self.steps_per_call < 1 or self.shared_subjects_per_step < 1 or self.shared_pool < 1:
             raise ValueError("chunk_size, steps_per_call, shared_subjects_per_step and shared_pool must be >= 1")
+        if self.time_curvature < 0 or self.time_step_years <= 0 or self.time_horizon_years < 0:
+            raise ValueError("need time_curvature >= 0, time_step_years > 0 and time_horizon_years >= 0")
         if self.checkpoint_every < 1 or self.checkpoint_every % self.steps_per_call:
             raise ValueError(f"checkpoint_every ({self.checkpoint_every}) must be a multiple of steps_per_call ({self.steps_per_call})")
 
@@ -288,7 +296,7 @@ def _shared_init(source, cfg, ckpt, work, mesh, progress) -> st.Params:
                 raise InputError("cohort", "every subject of the shared-initialisation pool has non-finite intensities")
             pool_cohort, roles = pool_cohort.select(np.flatnonzero(finite)), roles[finite]
         data, _ = _chunk_arrays(pool_cohort, roles, source.max_scans, cfg)
-        sampling = Sampling(tuple(source.spatial_shape), stage.num_points(int(np.prod(source.spatial_shape)), source.max_scans), cfg.foreground_fraction)
+        sampling = _sampling(cfg, stage, tuple(source.spatial_shape), source.max_scans)
         pool = sharding.replicate(data, mesh)
         params, opt_state = sharding.replicate((params, opt_state), mesh)
         step = start
@@ -308,12 +316,19 @@ def _shared_init(source, cfg, ckpt, work, mesh, progress) -> st.Params:
     return params
 
 
+def _sampling(cfg: FitConfig, stage: StageConfig, shape: tuple[int, ...], max_scans: int) -> Sampling:
+    """The static loss description of one stage (times in the network's units)."""
+    years = 1.0 / cfg.inr.age_scale
+    return Sampling(shape, stage.num_points(int(np.prod(shape)), max_scans), cfg.foreground_fraction,
+                    cfg.time_curvature, cfg.time_step_years * years, cfg.time_horizon_years * years)  # fmt: skip
+
+
 def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress) -> FitResult:
     t_max = source.max_scans
     roles_all = scan_roles(source.mask, cfg.holdout)
     stage = cfg.finetune
     shape = tuple(source.spatial_shape)
-    sampling = Sampling(shape, stage.num_points(int(np.prod(shape)), t_max), cfg.foreground_fraction)
+    sampling = _sampling(cfg, stage, shape, t_max)
 
     def prepare(cohort, ids, n):
         data, ages = _chunk_arrays(cohort, roles_all[ids], t_max, cfg)

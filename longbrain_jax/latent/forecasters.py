@@ -12,7 +12,8 @@ slot (the known ones included, where the method reproduces them).
 - `mrextrap`: encode the known scans, a line per subject in latent space
   (`latent.mrextrap`, with a population slope prior by default), decode at the target.
 - `noder`: a neural ODE on deformations per subject (`latent.noder`) fitted to the
-  known scans; predicts the warped baseline and its carried label map.
+  known scans; predicts the most recent known scan (or, as the paper, the baseline)
+  warped by the flow from its time to the target, and its carried label map.
 - `spatiotemporal_inr`: the cohort-fitting INR (`fit.fit_cohort`) trained on the
   known scans, evaluated at the target ages.
 """
@@ -53,15 +54,21 @@ def last_observation(volumes: np.ndarray, ages: np.ndarray, known: np.ndarray, l
     of the scans, the label map of that scan is carried too (the Dice floor for label-carrying methods)."""
     _check(volumes, ages, known)
     start = time.perf_counter()
+    source = _last_known_slot(ages, known)
+    rows = np.arange(known.shape[0])[:, None]
+    carried = None if labels is None else labels[rows, source]
+    return Forecast(volumes[rows, source], carried, time.perf_counter() - start, {})
+
+
+def _last_known_slot(ages: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """(N, T) slot of the most recent known scan at or before each slot's age (the baseline if none)."""
     n, t = known.shape
     source = np.zeros((n, t), np.int64)
     for i in range(n):
         for j in range(t):
             before = np.flatnonzero(known[i] & (ages[i] <= ages[i, j]))
             source[i, j] = before[-1] if before.size else 0
-    rows = np.arange(n)[:, None]
-    carried = None if labels is None else labels[rows, source]
-    return Forecast(volumes[rows, source], carried, time.perf_counter() - start, {})
+    return source
 
 
 def voxelwise_linear(volumes: np.ndarray, ages: np.ndarray, known: np.ndarray) -> Forecast:
@@ -122,15 +129,34 @@ def mrextrap_forecast(
 
 
 def noder_forecast(
-    volumes: np.ndarray, ages: np.ndarray, known: np.ndarray, labels: np.ndarray | None, cfg: noder.NODERConfig
-) -> Forecast:
-    """NODER fitted on the known scans of every subject at once; `labels` (N, *spatial) of the baselines are carried."""
+    volumes: np.ndarray, ages: np.ndarray, known: np.ndarray, labels: np.ndarray | None, cfg: noder.NODERConfig,
+    source: str = "last",
+) -> Forecast:  # fmt: skip
+    """NODER fitted on the known scans of every subject at once.
+
+    `source`: "last" warps the most recent known scan at or before each target (the
+    one `last_observation` carries) by the flow from its time, "baseline" warps the
+    baseline by the whole flow (the paper's). `labels` (N, T, *spatial) of the scans
+    are carried the same way (only those of known scans are read).
+    """
     _check(volumes, ages, known)
+    if source not in ("last", "baseline"):
+        raise ValueError(f"source must be 'last' or 'baseline', got {source!r}")
     start = time.perf_counter()
     times = ages - ages[:, :1]
     params, history = noder.fit_cohort(volumes, times, known, cfg)
-    base_labels = labels if labels is not None else np.zeros(volumes.shape[:1] + volumes.shape[2:], np.int32)
-    images, carried, folding = noder.predict(params, volumes[:, 0], base_labels, times, cfg)
+    carry = labels if labels is not None else np.zeros(volumes.shape, np.int32)
+    if source == "baseline":
+        images, carried, folding = noder.predict(params, volumes[:, 0], carry[:, 0], times, cfg)
+    else:
+        slot = _last_known_slot(ages, known)
+        rows = np.arange(len(slot))[:, None]
+        order = np.argsort(times, axis=1, kind="stable")  # the flow is solved at non-decreasing times
+        back = np.argsort(order, axis=1)
+        sort = lambda a: np.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)  # noqa: E731
+        unsort = lambda a: np.take_along_axis(a, back.reshape(back.shape + (1,) * (a.ndim - 2)), axis=1)  # noqa: E731
+        pred = noder.predict(params, sort(volumes[rows, slot]), sort(carry[rows, slot]), sort(times), cfg, sort(times[rows, slot]))
+        images, carried, folding = map(unsort, pred)
     extra = {"folding": folding, "final_loss": history[-1] if len(history) else None}
     return Forecast(images, carried if labels is not None else None, time.perf_counter() - start, extra)
 

@@ -248,22 +248,42 @@ def fit_cohort(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "shape"))
-def _predict_one(params, baseline, labels, times, *, cfg, shape):
-    us = flow(params, times, shape, cfg)
-    images = jax.vmap(lambda u: grid.warp(baseline, u))(us)
-    carried = jax.vmap(lambda u: grid.warp_labels(labels, u))(us)
+def _predict_one(params, sources, labels, times, source_times, *, cfg, shape):
+    t_end = jnp.maximum(jnp.max(times), jnp.max(source_times))
+    u_t = flow(params, times, shape, cfg, t_end)
+    u_s = flow(params, source_times, shape, cfg, t_end)
+    # x -> phi_t(x) -> phi_s^-1(phi_t(x)); the identity's inverse (s = 0) is exactly 0
+    us = jax.vmap(lambda ut, us_: grid.compose(grid.invert_displacement(us_), ut))(u_t, u_s)
+    images = jax.vmap(grid.warp)(sources, us)
+    carried = jax.vmap(grid.warp_labels)(labels, us)
     folding = jax.vmap(lambda u: metrics.folding_fraction(grid.jacobian_determinant(u)))(us)
     return images, carried, folding
 
 
 def predict(
-    params: Any, baselines: np.ndarray, baseline_labels: np.ndarray, times: np.ndarray, cfg: NODERConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per subject at `times` (N, K) years: images (N, K, *s), carried labels (N, K, *s), folding fraction (N, K)."""
-    shape = tuple(int(n) for n in baselines.shape[1:])
+    params: Any, sources: np.ndarray, source_labels: np.ndarray, times: np.ndarray, cfg: NODERConfig,
+    source_times: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Per subject at `times` (N, K) years: images (N, K, *s), carried labels (N, K, *s), folding fraction (N, K).
+
+    Without `source_times`, `sources` (N, *s) are the baselines and every prediction is
+    baseline o phi_t (the paper's). With `source_times` (N, K) years, non-decreasing
+    along K like `times`, `sources` (N, K, *s) are observed scans at those times and
+    prediction k resamples its own source: source o phi_s^-1 o phi_t, so a forecast
+    starts from the most recent scan and carries only the deformation of the last
+    `t - s` years (the inverse by fixed-point iteration, `grid.invert_displacement`).
+    Folding is that of the composed map.
+    """
+    n = sources.shape[0]
+    shape = tuple(int(m) for m in (sources.shape[1:] if source_times is None else sources.shape[2:]))
+    if source_times is None:
+        sources = np.broadcast_to(np.asarray(sources)[:, None], (n, times.shape[1], *shape))
+        source_labels = np.broadcast_to(np.asarray(source_labels)[:, None], sources.shape)
+        source_times = np.zeros_like(times)
     out = [
-        _predict_one(jax.tree_util.tree_map(lambda x, i=i: x[i], params), jnp.asarray(baselines[i], jnp.float32),
-                     jnp.asarray(baseline_labels[i]), jnp.asarray(times[i], jnp.float32), cfg=cfg, shape=shape)
-        for i in range(baselines.shape[0])
+        _predict_one(jax.tree_util.tree_map(lambda x, i=i: x[i], params), jnp.asarray(sources[i], jnp.float32),
+                     jnp.asarray(source_labels[i]), jnp.asarray(times[i], jnp.float32), jnp.asarray(source_times[i], jnp.float32),
+                     cfg=cfg, shape=shape)
+        for i in range(n)
     ]  # fmt: skip
     return tuple(np.stack([np.asarray(o[k]) for o in out]) for k in range(3))

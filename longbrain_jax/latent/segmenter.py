@@ -6,6 +6,13 @@ the truth. Trained on simulated scans and their true label maps (the simulator
 knows them), with cross-entropy + soft Dice; its own Dice on held-out simulated
 subjects is reported next to every volume error it is used for.
 
+Volumes are soft by default (`SegmenterConfig.volumes`): the sum of each class's
+softmax probability times the voxel volume, as SynthSeg reports them. At a few
+voxels across a structure, arg-max labels round every boundary voxel to one side;
+the probability sum keeps the fraction (one-off comparison on the 16 extrapolated
+2D 3 mm scans of `benchmarks/forecasting.py`, U-Net trained on 197 scans of 48 other
+simulated subjects: 7.7 % mean volume error against 8.1 % for arg-max counts).
+
 Classes (`CLASSES`): background, cortical grey matter, cerebral white matter,
 lateral ventricles, hippocampus, and everything else inside the head ("other").
 """
@@ -80,7 +87,14 @@ class SegmenterConfig:
     batch_size: int = 8
     learning_rate: float = 2e-3
     dice_weight: float = 1.0
+    volumes: str = "soft"
     seed: int = 0
+
+    def __post_init__(self):
+        if self.volumes not in ("soft", "hard"):
+            raise ValueError(f"volumes must be 'soft' (probability sums) or 'hard' (arg-max counts), got {self.volumes!r}")
+        if self.steps < 0 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError(f"need steps >= 0, batch_size >= 1, learning_rate > 0: {self}")
 
     @property
     def factor(self) -> int:
@@ -135,11 +149,26 @@ def train_segmenter(
     return jax.device_get(params), losses
 
 
+def probabilities(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int = 16) -> np.ndarray:
+    """Class probabilities (M, *spatial, len(CLASSES)) float32 of scans (M, *spatial)."""
+    images = np.asarray(images, np.float32)
+    out = [np.asarray(jax.nn.softmax(_logits(params, jnp.asarray(images[i : i + batch_size]), cfg), -1))
+           for i in range(0, len(images), batch_size)]  # fmt: skip
+    return np.concatenate(out)
+
+
 def segment(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int = 16) -> np.ndarray:
     """Class maps (M, *spatial) int32 (indices into `CLASSES`) of scans (M, *spatial)."""
-    images = np.asarray(images, np.float32)
-    out = [np.asarray(jnp.argmax(_logits(params, jnp.asarray(images[i : i + batch_size]), cfg), -1)) for i in range(0, len(images), batch_size)]
-    return np.concatenate(out).astype(np.int32)
+    return np.argmax(probabilities(params, images, cfg, batch_size), -1).astype(np.int32)
+
+
+def segmented_volumes(params: dict, images: np.ndarray, affine: np.ndarray, cfg: SegmenterConfig) -> np.ndarray:
+    """Volumes (M, len(SCORED)) in mm^3 of the `SCORED` classes in scans (M, *spatial), soft or hard per `cfg.volumes`."""
+    prob = probabilities(params, images, cfg)
+    if cfg.volumes == "hard":
+        return class_volumes(np.argmax(prob, -1), affine)
+    ids = [CLASSES.index(name) for name in SCORED]
+    return prob[..., ids].sum(axis=tuple(range(1, prob.ndim - 1))) * float(metrics.voxel_volume(jnp.asarray(affine)))
 
 
 def class_volumes(classes: Int[Array, "M *s"], affine: np.ndarray) -> np.ndarray:

@@ -8,13 +8,21 @@ on points x sampled in patches:
       + alpha * mean ||du/dx||_F^2                                        spatial smoothness
       + beta  * mean ||du/dt||^2                                          temporal smoothness
       + gamma * mean_x min( sum_k relu(d|J|/dt(x, t_k)), sum_k relu(-d|J|/dt(x, t_k)) )
+      + kappa * mean ||u(x, t - h) - 2 u(x, t) + u(x, t + h)||^2 / h^4     temporal curvature
 
-The smoothness and monotonic terms are evaluated at the observed times and at
+The smoothness, monotonic and curvature terms are evaluated at the observed times and at
 `extra_times` random unobserved times in [0, last scan + `extrapolate_years`], so the
 field stays regular between and after the scans. du/dx is `jax.jacfwd` through the
 network; du/dt and d|J|/dt are `jax.jvp` in t (the latter through the jacfwd: nested
-forward mode). No finite differences anywhere. The monotonic term is zero when the
-volume-change rate keeps one sign over time at every point (atrophy does not reverse).
+forward mode). The monotonic term is zero when the volume-change rate keeps one sign
+over time at every point (atrophy does not reverse).
+
+The curvature term (kappa, ours; 0 by default, the paper has none) pulls every point's
+path towards a straight line in t, so the field between and past the scans follows
+the trend of the scans instead of stopping (what beta alone asks for) or wandering;
+a path linear in t also has a d|J|/dt of one sign. It is the one finite difference in
+the loss, and deliberately: a second difference over `curvature_step_years` is what
+sees the kinks of g's LeakyReLU, where the analytic second derivative is zero.
 """
 
 from __future__ import annotations
@@ -43,7 +51,9 @@ class LossConfig:
     - `monotonic`: gamma (0.1 / 100).
     - `extra_times`: unobserved times drawn per step for the regularisers.
     - `extrapolate_years`: how far past the last scan those times reach.
-    - `regulariser_points`: the spatial, temporal and monotonic terms are averaged over
+    - `curvature`: kappa, weight of the temporal curvature term (ours; 0 = the paper).
+    - `curvature_step_years`: h of its second difference.
+    - `regulariser_points`: the spatial, temporal, monotonic and curvature terms are averaged over
       this many of the step's patch points, drawn at random (an unbiased estimate of
       the same means; their nested forward-mode derivatives cost most of a step).
     """
@@ -54,7 +64,16 @@ class LossConfig:
     monotonic: float = 0.001
     extra_times: int = 4
     extrapolate_years: float = 2.0
+    curvature: float = 0.0
+    curvature_step_years: float = 2.0
     regulariser_points: int = 512
+
+    def __post_init__(self):
+        weights = (self.identity, self.spatial, self.temporal, self.monotonic, self.curvature)
+        if min(weights) < 0 or self.extrapolate_years < 0 or self.curvature_step_years <= 0:
+            raise ValueError(f"loss weights and extrapolate_years must be >= 0 and curvature_step_years > 0: {self}")
+        if self.extra_times < 0 or self.regulariser_points < 1:
+            raise ValueError(f"need extra_times >= 0 and regulariser_points >= 1: {self}")
 
 
 class Terms(NamedTuple):
@@ -66,6 +85,7 @@ class Terms(NamedTuple):
     spatial: Float[Array, ""]
     temporal: Float[Array, ""]
     monotonic: Float[Array, ""]
+    curvature: Float[Array, ""]
 
 
 def point_terms(params: dict, x: Float[Array, " D"], t: Float[Array, ""], cfg: net.DisplacementConfig):
@@ -130,11 +150,18 @@ def subject_loss(
     spatial = jnp.sum(weight_t[:, None] * grad_sq) / (n_t * reg_points.shape[0])
     temporal = jnp.sum(weight_t[:, None] * jnp.sum(jnp.square(du_dt), -1)) / (n_t * reg_points.shape[0])
     monotonic = jnp.mean(monotonic_penalty(ddet_dt, weight_t))
+    curvature = jnp.zeros(())
+    if loss.curvature > 0:
+        h = loss.curvature_step_years
+        path = jax.vmap(lambda t: jax.vmap(lambda x: net.displacement(params, x, t, cfg))(reg_points))
+        second = (path(all_times - h) - 2.0 * path(all_times) + path(all_times + h)) / h**2  # (T + E, P', D)
+        curvature = jnp.sum(weight_t[:, None] * jnp.sum(jnp.square(second), -1)) / (n_t * reg_points.shape[0])
     total = (
         dissimilarity
         + loss.identity * identity
         + loss.spatial * spatial
         + loss.temporal * temporal
         + loss.monotonic * monotonic
+        + loss.curvature * curvature
     )
-    return Terms(total, dissimilarity, identity, spatial, temporal, monotonic)
+    return Terms(total, dissimilarity, identity, spatial, temporal, monotonic, curvature)
