@@ -139,18 +139,18 @@ def train_models(cohort: Cohort, known: np.ndarray, cfg: ForecastConfig, show_pr
         params, _ = ae.train_autoencoder(scans, ae_cfg, progress=ae_progress)
         bar.close()
         model = fc.MRExtrapModel(params, ae_cfg, cfg.prior)
-    seg_params = None
+    seg_params, seg_data = None, None
     if segmenter_cohort is not None:
         if segmenter_cohort.labels is None:
             raise InputError("segmenter cohort", "has no label maps to train the segmentation U-Net on")
         if segmenter_cohort.ndim != cohort.ndim:
             raise InputError("segmenter cohort", f"is {segmenter_cohort.ndim}D, the forecast cohort {cohort.ndim}D")
-        seg_scans, seg_labels = segmenter_cohort.volumes[segmenter_cohort.mask], segmenter_cohort.labels[segmenter_cohort.mask]
+        seg_data = segmenter_cohort.volumes[segmenter_cohort.mask], segmenter_cohort.labels[segmenter_cohort.mask]
     elif cohort.labels is not None:
-        seg_scans, seg_labels = scans, cohort.labels[known]
-    if segmenter_cohort is not None or cohort.labels is not None:
+        seg_data = scans, cohort.labels[known]
+    if seg_data is not None:
         bar = progress_bar(cfg.segmenter.steps, "segmenter", enabled=show_progress, unit="step")
-        seg_params, _ = sg.train_segmenter(seg_scans, seg_labels, cfg.segmenter, progress=lambda *_: bar.update(1))
+        seg_params, _ = sg.train_segmenter(*seg_data, cfg.segmenter, progress=lambda *_: bar.update(1))
         bar.close()
     return model, seg_params
 

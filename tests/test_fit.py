@@ -217,15 +217,15 @@ def test_time_curvature_is_zero_on_a_straight_trajectory_and_sees_relu_kinks(key
     params = st.init(key, cfg)
     cohort = blob_cohort(1)
     data = jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), _chunk(cohort, scan_roles(cohort.mask, "none")))
-    h_space = st.spatial_features(params, jnp.zeros((64, 2)), cfg)
+    coords = jnp.zeros((64, 2))
     sampling = Sampling(SHAPE, 64, 0.9, time_curvature=1.0, time_step=0.2, time_horizon=1.0)
     # every ReLU unit active over the whole time range: the output is linear in t
     w = jnp.abs(params["time"]["input"]["w"])
     straight = dict(params, time={"input": {"w": w, "b": jnp.full_like(params["time"]["input"]["b"], 10.0)}, "hidden": []})
-    assert float(time_curvature(straight, h_space, data, key, cfg, sampling)) < 1e-6
+    assert float(time_curvature(straight, coords, data, key, cfg, sampling)) < 1e-6
     # a unit switching on inside the range bends the trajectory: the second difference sees the kink
     bent = dict(params, time={"input": {"w": w, "b": -w[0] * float(data.times[0] + 0.3)}, "hidden": []})
-    assert float(time_curvature(bent, h_space, data, key, cfg, sampling)) > 1e-2
+    assert float(time_curvature(bent, coords, data, key, cfg, sampling)) > 1e-2
     # the penalty enters the loss only with a positive weight
     from longbrain_jax.fit.train import sampled_loss
 

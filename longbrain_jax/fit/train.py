@@ -122,19 +122,22 @@ def sampled_loss(
     """Weighted MSE of the INR on points sampled from one subject's training scans (+ the
     temporal curvature penalty of `Sampling`)."""
     coords, scan, values, weights = sample_points(key, data, sampling.spatial_shape, sampling.num_points, sampling.foreground_fraction)
-    h_space = st.spatial_features(params, coords, cfg)
-    h_time = st.temporal_features(params, data.times, cfg)
-    pred = st.head(params, h_space + h_time[scan], cfg)
+    pred = st.apply_indexed(params, coords, data.times, scan, cfg)
     loss = jnp.sum(weights * jnp.square(pred - values)) / jnp.maximum(jnp.sum(weights), 1.0)
     if sampling.time_curvature > 0:
-        loss = loss + sampling.time_curvature * time_curvature(params, h_space, data, jax.random.fold_in(key, 1), cfg, sampling)
+        loss = loss + sampling.time_curvature * time_curvature(params, coords, data, jax.random.fold_in(key, 1), cfg, sampling)
     return loss
 
 
 def time_curvature(
-    params: st.Params, h_space: Float[Array, "P W"], data: SubjectData, key: Array, cfg: st.INRConfig, sampling: Sampling
+    params: st.Params, coords: Float[Array, "P D"], data: SubjectData, key: Array, cfg: st.INRConfig, sampling: Sampling
 ) -> Float[Array, ""]:
-    """Mean squared second time difference of the INR at spatial features `h_space` (see `Sampling`); 0 without training scans."""
+    """Mean squared second time difference of the INR at `coords` (see `Sampling`); 0 without training scans.
+
+    Inside `sampled_loss` the spatial stream at `coords` is the same computation as the
+    data term's, which XLA's common-subexpression elimination shares.
+    """
+    h_space = st.spatial_features(params, coords, cfg)
     first = jnp.min(jnp.where(data.train, data.times, jnp.inf))
     last = jnp.max(jnp.where(data.train, data.times, -jnp.inf))
     first, last = jnp.where(data.num_train > 0, first, 0.0), jnp.where(data.num_train > 0, last, 0.0)

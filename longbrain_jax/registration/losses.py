@@ -139,13 +139,16 @@ def subject_loss(
     _, du_dt, grad_sq, _, ddet_dt = terms(params, reg_points, all_times, cfg)  # (T + E, P', ...)
     n_t = jnp.maximum(jnp.sum(weight_t), 1.0)
 
-    u = jax.vmap(lambda t: jax.vmap(lambda x: net.displacement(params, x, t, cfg))(points))(times)  # (T, P, D)
+    def field(xs: Float[Array, "P D"], ts: Float[Array, " K"]) -> Float[Array, "K P D"]:
+        return jax.vmap(lambda t: jax.vmap(lambda x: net.displacement(params, x, t, cfg))(xs))(ts)
+
+    u = field(points, times)
     fixed = sample(volumes[0], points).reshape(b, n)
     moved = jax.vmap(lambda img, disp: sample(img, points + disp))(volumes, u).reshape(-1, b, n)
     ncc = jax.vmap(lambda m: jnp.mean(patch_ncc(fixed, m)))(moved)
     dissimilarity = jnp.sum(jnp.where(follow, 1.0 - ncc, 0.0))
 
-    u0 = jax.vmap(lambda x: net.displacement(params, x, jnp.zeros(()), cfg))(points)
+    u0 = field(points, jnp.zeros((1,)))[0]
     identity = jnp.mean(jnp.sum(jnp.square(u0), -1))
     spatial = jnp.sum(weight_t[:, None] * grad_sq) / (n_t * reg_points.shape[0])
     temporal = jnp.sum(weight_t[:, None] * jnp.sum(jnp.square(du_dt), -1)) / (n_t * reg_points.shape[0])
@@ -153,8 +156,7 @@ def subject_loss(
     curvature = jnp.zeros(())
     if loss.curvature > 0:
         h = loss.curvature_step_years
-        path = jax.vmap(lambda t: jax.vmap(lambda x: net.displacement(params, x, t, cfg))(reg_points))
-        second = (path(all_times - h) - 2.0 * path(all_times) + path(all_times + h)) / h**2  # (T + E, P', D)
+        second = (field(reg_points, all_times - h) - 2.0 * field(reg_points, all_times) + field(reg_points, all_times + h)) / h**2  # (T + E, P', D)
         curvature = jnp.sum(weight_t[:, None] * jnp.sum(jnp.square(second), -1)) / (n_t * reg_points.shape[0])
     total = (
         dissimilarity
