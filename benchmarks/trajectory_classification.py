@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--fit-width", type=int, default=64)
     ap.add_argument("--fit-steps", type=int, default=300)
     ap.add_argument("--fit-fraction", type=float, default=0.1)
+    ap.add_argument("--fit-time-curvature", type=float, default=0.0,
+                    help="FitConfig.time_curvature: penalise the INR's second difference in time (0 = off, the paper)")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--folds", type=int, default=0)
     ap.add_argument("--paper-classifiers", action="store_true", help="the paper's classifier widths (GPU)")
@@ -109,7 +111,7 @@ def main() -> None:
                 inr=INRConfig(ndim=args.dim, width=args.fit_width),
                 shared=StageConfig(100, 1e-3, min(1.0, args.fit_fraction / 2)),
                 finetune=StageConfig(args.fit_steps, 1e-3, args.fit_fraction),
-                chunk_size=64, steps_per_call=50, checkpoint_every=100, seed=args.seed,
+                chunk_size=64, steps_per_call=50, checkpoint_every=100, seed=args.seed, time_curvature=args.fit_time_curvature,
             )  # fmt: skip
             start = time.perf_counter()
             fit_cohort(cohort, Path(tmp) / "fit", fcfg)

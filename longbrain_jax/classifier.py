@@ -64,6 +64,12 @@ def _loss(model, params, state, xb, yb, wb, key):
     return jnp.sum(wb * ce) / jnp.maximum(jnp.sum(wb), 1.0), new_state
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def _init(key, x, *, model):
+    """The model's variables; one compiled program per (model, input shape), not one per layer."""
+    return model.init({"params": key, "dropout": key}, x, train=False)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "schedule"))
 def _train_step(params, state, opt_state, xb, yb, wb, key, *, model, schedule):
     """One AdamW step; compiled once per (model, schedule, shapes), so repeated folds reuse it."""
@@ -86,7 +92,7 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
         fit_idx, val_idx = train_test_split(k_split, len(y), cfg.validation_fraction, strata=y)
     else:
         fit_idx, val_idx = np.arange(len(y)), np.array([], int)
-    variables = model.init({"params": k_init, "dropout": k_init}, jnp.asarray(x[:1]), train=False)
+    variables = _init(k_init, jnp.asarray(x[:1]), model=model)
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     steps_per_epoch = max(1, -(-len(fit_idx) // cfg.batch_size))
     schedule = (cfg.epochs * steps_per_epoch, cfg.learning_rate, cfg.weight_decay)

@@ -1,6 +1,10 @@
-"""Test setup: four CPU devices (so sharding is tested for real), strict numerics."""
+"""Test setup: four CPU devices (so sharding is tested for real), strict numerics, one compilation cache per run."""
 
 import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -10,6 +14,29 @@ jax.config.update("jax_num_cpu_devices", 4)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    """JAX's persistent compilation cache in a directory of this run, shared by its pytest-xdist workers
+    (which get the run's id from the controller) and removed at the end: a program that one worker
+    compiled, or that one worker compiles again through a fresh `jax.jit` wrapper (every `Simulator`
+    instance jits its own chunk program), is read back instead of compiled. Each run starts cold,
+    as CI does."""
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:
+        run = worker["testrunuid"]
+    else:
+        if getattr(config.option, "testrunuid", False) is None:  # pytest-xdist's option, before it makes workers
+            config.option.testrunuid = uuid.uuid4().hex
+        run = getattr(config.option, "testrunuid", None) or uuid.uuid4().hex
+    config.jax_cache_dir = Path(tempfile.gettempdir()) / f"longbrain-jax-test-compilation-cache-{run}"
+    jax.config.update("jax_compilation_cache_dir", str(config.jax_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "workerinput", None) is None:
+        shutil.rmtree(config.jax_cache_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from longbrain_jax.cnn import Conv
+
 
 class SFCN(nn.Module):
     """Images (B, *spatial, C) -> logits (B, num_classes); D = len(spatial) is 2 or 3.
@@ -32,11 +34,11 @@ class SFCN(nn.Module):
     def __call__(self, x: Float[Array, "B *spatial C"], train: bool = False) -> Float[Array, "B c"]:
         d = x.ndim - 2
         for c in self.channels:
-            x = nn.Conv(c, (3,) * d, padding="SAME")(x)
+            x = Conv(c, (3,) * d, padding="SAME")(x)
             x = nn.BatchNorm(use_running_average=not train)(x)
             x = nn.max_pool(x, (2,) * d, strides=(2,) * d, padding="SAME")
             x = nn.PReLU()(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(self.final_channels, (1,) * d)(x)))
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(Conv(self.final_channels, (1,) * d)(x)))
         x = jnp.mean(x, axis=tuple(range(1, d + 1)))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)

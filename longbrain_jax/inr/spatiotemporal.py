@@ -21,6 +21,7 @@ The time input is the subject's age mapped by `INRConfig.time_input`
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,7 @@ def _stream_init(key: PRNGKeyArray, n_in: int, cfg: INRConfig, kind: str, n_hidd
     }
 
 
+@functools.partial(jax.jit, static_argnums=1)  # one compiled program, not one per layer shape
 def init(key: PRNGKeyArray, cfg: INRConfig) -> Params:
     """Parameters of one INR (a pytree of float32 arrays)."""
     k_space, k_time, k_com, k_out, k_ff = jax.random.split(key, 5)

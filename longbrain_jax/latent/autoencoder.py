@@ -45,8 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
+from longbrain_jax.cnn import Conv
 from longbrain_jax.config import read_config, write_config
 from longbrain_jax.fit.checkpoint import StateCheckpoints, load_tree, save_tree
 
@@ -61,9 +62,9 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         d = x.ndim - 2
-        h = nn.Conv(self.channels, (3,) * d)(nn.swish(nn.GroupNorm(min(self.groups, x.shape[-1]))(x)))
-        h = nn.Conv(self.channels, (3,) * d)(nn.swish(nn.GroupNorm(min(self.groups, self.channels))(h)))
-        skip = x if x.shape[-1] == self.channels else nn.Conv(self.channels, (1,) * d)(x)
+        h = Conv(self.channels, (3,) * d)(nn.swish(nn.GroupNorm(min(self.groups, x.shape[-1]))(x)))
+        h = Conv(self.channels, (3,) * d)(nn.swish(nn.GroupNorm(min(self.groups, self.channels))(h)))
+        skip = x if x.shape[-1] == self.channels else Conv(self.channels, (1,) * d)(x)
         return skip + h
 
 
@@ -77,13 +78,13 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x):
         d = x.ndim - 2
-        h = nn.Conv(self.channels[0], (3,) * d)(x)
+        h = Conv(self.channels[0], (3,) * d)(x)
         for level, c in enumerate(self.channels):
             h = ResBlock(c, self.groups)(h)
             if level < len(self.channels) - 1:
-                h = nn.Conv(c, (3,) * d, strides=(2,) * d)(h)
+                h = Conv(c, (3,) * d, strides=(2,) * d)(h)
         h = nn.swish(nn.GroupNorm(min(self.groups, h.shape[-1]))(ResBlock(self.channels[-1], self.groups)(h)))
-        moments = nn.Conv(2 * self.latent_channels, (3,) * d)(h)
+        moments = Conv(2 * self.latent_channels, (3,) * d)(h)
         mean, logvar = jnp.split(moments, 2, axis=-1)
         return mean, jnp.clip(logvar, -30.0, 20.0)
 
@@ -97,16 +98,16 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, z):
         d = z.ndim - 2
-        h = nn.Conv(self.channels[-1], (3,) * d)(z)
+        h = Conv(self.channels[-1], (3,) * d)(z)
         h = ResBlock(self.channels[-1], self.groups)(h)
         for level, c in reversed(list(enumerate(self.channels))):
             h = ResBlock(c, self.groups)(h)
             if level > 0:
                 b, *spatial, ch = h.shape
                 h = jax.image.resize(h, (b, *[2 * n for n in spatial], ch), "nearest")
-                h = nn.Conv(c, (3,) * d)(h)
+                h = Conv(c, (3,) * d)(h)
         h = nn.swish(nn.GroupNorm(min(self.groups, h.shape[-1]))(h))
-        return nn.Conv(1, (3,) * d)(h)
+        return Conv(1, (3,) * d)(h)
 
 
 class PatchDiscriminator(nn.Module):
@@ -118,12 +119,12 @@ class PatchDiscriminator(nn.Module):
     @nn.compact
     def __call__(self, x):
         d = x.ndim - 2
-        h = nn.leaky_relu(nn.Conv(self.channels[0], (4,) * d, strides=(2,) * d)(x), 0.2)
+        h = nn.leaky_relu(Conv(self.channels[0], (4,) * d, strides=(2,) * d)(x), 0.2)
         for i, c in enumerate(self.channels[1:]):
             stride = 2 if i < len(self.channels) - 2 else 1
-            h = nn.Conv(c, (4,) * d, strides=(stride,) * d)(h)
+            h = Conv(c, (4,) * d, strides=(stride,) * d)(h)
             h = nn.leaky_relu(nn.GroupNorm(min(self.groups, c))(h), 0.2)
-        return nn.Conv(1, (4,) * d)(h)
+        return Conv(1, (4,) * d)(h)
 
 
 class RandomFeatures(nn.Module):
@@ -138,7 +139,7 @@ class RandomFeatures(nn.Module):
         for i, c in enumerate(self.channels):
             if i:
                 x = nn.avg_pool(x, (2,) * d, strides=(2,) * d, padding="SAME")
-            x = nn.relu(nn.Conv(c, (3,) * d)(x))
+            x = nn.relu(Conv(c, (3,) * d)(x))
             features.append(x)
         return features
 
@@ -227,6 +228,11 @@ def crop(images: Float[Array, "B *p C"], shape: Sequence[int]) -> Float[Array, "
 
 def init(key: jax.Array, cfg: AutoencoderConfig, shape: Sequence[int]) -> dict[str, Any]:
     """Parameters {"encoder", "decoder", "discriminator", "features"} for images of spatial `shape`."""
+    return _init(key, cfg, tuple(int(n) for n in shape))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))  # one compiled program, not one per layer
+def _init(key: jax.Array, cfg: AutoencoderConfig, shape: tuple[int, ...]) -> dict[str, Any]:
     enc, dec, disc, feats = _modules(cfg)
     k1, k2, k3, k4 = jax.random.split(key, 4)
     x = jnp.zeros((1, *padded_shape(shape, cfg.factor), 1), jnp.float32)
@@ -292,17 +298,23 @@ def _optimizer(cfg: AutoencoderConfig) -> optax.GradientTransformation:
 
 
 def init_state(key: jax.Array, cfg: AutoencoderConfig, shape: Sequence[int]) -> AutoencoderState:
-    params = init(key, cfg, shape)
+    return _init_state(key, cfg, tuple(int(n) for n in shape))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_state(key: jax.Array, cfg: AutoencoderConfig, shape: tuple[int, ...]) -> AutoencoderState:
+    params = _init(key, cfg, shape)
     tx = _optimizer(cfg)
     ae = {"encoder": params["encoder"], "decoder": params["decoder"]}
     return AutoencoderState(params, tx.init(ae), tx.init(params["discriminator"]), jnp.zeros((), jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "adversarial"))
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def train_step(
-    state: AutoencoderState, images: Float[Array, "B *s"], key: jax.Array, *, cfg: AutoencoderConfig, adversarial: bool
+    state: AutoencoderState, images: Float[Array, "B *s"], key: jax.Array, adversarial: Bool[Array, ""], *, cfg: AutoencoderConfig
 ) -> tuple[AutoencoderState, Losses]:
-    """One Adam step of the autoencoder and, with `adversarial`, of the discriminator."""
+    """One Adam step of the autoencoder and, where `adversarial` (a traced flag: one compiled
+    program before and after the warm-up), of the discriminator."""
     enc, dec, disc, _ = _modules(cfg)
     x = pad_to_multiple(images, cfg.factor)
     fixed = {"features": state.params["features"], "discriminator": state.params["discriminator"]}
@@ -314,7 +326,7 @@ def train_step(
         l1 = jnp.mean(jnp.abs(x - x_hat))
         perceptual = jnp.mean(perceptual_distance(fixed["features"], x, x_hat, cfg))
         kl = jnp.mean(kl_divergence(mean, logvar))
-        adv = -jnp.mean(disc.apply({"params": fixed["discriminator"]}, x_hat)) if adversarial else jnp.zeros(())
+        adv = jax.lax.cond(adversarial, lambda: -jnp.mean(disc.apply({"params": fixed["discriminator"]}, x_hat)), lambda: jnp.zeros(()))
         total = l1 + cfg.perceptual_weight * perceptual + cfg.kl_weight * kl + cfg.adversarial_weight * adv
         return total, (l1, perceptual, adv, kl, x_hat)
 
@@ -324,17 +336,19 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, ae)
     ae = optax.apply_updates(ae, updates)
     params = {**state.params, **ae}
-    disc_opt_state, d_loss = state.disc_opt_state, jnp.zeros(())
-    if adversarial:
 
-        def disc_loss(p):  # hinge loss
-            real = disc.apply({"params": p}, x)
-            fake = disc.apply({"params": p}, jax.lax.stop_gradient(x_hat))
-            return 0.5 * (jnp.mean(nn.relu(1.0 - real)) + jnp.mean(nn.relu(1.0 + fake)))
+    def disc_loss(p):  # hinge loss
+        real = disc.apply({"params": p}, x)
+        fake = disc.apply({"params": p}, jax.lax.stop_gradient(x_hat))
+        return 0.5 * (jnp.mean(nn.relu(1.0 - real)) + jnp.mean(nn.relu(1.0 + fake)))
 
+    def disc_step():
         d_loss, d_grads = jax.value_and_grad(disc_loss)(state.params["discriminator"])
-        d_updates, disc_opt_state = tx.update(d_grads, state.disc_opt_state, state.params["discriminator"])
-        params["discriminator"] = optax.apply_updates(state.params["discriminator"], d_updates)
+        d_updates, d_opt_state = tx.update(d_grads, state.disc_opt_state, state.params["discriminator"])
+        return optax.apply_updates(state.params["discriminator"], d_updates), d_opt_state, d_loss
+
+    unchanged = lambda: (state.params["discriminator"], state.disc_opt_state, jnp.zeros(()))  # noqa: E731
+    params["discriminator"], disc_opt_state, d_loss = jax.lax.cond(adversarial, disc_step, unchanged)
     new = AutoencoderState(params, opt_state, disc_opt_state, state.step + 1)
     return new, Losses(total, l1, perceptual, adv, kl, d_loss)
 
@@ -377,7 +391,7 @@ def train_autoencoder(
             key = jax.random.fold_in(root, step + 1)
             k_batch, k_noise = jax.random.split(key)
             batch = data[jax.random.randint(k_batch, (cfg.batch_size,), 0, images.shape[0])]
-            state, losses = train_step(state, batch, k_noise, cfg=cfg, adversarial=step >= cfg.adversarial_start)
+            state, losses = train_step(state, batch, k_noise, jnp.asarray(step >= cfg.adversarial_start), cfg=cfg)
             history[step] = np.asarray(jnp.stack(losses))
             if progress is not None:
                 progress(step + 1, cfg.steps, losses)
@@ -425,5 +439,5 @@ def load_autoencoder(path: str | os.PathLike) -> tuple[dict, AutoencoderConfig, 
     path = Path(path)
     cfg = read_config(AutoencoderConfig, path / "config.json")
     shape = tuple(json.loads((path / "config.json").read_text())["shape"])
-    target = init(jax.random.key(0), cfg, shape)
+    target = jax.eval_shape(lambda k: init(k, cfg, shape), jax.random.key(0))
     return load_tree(path / "params", target), cfg, shape

@@ -45,6 +45,7 @@ import optax
 from jaxtyping import Array, Bool, Float
 
 from longbrain_jax import grid, metrics
+from longbrain_jax.cnn import Conv
 
 SOLVERS = {"euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint, "ralston": diffrax.Ralston,
            "bosh3": diffrax.Bosh3, "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}  # fmt: skip
@@ -112,7 +113,7 @@ class Velocity(nn.Module):
         cfg, d = self.cfg, len(self.shape)
         h = u[None] * 10.0  # displacements are O(0.01) in normalised units
         for c in cfg.encoder_channels:
-            h = nn.swish(nn.Conv(c, (3,) * d, strides=(2,) * d)(h))
+            h = nn.swish(Conv(c, (3,) * d, strides=(2,) * d)(h))
         h = jnp.tanh(nn.Dense(cfg.latent_size)(h.reshape(-1)))
         h = jnp.concatenate([h, jnp.reshape(t / cfg.time_scale, (1,))])
         h = nn.swish(nn.Dense(cfg.hidden)(h))
@@ -232,7 +233,7 @@ def fit_cohort(
     volumes = jnp.asarray(volumes, jnp.float32)
     n, shape = volumes.shape[0], tuple(volumes.shape[2:])
     keys = jax.random.split(jax.random.key(cfg.seed), n)
-    params = jax.vmap(lambda k: init(k, shape, cfg))(keys)
+    params = jax.jit(jax.vmap(lambda k: init(k, shape, cfg)))(keys)
     opt_state = jax.vmap(_optimizer(cfg).init)(params)
     times, observed = jnp.asarray(times, jnp.float32), jnp.asarray(observed, bool)
     history = np.zeros((cfg.iterations, n), np.float32)

@@ -31,6 +31,7 @@ import optax
 from jaxtyping import Array, Int
 
 from longbrain_jax import metrics
+from longbrain_jax.cnn import Conv
 from longbrain_jax.latent.autoencoder import crop, pad_to_multiple, padded_shape
 from longbrain_jax.simulate.template import REGIONS
 
@@ -61,7 +62,7 @@ class UNet(nn.Module):
 
         def block(h, c):
             for _ in range(2):
-                h = nn.swish(nn.GroupNorm(min(self.groups, c))(nn.Conv(c, (3,) * d)(h)))
+                h = nn.swish(nn.GroupNorm(min(self.groups, c))(Conv(c, (3,) * d)(h)))
             return h
 
         skips = []
@@ -74,8 +75,8 @@ class UNet(nn.Module):
         for c, skip in zip(reversed(self.channels[:-1]), reversed(skips), strict=True):
             b, *spatial, ch = h.shape
             h = jax.image.resize(h, (b, *[2 * n for n in spatial], ch), "nearest")
-            h = block(jnp.concatenate([nn.Conv(c, (1,) * d)(h), skip], axis=-1), c)
-        return nn.Conv(self.num_classes, (1,) * d)(h)
+            h = block(jnp.concatenate([Conv(c, (1,) * d)(h), skip], axis=-1), c)
+        return Conv(self.num_classes, (1,) * d)(h)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +119,11 @@ def _loss(params, images, classes, cfg: SegmenterConfig):
     return ce + cfg.dice_weight * (1.0 - jnp.mean(dice[:, 1:]))
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))  # one compiled program, not one per layer
+def _init(key: jax.Array, channels: tuple[int, ...], padded: tuple[int, ...]) -> dict:
+    return UNet(channels).init(key, jnp.zeros((1, *padded, 1)))["params"]
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _step(params, opt_state, images, classes, cfg: SegmenterConfig):
     loss, grads = jax.value_and_grad(_loss)(params, images, classes, cfg)
@@ -136,7 +142,7 @@ def train_segmenter(
         raise ValueError(f"images {images.shape} and labels {classes.shape} differ")
     key = jax.random.key(cfg.seed)
     shape = images.shape[1:]
-    params = UNet(cfg.channels).init(jax.random.fold_in(key, 0), jnp.zeros((1, *padded_shape(shape, cfg.factor), 1)))["params"]
+    params = _init(jax.random.fold_in(key, 0), tuple(cfg.channels), padded_shape(shape, cfg.factor))
     opt_state = optax.adam(cfg.learning_rate).init(params)
     data_x, data_y = jnp.asarray(images), jnp.asarray(classes)
     losses = np.zeros(cfg.steps, np.float32)

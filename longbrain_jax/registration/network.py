@@ -16,6 +16,7 @@ point; vmap it over points (and subjects). Its Jacobians are exact (`jax.jacfwd`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -69,6 +70,7 @@ class DisplacementConfig:
         return out
 
 
+@functools.partial(jax.jit, static_argnums=1)  # one compiled program, not one per layer shape
 def init(key: PRNGKeyArray, cfg: DisplacementConfig) -> dict:
     """Parameters of one displacement INR."""
     shapes = cfg.widths()

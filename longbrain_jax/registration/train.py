@@ -139,6 +139,7 @@ def registration_block(
     return jax.lax.scan(body, state, jnp.arange(num_steps))[0]
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def init_states(cfg: RegistrationConfig, n: int) -> FitState:
     """Fresh states of `n` subjects, all from the same initial network (keyed by the seed)."""
     params = net.init(jax.random.fold_in(jax.random.key(cfg.seed), REGISTRATION_STAGE), cfg.network)
