@@ -17,6 +17,7 @@ CPU scale (default): 2D axial slices at 3 mm, 60 anatomies (120 subjects), INR w
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -47,7 +48,7 @@ def oracle_row(cohort, results: dict, cfg: ClassifyConfig) -> dict:
     import numpy as np
 
     from longbrain_jax import metrics
-    from longbrain_jax.classification import _scores, _standardise, labels_of
+    from longbrain_jax.classification import _scores, standardise, labels_of
     from longbrain_jax.classifier import predict_proba, train_classifier
     from longbrain_jax.simulate import REGIONS
     from longbrain_jax.weightspace.models import LinearClassifier
@@ -63,10 +64,28 @@ def oracle_row(cohort, results: dict, cfg: ClassifyConfig) -> dict:
     train = np.array([ids.index(s) for s in results["train"]])
     test = np.array([ids.index(s) for s in results["test"]])
     y = labels_of(cohort.groups)
-    x = _standardise(feats, train)
+    x = standardise(feats, train)
     trained = train_classifier(LinearClassifier(), x[train], y[train], cfg.baseline, jax.random.key(cfg.seed))
     return {"method": "oracle logistic", "streams": "true volume rates", **_scores(y[test], predict_proba(LinearClassifier(), trained.variables, x[test])),
             "kfold_accuracy_mean": float("nan"), "kfold_accuracy_sd": float("nan"), "best_epoch": trained.best_epoch, "seconds": 0.0}  # fmt: skip
+
+
+# The arguments that make a simulated cohort and its fit; `--work` reuses both only when these agree.
+WORK_ARGS = ("anatomies", "dim", "resolution", "fit_width", "fit_steps", "fit_fraction", "fit_time_curvature", "snr", "bias_sd", "seed")
+
+
+def check_work(work: Path, args: argparse.Namespace) -> None:
+    """Record the cohort/fit arguments in WORK/args.json, or stop if a different run made WORK."""
+    wanted = {k: getattr(args, k) for k in WORK_ARGS}
+    record = work / "args.json"
+    if record.exists():
+        made = json.loads(record.read_text())
+        if made != wanted:
+            differ = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
+            sys.exit(f"{work} was made with other arguments (recorded, asked): {differ}; use another --work")
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(wanted, indent=1))
 
 
 def main() -> None:
@@ -80,6 +99,9 @@ def main() -> None:
     ap.add_argument("--fit-fraction", type=float, default=0.1)
     ap.add_argument("--fit-time-curvature", type=float, default=0.0,
                     help="FitConfig.time_curvature: penalise the INR's second difference in time (0 = off, the paper)")
+    ap.add_argument("--tokens", default="raw", choices=("raw", "standardised"), help="ClassifyConfig.tokens: the encoder's input")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep the simulated cohorts and fits here (WORK/SAMPLING/{bids,fit}) and reuse them when present")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--folds", type=int, default=0)
     ap.add_argument("--paper-classifiers", action="store_true", help="the paper's classifier widths (GPU)")
@@ -89,23 +111,26 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.paper_classifiers:
-        ccfg = ClassifyConfig(folds=args.folds, seed=args.seed)
+        ccfg = ClassifyConfig(tokens=args.tokens, folds=args.folds, seed=args.seed)
     else:
         ccfg = ClassifyConfig(
-            token_widths=(64, 128, 256), head_width=128, encoder=TrainConfig(epochs=args.epochs, learning_rate=1e-3),
+            token_widths=(64, 128, 256), head_width=128, tokens=args.tokens, encoder=TrainConfig(epochs=args.epochs, learning_rate=1e-3),
             baseline=TrainConfig(epochs=args.epochs, learning_rate=1e-3), sfcn_channels=(16, 32, 64, 64, 64),
             sfcn=TrainConfig(epochs=args.epochs, learning_rate=1e-3), folds=args.folds, seed=args.seed,
         )  # fmt: skip
-    rows, record = [], {"args": vars(args), "samplings": {}}
+    rows, record = [], {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "samplings": {}}
     for sampling in args.samplings.split(","):
         col = 0 if sampling == "regular" else 1
         with tempfile.TemporaryDirectory() as tmp:
+            work = (args.work / sampling) if args.work is not None else Path(tmp)
+            check_work(work, args)
             start = time.perf_counter()
             sim = SimulationConfig(num_subjects=args.anatomies, sampling=sampling, paired=True, resolution_mm=args.resolution,
                                    ndim=args.dim, seed=args.seed, chunk_size=8, write_fields=False,
                                    scanner=ScannerConfig(snr=args.snr, bias_sd=args.bias_sd))  # fmt: skip
-            bids = simulate_cohort(Path(tmp) / "bids", sim)
-            cohort = read_bids(bids)
+            if not (work / "bids" / "participants.tsv").exists():
+                simulate_cohort(work / "bids", sim)
+            cohort = read_bids(work / "bids")
             sim_s = time.perf_counter() - start
             fcfg = FitConfig(
                 inr=INRConfig(ndim=args.dim, width=args.fit_width),
@@ -114,9 +139,10 @@ def main() -> None:
                 chunk_size=64, steps_per_call=50, checkpoint_every=100, seed=args.seed, time_curvature=args.fit_time_curvature,
             )  # fmt: skip
             start = time.perf_counter()
-            fit_cohort(cohort, Path(tmp) / "fit", fcfg)
+            if not (work / "fit" / "params").exists():
+                fit_cohort(cohort, work / "fit", fcfg, resume=(work / "fit").exists())
             fit_s = time.perf_counter() - start
-            fitted = load_fit(Path(tmp) / "fit")
+            fitted = load_fit(work / "fit")
             start = time.perf_counter()
             results = run_classification(fitted, cohort, ccfg)
             cls_s = time.perf_counter() - start

@@ -47,6 +47,11 @@ class ClassifyConfig:
     **Arguments:**
 
     - `token_widths`, `head_width`, `dropout`: the token encoder (paper: 512-1024-2048, 1024, 0.5).
+    - `tokens`: "raw" (the paper) or "standardised": every token entry z-scored over the
+      training subjects at its position (neuron, input). All subjects are fine-tuned
+      from one theta*, so neuron j is the same neuron in every subject and the shared
+      theta* dominates raw tokens; standardising leaves each subject's deviation. The
+      encoder itself stays invariant to row order either way.
     - `encoder`: its training (paper: AdamW 1e-4, wd 1e-2, one-cycle, batch 20, 100 epochs).
     - `baseline`: training of the logistic regression on standardised flat weights.
     - `sfcn_channels`, `sfcn_scans`: SFCN blocks and the fixed channel count (paper: 32-64-128-256-256, 5).
@@ -60,6 +65,7 @@ class ClassifyConfig:
     token_widths: tuple[int, ...] = (512, 1024, 2048)
     head_width: int = 1024
     dropout: float = 0.5
+    tokens: str = "raw"
     encoder: TrainConfig = TrainConfig()
     baseline: TrainConfig = TrainConfig(epochs=100, learning_rate=1e-3)
     sfcn_channels: tuple[int, ...] = (32, 64, 128, 256, 256)
@@ -74,6 +80,8 @@ class ClassifyConfig:
     def __post_init__(self):
         from longbrain_jax.inr.spatiotemporal import GROUPS
 
+        if self.tokens not in ("raw", "standardised"):
+            raise ValueError(f"tokens must be 'raw' or 'standardised', not {self.tokens!r}")
         for combo in self.combinations:
             if not combo or any(s not in GROUPS for s in combo):
                 raise ValueError(f"stream combination {'+'.join(combo)!r} is not made of {GROUPS}")
@@ -105,7 +113,8 @@ def _scores(y: np.ndarray, proba: np.ndarray) -> dict:
     }
 
 
-def _standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+def standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """x (N, ...) z-scored per entry with the mean and sd over the rows `train` (sd 0: left unscaled)."""
     mean, std = x[train].mean(0), x[train].std(0)
     return (x - mean) / np.where(std > 0, std, 1.0)
 
@@ -122,9 +131,10 @@ class _Methods:
         for streams in cfg.combinations:
             name = combination_name(streams)
             tokens = stream_tokens(self.fitted.params, streams)
-            yield "INR encoder", name, (lambda train, t=tokens: t), encoder, cfg.encoder
+            build = (lambda train, t=tokens: standardise(t, train)) if cfg.tokens == "standardised" else (lambda train, t=tokens: t)
+            yield "INR encoder", name, build, encoder, cfg.encoder
             flat = stream_vectors(self.fitted.params, streams)
-            yield "INR logistic", name, (lambda train, f=flat: _standardise(f, train)), LinearClassifier(), cfg.baseline
+            yield "INR logistic", name, (lambda train, f=flat: standardise(f, train)), LinearClassifier(), cfg.baseline
         if self.images is not None:
             stacked = stack_timepoints(self.images.volumes, self.images.mask, cfg.sfcn_scans)
             yield "SFCN", "images", (lambda train: stacked), SFCN(cfg.sfcn_channels), cfg.sfcn

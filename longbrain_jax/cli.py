@@ -225,6 +225,8 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
 @click.option("--no-sfcn", is_flag=True, help="Skip the image-space SFCN baseline.")
 @click.option("--token-widths", default="512,1024,2048", show_default=True, help="Per-token MLP widths of the encoder.")
 @click.option("--head-width", default=1024, show_default=True)
+@click.option("--tokens", type=click.Choice(["raw", "standardised"]), default="raw", show_default=True,
+              help="Encoder input: raw weights (the paper) or each entry z-scored over the training subjects.")
 @click.option("--epochs", default=100, show_default=True, help="Epochs of every classifier.")
 @click.option("--lr", default=1e-4, show_default=True, help="Peak one-cycle learning rate of the encoder.")
 @click.option("--sfcn-channels", default="32,64,128,256,256", show_default=True)
@@ -238,7 +240,7 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_input_errors_exit_2
-def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, epochs, lr, sfcn_channels, streams, folds, repeats, fit_width, fit_steps, fit_fraction, seed, overwrite, quiet) -> None:
+def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, epochs, lr, sfcn_channels, streams, folds, repeats, fit_width, fit_steps, fit_fraction, seed, overwrite, quiet) -> None:
     """Classify healthy vs dementia-like trajectories from INR weights (and SFCN on the scans).
 
     SOURCE is the folder of a finished `longbrain fit`, or a BIDS dataset, which is
@@ -258,7 +260,7 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, epochs, l
     channels = tuple(int(c) for c in _floats(sfcn_channels, "--sfcn-channels"))
     try:
         cfg = ClassifyConfig(
-            token_widths=widths, head_width=head_width, encoder=TrainConfig(epochs=epochs, learning_rate=lr),
+            token_widths=widths, head_width=head_width, tokens=tokens, encoder=TrainConfig(epochs=epochs, learning_rate=lr),
             baseline=TrainConfig(epochs=epochs, learning_rate=1e-3), sfcn_channels=channels,
             sfcn=TrainConfig(epochs=epochs, learning_rate=1e-3), folds=folds, repeats=repeats, seed=seed,
             **({"combinations": tuple(tuple(c.split("+")) for c in streams.split(","))} if streams else {}),

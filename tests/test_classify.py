@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from longbrain_jax.baselines.sfcn import SFCN, stack_timepoints
-from longbrain_jax.classification import ClassifyConfig, paired_split, run_classification, write_classification
+from longbrain_jax.classification import ClassifyConfig, standardise, paired_split, run_classification, write_classification
 from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
 from longbrain_jax.cli import main
 from longbrain_jax.fit import fit_cohort, load_fit
@@ -82,6 +82,18 @@ def test_timepoints_stack_in_order_and_zero_pad():
     assert np.all(stacked[0, ..., 2:] == 0) and np.all(stacked[1, ..., 3:] == 0)
 
 
+def test_standardised_tokens_are_z_scores_over_the_training_subjects():
+    rng = np.random.default_rng(0)
+    tokens = 10.0 * rng.standard_normal((1, 12, 5)) + 0.1 * rng.standard_normal((9, 12, 5))  # shared theta* + deviations
+    train = np.array([0, 2, 3, 5, 8])
+    z = standardise(tokens, train)
+    np.testing.assert_allclose(z[train].mean(0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(z[train].std(0), 1.0, atol=1e-9)
+    np.testing.assert_allclose(z, (tokens - tokens[train].mean(0)) / tokens[train].std(0))
+    with pytest.raises(ValueError, match="tokens must be 'raw' or 'standardised'"):
+        ClassifyConfig(tokens="whitened")
+
+
 def test_paired_split_keeps_anatomies_apart(key):
     units = tuple(f"{i // 2:03d}" for i in range(30))  # 15 anatomies, two versions each
     y = np.array([i % 2 for i in range(30)], np.int32)
@@ -121,7 +133,7 @@ def test_classify_cli_on_a_fit(tmp_path):
                 "--shared-steps", "2", "--steps", "4", "--fraction", "0.3", "--shared-fraction", "0.3", "--quiet"]  # fmt: skip
     assert CliRunner().invoke(main, fit_args).exit_code == 0
     args = ["classify", str(tmp_path / "fit"), str(tmp_path / "cls"), "--token-widths", "8,8", "--head-width", "8", "--epochs", "2",
-            "--sfcn-channels", "4,4,4,4,4", "--streams", "P_time", "--quiet"]  # fmt: skip
+            "--sfcn-channels", "4,4,4,4,4", "--streams", "P_time", "--tokens", "standardised", "--quiet"]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cls" / "report.md").exists() and "SFCN" in result.output
