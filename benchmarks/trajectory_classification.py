@@ -48,7 +48,7 @@ def oracle_row(cohort, results: dict, cfg: ClassifyConfig) -> dict:
     import numpy as np
 
     from longbrain_jax import metrics
-    from longbrain_jax.classification import _scores, standardise, labels_of
+    from longbrain_jax.classification import _scores, labels_of, standardise
     from longbrain_jax.classifier import predict_proba, train_classifier
     from longbrain_jax.simulate import REGIONS
     from longbrain_jax.weightspace.models import LinearClassifier

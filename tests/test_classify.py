@@ -9,7 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from longbrain_jax.baselines.sfcn import SFCN, stack_timepoints
-from longbrain_jax.classification import ClassifyConfig, standardise, paired_split, run_classification, write_classification
+from longbrain_jax.classification import (
+    ClassifyConfig,
+    paired_split,
+    run_classification,
+    standardise,
+    write_classification,
+)
 from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
 from longbrain_jax.cli import main
 from longbrain_jax.fit import fit_cohort, load_fit
