@@ -36,7 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import peak_rss_mib, print_results  # noqa: E402
 
-from longbrain_jax.fit import sharding  # noqa: E402
+from longbrain_jax.engine import sharding  # noqa: E402
 from longbrain_jax.fit.sampling import prepare_subjects  # noqa: E402
 from longbrain_jax.fit.train import Sampling, StageConfig, finetune_block, init_state  # noqa: E402
 from longbrain_jax.inr import INRConfig  # noqa: E402

@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 from _common import print_results  # noqa: E402
 
 from longbrain_jax import metrics  # noqa: E402
+from longbrain_jax.cohort import ROLES, scan_roles  # noqa: E402
 from longbrain_jax.fit import FitConfig, StageConfig  # noqa: E402
-from longbrain_jax.fit.cohort_fit import ROLES, scan_roles  # noqa: E402
 from longbrain_jax.fit.evaluate import DATA_RANGE  # noqa: E402
 from longbrain_jax.inr import INRConfig  # noqa: E402
 from longbrain_jax.io import LoadConfig, read_bids  # noqa: E402

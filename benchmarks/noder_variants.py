@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from longbrain_jax.fit.cohort_fit import scan_roles
+from longbrain_jax.cohort import scan_roles
 from longbrain_jax.io import LoadConfig, read_bids
 from longbrain_jax.latent import forecasters as fc
 from longbrain_jax.latent import segmenter as sg

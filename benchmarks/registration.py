@@ -34,7 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import print_results  # noqa: E402
 
-from longbrain_jax.fit.cohort_fit import scan_roles  # noqa: E402
+from longbrain_jax.cohort import scan_roles  # noqa: E402
 from longbrain_jax.io import LoadConfig, read_bids, scan_bids  # noqa: E402
 from longbrain_jax.registration import DisplacementConfig, LossConfig, RegistrationConfig  # noqa: E402
 from longbrain_jax.registration.cohort import register_cohort  # noqa: E402

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import sys
 import warnings
 from collections.abc import Callable
@@ -19,11 +20,13 @@ from longbrain_jax.errors import InputError
 
 
 def _input_errors_exit_2(fn: Callable) -> Callable:
+    """Bad input, or a memory budget too small for the smallest batch: one line, exit code 2."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except InputError as e:
+        except (InputError, MemoryError) as e:
             click.echo(f"longbrain: error: {e}", err=True)
             sys.exit(2)
 
@@ -32,6 +35,36 @@ def _input_errors_exit_2(fn: Callable) -> Callable:
 
 def _show_warnings() -> None:
     warnings.showwarning = lambda msg, *a, **k: click.echo(f"longbrain: warning: {msg}", err=True)
+
+
+def _show_memory_plans(enabled: bool = True) -> None:
+    """Print the sizes every stage plans from the memory budget (`engine.memory`), one line each."""
+    logger = logging.getLogger("longbrain_jax.memory")
+    logger.handlers.clear()
+    if enabled:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("longbrain: memory: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _budget(text: str | None):
+    """The `--memory-budget` (e.g. 16G) as an `engine.memory.Budget`; default: a share of the device's memory."""
+    from longbrain_jax.engine.memory import Budget
+
+    try:
+        return Budget.resolve(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--memory-budget") from None
+
+
+def memory_budget_option(fn: Callable) -> Callable:
+    return click.option(
+        "--memory-budget", default=None, metavar="SIZE",
+        help="Memory this run may use, e.g. 16G (default: 60% of host RAM on the CPU, 90% of an accelerator's). "
+             "Chunk and block sizes are planned from it.",
+    )(fn)  # fmt: skip
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,7 +152,7 @@ class _FitBar:
 
     def __init__(self, cfg, num_subjects: int, enabled: bool):
         self.shared, self.steps = cfg.shared.steps, cfg.finetune.steps
-        self.total = self.shared + -(-num_subjects // cfg.chunk_size) * self.steps
+        self.total = self.shared + -(-num_subjects // (cfg.chunk_size or num_subjects)) * self.steps
         self.enabled, self.bar = enabled, None
 
     def __call__(self, event: dict) -> None:
@@ -165,7 +198,8 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--fraction", default=0.01, show_default=True, help="Voxels per scan drawn per fine-tuning step.")
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True)
 @click.option("--holdout", type=click.Choice(["none", "extrapolation", "interpolation_extrapolation"]), default="none", show_default=True, help="Scans held out and scored.")
-@click.option("--chunk-size", default=64, show_default=True, help="Subjects trained together (memory).")
+@click.option("--chunk-size", default=None, type=int, help="Most subjects trained together (default: as many as the memory budget allows).")
+@memory_budget_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--reconstruct-ages", default="", help="Also write every subject's reconstruction at these ages (e.g. 80,85).")
 @click.option("--common-grid", is_flag=True, help="Resample every subject onto the first subject's grid.")
@@ -174,13 +208,13 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--distributed", is_flag=True, help="Call jax.distributed.initialize() first (multi-host runs).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, shared_steps, shared_lr, shared_fraction, steps, lr, fraction, schedule, holdout, chunk_size, seed, reconstruct_ages, common_grid, resume, overwrite, distributed, quiet) -> None:
+def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, shared_steps, shared_lr, shared_fraction, steps, lr, fraction, schedule, holdout, chunk_size, memory_budget, seed, reconstruct_ages, common_grid, resume, overwrite, distributed, quiet) -> None:
     """Fit one spatiotemporal INR per subject of BIDS_DIR (all at once) and write them to OUT."""
     import jax
     import numpy as np
 
+    from longbrain_jax.cohort import ROLES
     from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, load_fit, write_reconstructions
-    from longbrain_jax.fit.cohort_fit import ROLES
     from longbrain_jax.inr import INRConfig
     from longbrain_jax.io import LoadConfig, scan_bids
 
@@ -203,8 +237,10 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    _show_memory_plans(not quiet)
     bar = _FitBar(cfg, dataset.num_subjects, enabled=not quiet)
-    result = fit_cohort(dataset, out, cfg, resume=resume, overwrite=overwrite, progress=bar, source_description=str(bids_dir))
+    result = fit_cohort(dataset, out, cfg, resume=resume, overwrite=overwrite, progress=bar, source_description=str(bids_dir),
+                        budget=_budget(memory_budget))  # fmt: skip
     bar.close()
     if ages and jax.process_index() == 0:
         fitted = load_fit(out)

@@ -253,6 +253,29 @@ class Cohort:
         return np.array([classes.index(g) for g in self.groups], np.int32), classes
 
 
+# -- scan roles ---------------------------------------------------------------------------
+ROLES = ("padding", "train", "interpolation", "extrapolation")
+HOLDOUTS = ("none", "extrapolation", "interpolation_extrapolation")
+
+
+def scan_roles(mask: np.ndarray, holdout: str) -> np.ndarray:
+    """(N, T) int8 role of every scan slot: 0 padding, 1 train, 2 interpolation, 3 extrapolation.
+
+    Scans are in age order. "extrapolation" holds out the last scan where >= 3 scans
+    exist (two remain to fit a trajectory); "interpolation_extrapolation" also holds
+    out the middle one of the remaining scans where >= 4 exist.
+    """
+    roles = mask.astype(np.int8)
+    if holdout == "none":
+        return roles
+    for i, n in enumerate(mask.sum(1)):
+        if n >= 3:
+            roles[i, n - 1] = 3
+        if holdout == "interpolation_extrapolation" and n >= 4:
+            roles[i, (n - 1) // 2] = 2
+    return roles
+
+
 # -- subject-level splits -----------------------------------------------------------
 def _units(n: int, units: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
     """Unique unit keys and the unit index of each subject."""

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from longbrain_jax import metrics
-from longbrain_jax.cohort import Cohort, stratified_kfold, train_test_split
-from longbrain_jax.config import write_config
 from longbrain_jax.classification import ClassifyConfig, results_table, run_classification
 from longbrain_jax.classifier import TrainConfig
+from longbrain_jax.cohort import Cohort, stratified_kfold, train_test_split
+from longbrain_jax.config import write_config
 from longbrain_jax.files import atomic_dir
 from longbrain_jax.fit import FitConfig, FitResult, StageConfig, fit_cohort, load_fit
 from longbrain_jax.fit.evaluate import role_summary

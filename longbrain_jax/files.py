@@ -8,6 +8,8 @@ when complete. An existing output is replaced only when `overwrite=True`.
 from __future__ import annotations
 
 import contextlib
+import csv
+import math
 import os
 import shutil
 import tempfile
@@ -67,3 +69,12 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_tsv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    """A tab-separated table, atomically: floats to 4 decimals, non-finite floats as `n/a` (BIDS)."""
+    with atomic_file(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(header)
+        for row in rows:
+            w.writerow(["n/a" if isinstance(v, float) and not math.isfinite(v) else (f"{v:.4f}" if isinstance(v, float) else v) for v in row])

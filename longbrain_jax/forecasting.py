@@ -33,11 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from longbrain_jax import metrics
-from longbrain_jax.cohort import Cohort
+from longbrain_jax.cohort import ROLES, Cohort, scan_roles
 from longbrain_jax.config import write_config
 from longbrain_jax.errors import InputError
-from longbrain_jax.files import atomic_dir
-from longbrain_jax.fit.cohort_fit import ROLES, FitConfig, scan_roles
+from longbrain_jax.files import atomic_dir, write_tsv
+from longbrain_jax.fit.cohort_fit import FitConfig
 from longbrain_jax.fit.evaluate import DATA_RANGE
 from longbrain_jax.latent import autoencoder as ae
 from longbrain_jax.latent import forecasters as fc
@@ -389,7 +389,6 @@ def write_forecasting(out: str | os.PathLike, cohort: Cohort, result: dict, cfg:
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
     """Dict rows as a TSV; columns are the union of keys in first-seen order, blanks where missing."""
-    from longbrain_jax.fit.outputs import write_tsv
 
     header = list(dict.fromkeys(k for r in rows for k in r))
     write_tsv(path, header, [[r.get(k, "") for k in header] for r in rows])

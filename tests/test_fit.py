@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from longbrain_jax.cli import main
 from longbrain_jax.cohort import Cohort
+from longbrain_jax.engine import sharding
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, flat_weights, load_fit, scan_roles
-from longbrain_jax.fit import sharding
 from longbrain_jax.fit.sampling import prepare_subjects, sample_points
 from longbrain_jax.fit.train import Sampling, finetune_block, init_state
 from longbrain_jax.inr import INRConfig
@@ -62,6 +62,18 @@ def test_scan_roles_hold_out_middle_and_last():
     roles = scan_roles(mask, "interpolation_extrapolation")
     np.testing.assert_array_equal(roles, [[1, 1, 0, 0, 0], [1, 1, 3, 0, 0], [1, 2, 1, 3, 0], [1, 1, 2, 1, 3]])
     np.testing.assert_array_equal(scan_roles(mask, "none"), mask.astype(np.int8))
+
+
+def test_shared_pool_without_the_longest_subject(tmp_path):
+    """Regression (issue 18): a theta* pool holding no subject with the cohort's most scans.
+
+    blob_cohort(3) has 2, 3 and 4 scans; with seed 1 the pool of one subject is subject 0
+    (`np.random.default_rng(1).permutation(3)[0] == 0`), so the pool's scans end one slot
+    before the cohort's. This raised an IndexError in `_shared_init`.
+    """
+    cfg = dataclasses.replace(TINY, seed=1, shared_pool=1, holdout="extrapolation")
+    result = fit_cohort(blob_cohort(3), tmp_path / "fit", cfg)
+    assert np.isfinite(result.psnr[result.roles == 1]).all()
 
 
 def test_sampling_draws_foreground_and_only_training_scans(key):

@@ -4,7 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longbrain_jax.registration import DisplacementConfig, LossConfig, RegistrationConfig, monotonic_penalty, subject_loss
+from longbrain_jax.registration import (
+    DisplacementConfig,
+    LossConfig,
+    RegistrationConfig,
+    monotonic_penalty,
+    subject_loss,
+)
 from longbrain_jax.registration import network as net
 from longbrain_jax.registration.train import init_states, registration_block, sample_patches
 
@@ -158,10 +164,9 @@ def test_register_cli_writes_fields_and_refuses_to_overwrite(tmp_path):
 
 
 def test_evaluation_against_the_simulators_truth(tmp_path):
-    from longbrain_jax.io import scan_bids
+    from longbrain_jax.cohort import scan_roles
+    from longbrain_jax.io import LoadConfig, read_bids, scan_bids
     from longbrain_jax.registration.cohort import register_cohort
-    from longbrain_jax.fit.cohort_fit import scan_roles
-    from longbrain_jax.io import LoadConfig, read_bids
     from longbrain_jax.registration.evaluate import STRUCTURES, evaluate_against_truth, score_fields, summarise
     from longbrain_jax.registration.pairwise import register_pairwise
     from longbrain_jax.simulate import SimulationConfig, simulate_cohort

@@ -1,7 +1,15 @@
 """Cohort fitting of spatiotemporal INRs: sampling, shared init, vmapped and sharded fine-tune, checkpoints."""
 
-from longbrain_jax.fit.cohort_fit import FitConfig, FitResult, fit_cohort, scan_roles
-from longbrain_jax.fit.outputs import FittedCohort, flat_weights, group_tokens, layer_tokens, load_fit, write_reconstructions
+from longbrain_jax.cohort import scan_roles
+from longbrain_jax.fit.cohort_fit import FitConfig, FitResult, fit_cohort
+from longbrain_jax.fit.outputs import (
+    FittedCohort,
+    flat_weights,
+    group_tokens,
+    layer_tokens,
+    load_fit,
+    write_reconstructions,
+)
 from longbrain_jax.fit.train import StageConfig
 
 __all__ = [

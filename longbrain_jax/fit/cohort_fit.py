@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import shutil
 import warnings
@@ -43,19 +42,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longbrain_jax.cohort import Cohort
+from longbrain_jax.cohort import HOLDOUTS, ROLES, Cohort, scan_roles
 from longbrain_jax.config import config_to_dict, write_config
+from longbrain_jax.engine import sharding
+from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
+from longbrain_jax.engine.chunks import ChunkProgram, load_chunks, run_in_chunks
+from longbrain_jax.engine.memory import Budget, agree
+from longbrain_jax.engine.rundir import prepare_output_dir, run_sizes
 from longbrain_jax.errors import InputError
-from longbrain_jax.fit import sharding
-from longbrain_jax.fit.checkpoint import StateCheckpoints, load_tree, save_tree
-from longbrain_jax.fit.chunks import ChunkProgram, load_chunks, run_in_chunks
 from longbrain_jax.fit.evaluate import cohort_scores
+from longbrain_jax.fit.plan import plan_fit
 from longbrain_jax.fit.sampling import prepare_subjects
 from longbrain_jax.fit.train import FitState, Sampling, StageConfig, finetune_block, init_state, shared_block
 from longbrain_jax.inr import spatiotemporal as st
-
-ROLES = ("padding", "train", "interpolation", "extrapolation")
-HOLDOUTS = ("none", "extrapolation", "interpolation_extrapolation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +66,8 @@ class FitConfig:
     - `inr`: the network.
     - `shared`: the shared initialisation theta* (paper: 250 steps, lr 1e-4, 0.1% of voxels).
     - `shared_subjects_per_step`: subjects per theta* step (paper: 3).
-    - `shared_pool`: subjects loaded for theta* (a seeded random subset).
+    - `shared_pool`: most subjects loaded for theta* (a seeded random subset; fewer if
+      the memory budget says so, `fit.plan`).
     - `finetune`: the per-subject stage (paper: 100 steps, lr 1e-3, 1% of voxels).
     - `foreground_fraction`: share of points drawn from foreground voxels (paper: 0.9).
     - `foreground_threshold`: normalised intensity above which a voxel is foreground.
@@ -76,10 +76,11 @@ class FitConfig:
       difference step and how far past the last training scan it reaches.
     - `holdout`: "none"; "extrapolation" (hold out the last scan of subjects with >= 3
       scans); "interpolation_extrapolation" (also a middle scan of subjects with >= 4).
-    - `chunk_size`: subjects trained together (memory); rounded up to a device multiple.
+    - `chunk_size`: most subjects trained together; None: as many as the memory budget
+      allows (`fit.plan`). Rounded up to a device multiple.
     - `steps_per_call`: steps per compiled call (progress and checkpoint granularity).
     - `checkpoint_every`: steps between checkpoints (a multiple of `steps_per_call`).
-    - `eval_block`: voxels per reconstruction block when scoring.
+    - `eval_block`: most voxels per reconstruction block when scoring; None: planned.
     - `seed`: the PRNG seed of every draw.
     """
 
@@ -94,10 +95,10 @@ class FitConfig:
     time_step_years: float = 2.0
     time_horizon_years: float = 10.0
     holdout: str = "none"
-    chunk_size: int = 64
+    chunk_size: int | None = None
     steps_per_call: int = 10
     checkpoint_every: int = 50
-    eval_block: int = 32768
+    eval_block: int | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -105,12 +106,18 @@ class FitConfig:
             raise ValueError(f"holdout must be one of {HOLDOUTS}, got {self.holdout!r}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise ValueError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
-        if self.chunk_size < 1 or self.steps_per_call < 1 or self.shared_subjects_per_step < 1 or self.shared_pool < 1:
-            raise ValueError("chunk_size, steps_per_call, shared_subjects_per_step and shared_pool must be >= 1")
+        if min(self.chunk_size or 1, self.eval_block or 1, self.steps_per_call, self.shared_subjects_per_step, self.shared_pool) < 1:
+            raise ValueError("chunk_size, eval_block, steps_per_call, shared_subjects_per_step and shared_pool must be >= 1")
         if self.time_curvature < 0 or self.time_step_years <= 0 or self.time_horizon_years < 0:
             raise ValueError("need time_curvature >= 0, time_step_years > 0 and time_horizon_years >= 0")
         if self.checkpoint_every < 1 or self.checkpoint_every % self.steps_per_call:
             raise ValueError(f"checkpoint_every ({self.checkpoint_every}) must be a multiple of steps_per_call ({self.steps_per_call})")
+
+    def sampling(self, stage: StageConfig, shape: tuple[int, ...], max_scans: int) -> Sampling:
+        """The static loss description of one stage (times in the network's units)."""
+        years = 1.0 / self.inr.age_scale
+        return Sampling(shape, stage.num_points(int(np.prod(shape)), max_scans), self.foreground_fraction,
+                        self.time_curvature, self.time_step_years * years, self.time_horizon_years * years)  # fmt: skip
 
 
 class CohortSource(Protocol):
@@ -130,24 +137,6 @@ class CohortSource(Protocol):
     def max_scans(self) -> int: ...
 
     def select(self, indices: np.ndarray) -> Cohort: ...
-
-
-def scan_roles(mask: np.ndarray, holdout: str) -> np.ndarray:
-    """(N, T) int8 role of every scan slot: 0 padding, 1 train, 2 interpolation, 3 extrapolation.
-
-    Scans are in age order. "extrapolation" holds out the last scan where >= 3 scans
-    exist (two remain to fit a trajectory); "interpolation_extrapolation" also holds
-    out the middle one of the remaining scans where >= 4 exist.
-    """
-    roles = mask.astype(np.int8)
-    if holdout == "none":
-        return roles
-    for i, n in enumerate(mask.sum(1)):
-        if n >= 3:
-            roles[i, n - 1] = 3
-        if holdout == "interpolation_extrapolation" and n >= 4:
-            roles[i, (n - 1) // 2] = 2
-    return roles
 
 
 @dataclasses.dataclass
@@ -172,9 +161,10 @@ class FitResult:
 
 # -- data -------------------------------------------------------------------------------
 def _chunk_arrays(cohort: Cohort, roles: np.ndarray, t_max: int, cfg: FitConfig):
-    """Host arrays for one chunk, T padded to the source's T_max."""
+    """Host arrays for one chunk, T padded to the source's T_max (the chunk's own may be shorter)."""
     volumes = sharding.pad_scans(cohort.volumes, t_max)
     ages = sharding.pad_scans(cohort.ages, t_max)
+    roles = sharding.pad_scans(roles, t_max)
     times = np.where(roles > 0, (ages - cfg.inr.age_center) / cfg.inr.age_scale, 0.0).astype(np.float32)
     data = prepare_subjects(volumes, times, roles == 1, cfg.foreground_threshold)
     return data, ages
@@ -196,6 +186,7 @@ def fit_cohort(
     mesh: jax.sharding.Mesh | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     source_description: str = "",
+    budget: Budget | None = None,
 ) -> FitResult:
     """Fit every subject of `source` and write the results to `out` (see the module docstring).
 
@@ -212,6 +203,8 @@ def fit_cohort(
       loss and median PSNR of the sampled points (an exception raised there stops
       the run like a kill would; the last checkpoint survives).
     - `source_description`: recorded in config.json (e.g. the dataset path).
+    - `budget`: the memory budget the pool, chunk and block sizes are planned from
+      (`fit.plan`; default: `Budget.resolve()`); a resumed run keeps its first sizes.
     """
     out = Path(out)
     if cfg.inr.ndim != len(source.spatial_shape):
@@ -221,10 +214,13 @@ def fit_cohort(
     write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids))
     mesh = mesh or sharding.subject_mesh()
     work = out / "work"
+    shape, devices = tuple(source.spatial_shape), mesh.devices.size
+    sizes = run_sizes(work, lambda: plan_fit(cfg, source.num_subjects, source.max_scans, shape, devices, budget or Budget.resolve()).record())
+    sizes = {k: agree(sizes[k]) for k in ("pool", "chunk", "eval_block")}
     ckpt = StateCheckpoints(work / "checkpoints")
     try:
-        theta = _shared_init(source, cfg, ckpt, work, mesh, progress)
-        result = _finetune_all(source, cfg, theta, ckpt, work, mesh, progress)
+        theta = _shared_init(source, cfg, ckpt, work, mesh, progress, sizes["pool"])
+        result = _finetune_all(source, cfg, theta, ckpt, work, mesh, progress, sizes["chunk"], sizes["eval_block"])
     finally:
         ckpt.close()
     if jax.process_index() == 0:
@@ -233,29 +229,6 @@ def fit_cohort(
         write_fit_outputs(out, result, source, cfg)
         shutil.rmtree(work, ignore_errors=True)
     return result
-
-
-def prepare_output_dir(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
-    """Create `out` for a new run, or check it holds the unfinished run `record` describes.
-
-    `record` has the run's "config" and "subjects"; resuming needs the same. An existing
-    `out` is replaced only with `overwrite`.
-    """
-    saved = out / "config.json"
-    if resume:
-        if not saved.is_file():
-            raise InputError(out, "nothing to resume: no config.json from an earlier run")
-        old = json.loads(saved.read_text())
-        if old.get("config") != record["config"] or old.get("subjects") != record["subjects"]:
-            raise InputError(saved, "the run being resumed used another configuration or other subjects")
-        if not (out / "work").exists() and (out / "params").exists():
-            raise InputError(out, "this fit already completed; nothing to resume")
-        return
-    if out.exists():
-        if not overwrite:
-            raise InputError(out, "already exists; pass overwrite=True (--overwrite) to replace it, or resume=True (--resume)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
 
 
 def _report(progress, **event) -> None:
@@ -268,7 +241,7 @@ def _points_psnr(loss: np.ndarray) -> float:
     return float(np.median(10 * np.log10(4.0 / loss[ok]))) if ok.any() else float("nan")
 
 
-def _shared_init(source, cfg, ckpt, work, mesh, progress) -> st.Params:
+def _shared_init(source, cfg, ckpt, work, mesh, progress, pool_size: int) -> st.Params:
     done = work / "theta"
     template = st.init(jax.random.key(cfg.seed), cfg.inr)
     if done.exists():
@@ -284,10 +257,10 @@ def _shared_init(source, cfg, ckpt, work, mesh, progress) -> st.Params:
     eligible = np.flatnonzero(scan_roles(source.mask, cfg.holdout).__eq__(1).any(1))
     if eligible.size == 0:
         raise InputError("cohort", "no subject has a scan to fit")
-    pool_ids = np.sort(rng.permutation(eligible)[: cfg.shared_pool])
+    pool_ids = np.sort(rng.permutation(eligible)[:pool_size])
     if start < stage.steps:
-        pool_cohort = source.select(pool_ids)
-        roles = scan_roles(source.mask, cfg.holdout)[pool_ids]
+        pool_cohort = source.select(pool_ids)  # T_max trimmed to the pool's longest subject
+        roles = scan_roles(pool_cohort.mask, cfg.holdout)
         finite = np.array([np.isfinite(pool_cohort.volumes[k][roles[k] == 1]).all() for k in range(len(pool_ids))])
         if not finite.all():
             bad = ", ".join(f"sub-{pool_cohort.subject_ids[k]}" for k in np.flatnonzero(~finite))
@@ -296,7 +269,7 @@ def _shared_init(source, cfg, ckpt, work, mesh, progress) -> st.Params:
                 raise InputError("cohort", "every subject of the shared-initialisation pool has non-finite intensities")
             pool_cohort, roles = pool_cohort.select(np.flatnonzero(finite)), roles[finite]
         data, _ = _chunk_arrays(pool_cohort, roles, source.max_scans, cfg)
-        sampling = _sampling(cfg, stage, tuple(source.spatial_shape), source.max_scans)
+        sampling = cfg.sampling(stage, tuple(source.spatial_shape), source.max_scans)
         pool = sharding.replicate(data, mesh)
         params, opt_state = sharding.replicate((params, opt_state), mesh)
         step = start
@@ -316,19 +289,12 @@ def _shared_init(source, cfg, ckpt, work, mesh, progress) -> st.Params:
     return params
 
 
-def _sampling(cfg: FitConfig, stage: StageConfig, shape: tuple[int, ...], max_scans: int) -> Sampling:
-    """The static loss description of one stage (times in the network's units)."""
-    years = 1.0 / cfg.inr.age_scale
-    return Sampling(shape, stage.num_points(int(np.prod(shape)), max_scans), cfg.foreground_fraction,
-                    cfg.time_curvature, cfg.time_step_years * years, cfg.time_horizon_years * years)  # fmt: skip
-
-
-def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress) -> FitResult:
+def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress, chunk_size: int, eval_block: int) -> FitResult:
     t_max = source.max_scans
     roles_all = scan_roles(source.mask, cfg.holdout)
     stage = cfg.finetune
     shape = tuple(source.spatial_shape)
-    sampling = _sampling(cfg, stage, shape, t_max)
+    sampling = cfg.sampling(stage, shape, t_max)
 
     def prepare(cohort, ids, n):
         data, ages = _chunk_arrays(cohort, roles_all[ids], t_max, cfg)
@@ -342,7 +308,7 @@ def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress) -> FitResult:
 
     def finish(state, data, n_real):
         subject_data, ages, observed = data
-        psnr, ssim = cohort_scores(state.params, ages, subject_data.volumes, observed, spatial_shape=shape, cfg=cfg.inr, block=cfg.eval_block)
+        psnr, ssim = cohort_scores(state.params, ages, subject_data.volumes, observed, spatial_shape=shape, cfg=cfg.inr, block=eval_block)
         host = sharding.to_host({"params": state.params, "psnr": psnr, "ssim": ssim, "loss": state.loss, "diverged_at": state.diverged_at})
         return jax.tree_util.tree_map(lambda x: x[:n_real], host)
 
@@ -356,7 +322,7 @@ def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress) -> FitResult:
         init=lambda n: _init_states(jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), theta), stage),
         block=block, finish=finish, status=status,
     )  # fmt: skip
-    run_in_chunks(source, program, work, ckpt, mesh, cfg.chunk_size, progress)
+    run_in_chunks(source, program, work, ckpt, mesh, chunk_size, progress)
 
     def target(n):
         return {
@@ -367,7 +333,7 @@ def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress) -> FitResult:
             "diverged_at": np.zeros((n,), np.int32),
         }
 
-    joined = load_chunks(work, source.num_subjects, cfg.chunk_size, mesh, target)
+    joined = load_chunks(work, source.num_subjects, chunk_size, mesh, target)
     return FitResult(
         params=joined["params"],
         subject_ids=tuple(source.subject_ids),

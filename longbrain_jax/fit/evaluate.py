@@ -7,6 +7,7 @@ one spatial pass and T cheap heads per block of voxels.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +15,20 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from longbrain_jax import metrics
+from longbrain_jax.cohort import ROLES
+from longbrain_jax.engine.memory import Budget, Program, plan_batch
 from longbrain_jax.grid import normalised_grid
 from longbrain_jax.inr import spatiotemporal as st
 
 DATA_RANGE = 2.0  # intensities are scaled to [-1, 1]
+MIN_BLOCK, MAX_BLOCK = 1024, 65536  # voxels per reconstruction block: the range plans choose from
+
+
+def abstract_params(cfg: st.INRConfig, n: int | None = None):
+    """Shapes of one INR's parameters (with a leading axis of n subjects if given), for lowering without data."""
+    one = jax.eval_shape(lambda: st.init(jax.random.key(0), cfg))
+    lead = () if n is None else (n,)
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((*lead, *x.shape), x.dtype), one)
 
 
 def reconstruct(
@@ -38,6 +49,25 @@ def reconstruct(
     values = jax.lax.map(one_block, coords)  # (n_blocks, T, block)
     values = jnp.moveaxis(values, 1, 0).reshape(ages.shape[0], -1)[:, :n]
     return values.reshape(ages.shape[0], *spatial_shape)
+
+
+_reconstruct = jax.jit(reconstruct, static_argnums=(2, 3, 4))
+
+
+def reconstruction_block(cfg: st.INRConfig, num_ages: int, shape: tuple[int, ...], budget: Budget) -> int:
+    """Voxels per block of `reconstruct` (one subject at `num_ages` ages) that fit `budget`."""
+    ages = jax.ShapeDtypeStruct((num_ages,), jnp.float32)
+    program = Program(lambda blk: _reconstruct.trace(abstract_params(cfg), ages, shape, cfg, blk),
+                      ("reconstruct", cfg, num_ages, shape), (MIN_BLOCK, 2 * MIN_BLOCK))  # fmt: skip
+    upper = min(MAX_BLOCK, max(MIN_BLOCK, math.prod(shape)))
+    return plan_batch("reconstruction", "voxels per block", budget, upper, program, multiple=MIN_BLOCK).sizes["voxels per block"]
+
+
+def reconstruct_volumes(params: st.Params, ages: np.ndarray, shape: tuple[int, ...], cfg: st.INRConfig, budget: Budget | None = None) -> np.ndarray:
+    """One subject's reconstructions (T, *shape) at `ages` (years), in voxel blocks planned from `budget`."""
+    ages = jnp.asarray(ages, jnp.float32)
+    block = reconstruction_block(cfg, ages.shape[0], tuple(shape), budget or Budget.resolve())
+    return np.asarray(_reconstruct(params, ages, tuple(shape), cfg, block))
 
 
 def scan_scores(
@@ -79,8 +109,6 @@ def role_summary(result, volumes: np.ndarray, groups: tuple[str, ...]) -> list[d
 
     **Returns:** one dict per (role, group) present: role, group, n, psnr, ssim, carried_forward_psnr.
     """
-    from longbrain_jax.fit.cohort_fit import ROLES
-
     rows = []
     for role in ROLES[1:]:
         for group in sorted(set(groups), reverse=True):

@@ -21,13 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from longbrain_jax.cohort import ROLES
 from longbrain_jax.config import config_from_dict
-from longbrain_jax.files import atomic_file
-from longbrain_jax.fit.checkpoint import load_tree, save_tree
-from longbrain_jax.fit.cohort_fit import ROLES
+from longbrain_jax.engine.checkpoint import load_tree, save_tree
+from longbrain_jax.files import atomic_file, write_tsv
 from longbrain_jax.inr import spatiotemporal as st
 from longbrain_jax.io.nifti import save_image
-
 
 
 def layer_tokens(layer: dict) -> np.ndarray:
@@ -52,14 +51,6 @@ def flat_weights(params: st.Params, group: str) -> np.ndarray:
     tokens = group_tokens(params, group)
     n = tokens[0].shape[0] if tokens else jax.tree_util.tree_leaves(params)[0].shape[0]
     return np.concatenate([t.reshape(n, -1) for t in tokens], axis=1) if tokens else np.zeros((n, 0), np.float32)
-
-
-def write_tsv(path: Path, header: list[str], rows: list[list[object]]) -> None:
-    with atomic_file(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(header)
-        for row in rows:
-            w.writerow(["n/a" if isinstance(v, float) and not np.isfinite(v) else (f"{v:.4f}" if isinstance(v, float) else v) for v in row])
 
 
 def write_fit_outputs(out: Path, result, source, cfg) -> None:
@@ -94,7 +85,7 @@ def write_fit_outputs(out: Path, result, source, cfg) -> None:
 
 def reconstruction_figure(path: Path, result, source, cfg) -> Path:
     """Scans (top) and INR reconstructions (bottom) of up to two subjects, one per group."""
-    from longbrain_jax.fit.evaluate import reconstruct
+    from longbrain_jax.fit.evaluate import reconstruct_volumes
     from longbrain_jax.report import save_figure, series_montage
 
     picks: list[int] = []
@@ -106,7 +97,7 @@ def reconstruction_figure(path: Path, result, source, cfg) -> Path:
     for k, i in enumerate(picks):
         n = int(cohort.mask[k].sum())
         params = jax.tree_util.tree_map(lambda x, i=i: jnp.asarray(x[i]), result.params)
-        recon = np.asarray(reconstruct(params, jnp.asarray(cohort.ages[k, :n]), tuple(source.spatial_shape), cfg.inr, cfg.eval_block))
+        recon = reconstruct_volumes(params, cohort.ages[k, :n], tuple(source.spatial_shape), cfg.inr)
         label = f"sub-{result.subject_ids[i]} ({result.groups[i] or 'no group'})"
         rows += [list(cohort.volumes[k, :n]), list(recon)]
         titles += [f"{label}: scans", "INR"]
@@ -159,10 +150,10 @@ def write_reconstructions(
 
     Files: `out_dir/sub-X/anat/sub-X_desc-inrAGE_T1w.nii.gz` with AGE like `072p5`.
     """
-    from longbrain_jax.fit.evaluate import reconstruct
+    from longbrain_jax.fit.evaluate import reconstruct_volumes
 
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x[index]), fitted.params)
-    volumes = np.asarray(reconstruct(params, jnp.asarray(ages, jnp.float32), tuple(spatial_shape), fitted.cfg.inr))
+    volumes = reconstruct_volumes(params, ages, tuple(spatial_shape), fitted.cfg.inr)
     sid = fitted.subject_ids[index]
     paths = []
     for age, vol in zip(ages, volumes, strict=True):

@@ -49,7 +49,7 @@ from jaxtyping import Array, Bool, Float
 
 from longbrain_jax.cnn import Conv
 from longbrain_jax.config import read_config, write_config
-from longbrain_jax.fit.checkpoint import StateCheckpoints, load_tree, save_tree
+from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
 
 
 # -- networks ---------------------------------------------------------------------------

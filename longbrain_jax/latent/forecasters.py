@@ -164,7 +164,7 @@ def noder_forecast(
 def inr_forecast(cohort, known: np.ndarray, fit_cfg) -> Forecast:
     """The spatiotemporal INR of cohort fitting, trained on the known scans only (`cohort` is a `Cohort`)."""
     from longbrain_jax.fit import fit_cohort
-    from longbrain_jax.fit.evaluate import reconstruct
+    from longbrain_jax.fit.evaluate import reconstruct_volumes
 
     _check(cohort.volumes, cohort.ages, known)
     start = time.perf_counter()
@@ -173,8 +173,7 @@ def inr_forecast(cohort, known: np.ndarray, fit_cfg) -> Forecast:
         result = fit_cohort(sub, f"{tmp}/fit", dataclasses.replace(fit_cfg, holdout="none"))
     shape = cohort.spatial_shape
     images = np.stack([
-        np.asarray(reconstruct(jax.tree_util.tree_map(lambda x, i=i: jnp.asarray(x[i]), result.params),
-                               jnp.asarray(cohort.ages[i], jnp.float32), shape, fit_cfg.inr))
+        reconstruct_volumes(jax.tree_util.tree_map(lambda x, i=i: x[i], result.params), cohort.ages[i], shape, fit_cfg.inr)
         for i in range(cohort.num_subjects)
     ])  # fmt: skip
     return Forecast(images, None, time.perf_counter() - start, {})

@@ -30,13 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from longbrain_jax import grid
+from longbrain_jax.cohort import scan_roles
 from longbrain_jax.config import config_to_dict, write_config
+from longbrain_jax.engine import sharding
+from longbrain_jax.engine.checkpoint import StateCheckpoints, save_tree
+from longbrain_jax.engine.chunks import ChunkProgram, load_chunks, run_in_chunks
+from longbrain_jax.engine.rundir import prepare_output_dir
 from longbrain_jax.errors import InputError
-from longbrain_jax.fit import sharding
-from longbrain_jax.fit.checkpoint import StateCheckpoints, save_tree
-from longbrain_jax.fit.chunks import ChunkProgram, load_chunks, run_in_chunks
-from longbrain_jax.fit.cohort_fit import prepare_output_dir, scan_roles
-from longbrain_jax.fit.outputs import write_tsv
+from longbrain_jax.files import write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
 from longbrain_jax.registration import network as net
 from longbrain_jax.registration.train import RegistrationConfig, init_states, registration_block

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from longbrain_jax import grid, metrics
-from longbrain_jax.fit.checkpoint import load_tree
-from longbrain_jax.fit.cohort_fit import ROLES, scan_roles
+from longbrain_jax.cohort import ROLES, scan_roles
+from longbrain_jax.engine.checkpoint import load_tree
 from longbrain_jax.io import LoadConfig, load_image, read_bids
 from longbrain_jax.io.bids import derivative_path
 from longbrain_jax.io.nifti import load_displacement

@@ -28,7 +28,14 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 from scipy import ndimage
 
-from longbrain_jax.grid import corner_sum, flat_voxel_index, linear_corners, normalised_grid, normalised_to_voxel, resample
+from longbrain_jax.grid import (
+    corner_sum,
+    flat_voxel_index,
+    linear_corners,
+    normalised_grid,
+    normalised_to_voxel,
+    resample,
+)
 
 #: FreeSurfer aseg label groups used for volumes and aging rates.
 REGIONS: dict[str, tuple[int, ...]] = {

@@ -41,7 +41,9 @@ def pad_subjects(tree, n: int):
 
 
 def pad_scans(x: np.ndarray, t_max: int) -> np.ndarray:
-    """Zero-pad the scan axis (axis 1) of a (n, T, ...) host array to `t_max` slots."""
+    """Zero-pad the scan axis (axis 1) of a (n, T, ...) host array to `t_max` slots (no copy if it has them)."""
+    if x.shape[1] == t_max:
+        return x
     return np.concatenate([x, np.zeros((x.shape[0], t_max - x.shape[1], *x.shape[2:]), x.dtype)], 1)
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from longbrain_jax.fit import sharding
-from longbrain_jax.fit.checkpoint import StateCheckpoints, load_tree, save_tree
+from longbrain_jax.engine import sharding
+from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +82,7 @@ def run_in_chunks(
             if k + 1 < len(pending):
                 future = loader.submit(load, pending[k + 1])
             data = sharding.shard_subjects(program.prepare(cohort, ids, chunk), mesh)
+            del cohort  # only the device copy and the chunk read ahead stay (the memory plan counts on it)
             subjects = sharding.shard_subjects(np.arange(starts[c], starts[c] + chunk, dtype=np.int32), mesh)
             state = sharding.shard_subjects(jax.tree_util.tree_map(np.asarray, program.init(chunk)), mesh)
             step = 0
@@ -97,15 +98,20 @@ def run_in_chunks(
                 if progress is not None:
                     progress({"stage": program.stage, "chunk": c, "chunks": len(starts), "step": step, "total": program.steps, **program.status(state, len(ids))})
             save_tree(work / f"chunk-{c:05d}", program.finish(state, data, len(ids)))
+            del state, data
             if progress is not None:
                 progress({"stage": "scored", "chunk": c, "chunks": len(starts)})
 
 
 def load_chunks(work: Path, num_subjects: int, chunk_size: int, mesh, target: Callable[[int], dict]) -> dict:
-    """Concatenate the stored results of every chunk; `target(n)` gives the structure of n subjects."""
+    """The stored results of every chunk in one tree; `target(n)` gives the structure of n subjects.
+
+    Filled chunk by chunk into arrays allocated once (one copy of the cohort's results in memory).
+    """
     chunk, starts = chunk_starts(num_subjects, chunk_size, mesh)
-    parts = [
-        jax.tree_util.tree_map(np.asarray, load_tree(work / f"chunk-{c:05d}", target(min(chunk, num_subjects - s))))
-        for c, s in enumerate(starts)
-    ]
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *parts)
+    joined = target(num_subjects)  # np.zeros: pages are allocated as they are filled
+    for c, s in enumerate(starts):
+        part = load_tree(work / f"chunk-{c:05d}", target(min(chunk, num_subjects - s)))
+        jax.tree_util.tree_map(lambda whole, x, s=s: whole.__setitem__(slice(s, s + x.shape[0]), np.asarray(x)), joined, part)
+        del part
+    return joined

@@ -1,0 +1,362 @@
+"""Memory budgets, and the batch sizes every stage plans from them.
+
+Every stage that batches subjects, scans or voxels picks its chunk and block sizes
+here, from a `Budget` (`--memory-budget`; by default a safe share of the memory of
+the device it runs on), so a cohort or an image of any size runs in bounded memory.
+
+**The cost model.** The predicted peak of a stage is
+
+    in use when the plan is made          (this process's resident memory on the CPU;
+                                            the device's bytes in use on an accelerator)
+  + host arrays the stage allocates        (stated by each stage: the chunk of scans it
+                                            reads, the next chunk read ahead, ...)
+  + the compiled program's buffers         (XLA's own buffer assignment of the program at
+                                            that size: arguments + outputs + temporaries
+                                            - aliased, `jax.stages.Compiled.memory_analysis()`)
+
+A vmapped or blocked program's buffers are affine in its batch size (each subject or
+voxel block carries the same arrays), so they are measured at two small sizes and
+extrapolated (`Program.cost`); no size is guessed from a formula that XLA's fusion
+decisions could invalidate. Compiling to measure costs seconds, so a plan first checks a
+cheap upper bound read off the program's jaxpr (`jaxpr_bound`): when even the bound fits
+at the largest sizes (small cohorts, small images), nothing is compiled to plan. On the
+CPU every local device shares host RAM, so a program sharded over several CPU devices
+costs its per-device buffers once per device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.extend
+import numpy as np
+
+logger = logging.getLogger("longbrain_jax.memory")
+
+GiB = 1024**3
+MiB = 1024**2
+CPU_SHARE = 0.6  # of host RAM (or the container's limit): the rest is for the OS, page cache and other work
+ACCELERATOR_SHARE = 0.9  # of the allocator's limit, which XLA already keeps below the device's memory
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": MiB, "mb": 1000**2, "mib": MiB,
+          "g": GiB, "gb": 1000**3, "gib": GiB, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}  # fmt: skip
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes from `16G`, `1.5GiB`, `800M`, `2e9` or a number of bytes (k/M/G/T alone are binary)."""
+    if isinstance(text, int | float):
+        value = int(text)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ValueError(f"memory size {text!r} is not a number with an optional unit (e.g. 16G, 1.5GiB, 800M)")
+        value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value <= 0:
+        raise ValueError(f"memory size must be positive, got {text!r}")
+    return value
+
+
+def format_size(n: float) -> str:
+    """`n` bytes as `3.2 GiB` / `512 MiB`."""
+    return f"{n / GiB:.2f} GiB" if abs(n) >= GiB else f"{n / MiB:.0f} MiB"
+
+
+# -- what the machine has ------------------------------------------------------------------
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def host_memory_total() -> int:
+    """Bytes of RAM this process may use: physical RAM, or the container's (cgroup) limit if lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in (_read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory/memory.limit_in_bytes")):
+        if limit is not None and 0 < limit < total:
+            total = limit
+    return total
+
+
+def process_resident() -> int:
+    """This process's resident memory now (bytes)."""
+    statm = _read_statm()
+    if statm is not None:
+        return statm
+    import resource  # no /proc (macOS): the peak is an upper bound of the current
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if os.uname().sysname == "Darwin" else peak * 1024
+
+
+def process_peak() -> int:
+    """This process's peak resident memory so far (bytes; VmHWM on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return process_resident()
+
+
+def _read_statm() -> int | None:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _accelerator_stats(device) -> dict | None:
+    if device.platform == "cpu":
+        return None
+    try:
+        return device.memory_stats()
+    except Exception:  # some backends do not report
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How much memory a run may use.
+
+    - `bytes`: the budget.
+    - `platform`: "cpu" (host RAM: data and compiled programs share it) or the
+      accelerator's platform (the budget is per device; host arrays are small there).
+    - `source`: how it was chosen (shown in logs).
+    - `devices`: local devices that draw on this memory (all of them on the CPU).
+    """
+
+    bytes: int
+    platform: str
+    source: str
+    devices: int = 1
+
+    @classmethod
+    def resolve(cls, size: str | int | None = None, share: float | None = None) -> Budget:
+        """A budget of `size` (e.g. "16G"), or by default a share of the first device's memory."""
+        device = jax.local_devices()[0]
+        devices = len(jax.local_devices()) if device.platform == "cpu" else 1
+        stats = _accelerator_stats(device)
+        if size is not None:
+            return cls(parse_size(size), device.platform, f"--memory-budget {size}", devices)
+        if stats is not None and stats.get("bytes_limit"):
+            share = ACCELERATOR_SHARE if share is None else share
+            limit = int(stats["bytes_limit"])
+            return cls(int(share * limit), device.platform, f"{share:.0%} of {format_size(limit)} on {device.device_kind}", 1)
+        share = CPU_SHARE if share is None else share
+        total = host_memory_total()
+        return cls(int(share * total), "cpu", f"{share:.0%} of {format_size(total)} host RAM", devices)
+
+    def in_use(self) -> int:
+        """Memory already in use on what this budget covers."""
+        if self.platform == "cpu":
+            return process_resident()
+        stats = _accelerator_stats(jax.local_devices()[0]) or {}
+        return int(stats.get("bytes_in_use", 0))
+
+    @property
+    def on_host(self) -> bool:
+        """True when the compiled programs run in host RAM (so host arrays and buffers add up)."""
+        return self.platform == "cpu"
+
+
+# -- what a program costs ------------------------------------------------------------------------
+def _aval_bytes(aval) -> int:
+    shape, dtype = getattr(aval, "shape", None), getattr(aval, "dtype", None)
+    if shape is None or dtype is None:
+        return 0
+    try:
+        itemsize = np.dtype(dtype).itemsize
+    except TypeError:  # PRNG key arrays and other extended dtypes
+        itemsize = getattr(dtype, "itemsize", 8)
+    return math.prod(shape) * itemsize
+
+
+def _sub_jaxprs(value):
+    if isinstance(value, jax.extend.core.ClosedJaxpr):
+        yield value.jaxpr
+    elif isinstance(value, jax.extend.core.Jaxpr):
+        yield value
+    elif isinstance(value, tuple | list):
+        for v in value:
+            yield from _sub_jaxprs(v)
+
+
+def _values_bytes(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += sum(_aval_bytes(v.aval) for v in eqn.outvars)
+        for value in eqn.params.values():
+            total += sum(_values_bytes(sub) for sub in _sub_jaxprs(value))
+    return total
+
+
+def jaxpr_bound(traced: jax.stages.Traced) -> int:
+    """A safe upper bound of a program's buffers, from its jaxpr alone (no compilation):
+    twice the bytes of its arguments and of every value it computes, as if none were freed
+    or shared (sub-programs such as scan bodies counted once, as they run one step at a time)."""
+    jaxpr = traced.jaxpr.jaxpr
+    return 2 * (sum(_aval_bytes(v.aval) for v in jaxpr.invars) + _values_bytes(jaxpr))
+
+
+def program_bytes(traced: jax.stages.Traced) -> int:
+    """Bytes of one device's buffers for a traced program, from XLA's buffer assignment:
+    arguments + outputs + temporaries - aliased (`Compiled.memory_analysis()`)."""
+    stats = traced.lower().compile().memory_analysis()
+    if stats is None:  # a backend without buffer statistics
+        return jaxpr_bound(traced)
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+class Cost(NamedTuple):
+    """An affine cost in a batch size n: `fixed + per_item * n` bytes."""
+
+    fixed: int
+    per_item: int
+
+    def __call__(self, n: int) -> int:
+        return int(self.fixed + self.per_item * n)
+
+
+_MEASURED: dict = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A jitted program at batch size n: `trace(n)` returns `jitted.trace(...)` with abstract
+    arguments (`jax.ShapeDtypeStruct`), so no data is needed.
+
+    `key` names the program and everything static about it (configs, shapes but the batch
+    axis): costs are measured once per process and key. `sizes`: the two batch sizes the
+    affine cost is measured at.
+    """
+
+    trace: Callable[[int], jax.stages.Traced]
+    key: Hashable
+    sizes: tuple[int, int] = (1, 2)
+
+    def cost(self, exact: bool = True) -> Cost:
+        """The affine cost: XLA's buffers (`exact`, compiles twice) or the jaxpr bound (traces twice)."""
+        memo = (self.key, self.sizes, exact)
+        if memo not in _MEASURED:
+            measure = program_bytes if exact else jaxpr_bound
+            (a, b), (cost_a, cost_b) = self.sizes, (measure(self.trace(n)) for n in self.sizes)
+            per_item = max(0, (cost_b - cost_a) // (b - a))
+            _MEASURED[memo] = Cost(max(0, cost_a - per_item * a), per_item)
+        return _MEASURED[memo]
+
+    def __call__(self, n: int, exact: bool = True) -> int:
+        return self.cost(exact)(n)
+
+
+# -- plans -------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The sizes a stage chose and what it expects them to cost.
+
+    - `stage`: e.g. "fit: fine-tune".
+    - `sizes`: the chosen sizes, e.g. {"subjects per chunk": 16}.
+    - `predicted_bytes`: predicted peak of the process (or device) with those sizes.
+    - `budget`: the budget it was planned under.
+    - `in_use`: memory in use when planned (part of the prediction).
+    - `exact`: True when the programs' buffers are XLA's; False when a cheap upper bound
+      (`jaxpr_bound`) already fitted at the largest sizes, so nothing was compiled to plan.
+    """
+
+    stage: str
+    sizes: dict[str, int]
+    predicted_bytes: int
+    budget: Budget
+    in_use: int
+    exact: bool = True
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{v} {k}" for k, v in self.sizes.items())
+        peak = f"predicted peak {format_size(self.predicted_bytes)}" if self.exact else f"peak at most {format_size(self.predicted_bytes)}"
+        return f"{self.stage}: {sizes}; {peak} of a {format_size(self.budget.bytes)} budget ({self.budget.source})"
+
+    def record(self) -> dict:
+        return {"stage": self.stage, "sizes": dict(self.sizes), "predicted_bytes": self.predicted_bytes,
+                "budget_bytes": self.budget.bytes, "in_use_bytes": self.in_use, "exact": self.exact}  # fmt: skip
+
+
+def plan_batch(
+    stage: str,
+    what: str,
+    budget: Budget,
+    upper: int,
+    device_cost: Callable[[int, bool], int],
+    host_cost: Callable[[int], int] = lambda n: 0,
+    multiple: int = 1,
+    shards: int = 1,
+    in_use: int | None = None,
+) -> Plan:
+    """The largest batch n <= `upper` (a multiple of `multiple` where it can be) that fits `budget`.
+
+    **Arguments:**
+
+    - `stage`, `what`: names for the plan and its log line ("fit: fine-tune", "subjects per chunk").
+    - `budget`: see `Budget`.
+    - `upper`: the most the stage can use (e.g. the cohort's size).
+    - `device_cost(n, exact)`: one device's program bytes at batch n, exact (XLA) or a
+      cheap upper bound (see `Program`).
+    - `host_cost(n)`: host arrays the stage allocates at batch n.
+    - `multiple`: preferred granularity (e.g. the device count, so a chunk shards evenly).
+    - `shards`: devices the batch is split over; each holds `device_cost` of its share.
+      On the CPU this host's devices all draw on its RAM; on an accelerator the budget
+      is one device's.
+    - `in_use`: memory already in use (default: measured now).
+
+    If the bound fits at `upper`, nothing is compiled; otherwise the largest fitting n is
+    searched with exact costs. Raises `MemoryError` naming the stage if even a batch of
+    `multiple` (or 1) does not fit.
+    """
+    in_use = budget.in_use() if in_use is None else in_use
+
+    def peak(n: int, exact: bool) -> int:
+        program = device_cost(-(-n // shards), exact) * (min(shards, budget.devices) if budget.on_host else 1)
+        return in_use + program + (host_cost(n) if budget.on_host else 0)
+
+    upper = max(1, upper)
+    bound = peak(upper, False)
+    if bound <= budget.bytes:
+        plan = Plan(stage, {what: upper}, bound, budget, in_use, exact=False)
+        logger.info(plan.describe())
+        return plan
+    smallest = min(multiple, upper)
+    if peak(smallest, True) > budget.bytes:
+        raise MemoryError(
+            f"{stage}: even {smallest} {what} need {format_size(peak(smallest, True))} "
+            f"({format_size(in_use)} already in use), more than the {format_size(budget.bytes)} budget ({budget.source}); "
+            "raise --memory-budget or lower the sizes (network width, image resolution)"
+        )
+    lo, hi = smallest, upper  # peak(lo) fits; find the largest n that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if peak(mid, True) <= budget.bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    n = lo if lo < multiple or lo == upper else lo - lo % multiple
+    plan = Plan(stage, {what: n}, peak(n, True), budget, in_use)
+    logger.info(plan.describe())
+    return plan
+
+
+def agree(value: int) -> int:
+    """The smallest of `value` over every process of a multi-host run (sizes must agree; each host plans for its own memory)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(min(multihost_utils.process_allgather(jax.numpy.int32(value))))

@@ -1,0 +1,53 @@
+"""A run's output folder: created fresh, replaced only when asked, or checked before a resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+
+from longbrain_jax.errors import InputError
+from longbrain_jax.files import atomic_file
+
+
+def prepare_output_dir(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
+    """Create `out` for a new run, or check it holds the unfinished run `record` describes.
+
+    `record` has the run's "config" and "subjects"; resuming needs the same. An existing
+    `out` is replaced only with `overwrite`.
+    """
+    saved = out / "config.json"
+    if resume:
+        if not saved.is_file():
+            raise InputError(out, "nothing to resume: no config.json from an earlier run")
+        old = json.loads(saved.read_text())
+        if old.get("config") != record["config"] or old.get("subjects") != record["subjects"]:
+            raise InputError(saved, "the run being resumed used another configuration or other subjects")
+        if not (out / "work").exists() and (out / "params").exists():
+            raise InputError(out, "this fit already completed; nothing to resume")
+        return
+    if out.exists():
+        if not overwrite:
+            raise InputError(out, "already exists; pass overwrite=True (--overwrite) to replace it, or resume=True (--resume)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
+def run_sizes(work: Path, plan: Callable[[], dict]) -> dict:
+    """The sizes a run planned (`work/plan.json`): planned once, then read back when the run resumes.
+
+    A resumed run must keep its chunks (checkpoints and finished chunks are per chunk) and
+    its pools, whatever memory the machine that resumes it has.
+    """
+    path = work / "plan.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    sizes = plan()
+    work.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        with atomic_file(path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(sizes, indent=2) + "\n")
+    return sizes
