@@ -348,14 +348,15 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
               help="Weight of the temporal curvature term (ours; straight paths in t between and past the scans).")
 @click.option("--extrapolate-years", default=2.0, show_default=True, help="How far past the last scan the regularisers reach.")
 @click.option("--extra-ages", default="", help="Also write fields at these ages (e.g. 80,81,82).")
-@click.option("--chunk-size", default=16, show_default=True)
+@click.option("--chunk-size", default=None, type=int, help="Most subjects registered together (default: as many as the memory budget allows).")
+@memory_budget_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue a killed run in OUT from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
 def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale, steps, lr, schedule, patches, patch_size, losses, curvature,
-             extrapolate_years, extra_ages, chunk_size, seed, resume, overwrite, quiet) -> None:  # fmt: skip
+             extrapolate_years, extra_ages, chunk_size, memory_budget, seed, resume, overwrite, quiet) -> None:  # fmt: skip
     """Register each subject's scans into a continuous-time deformation (|J| maps, fields, labels)."""
     from longbrain_jax.io import scan_bids
     from longbrain_jax.progress import progress_bar
@@ -387,8 +388,9 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
                 bars["out"] = progress_bar(event["subjects"], "writing", enabled=not quiet, unit="subject")
             bars["out"].update(1)
 
+    _show_memory_plans(not quiet)
     register_cohort(dataset, out, cfg, extra_ages=_floats(extra_ages, "--extra-ages"), resume=resume, overwrite=overwrite,
-                    progress=progress, source_description=str(bids_dir))  # fmt: skip
+                    progress=progress, source_description=str(bids_dir), budget=_budget(memory_budget))  # fmt: skip
     for bar in bars.values():
         bar.close()
     click.echo(f"wrote {out} (|J| maps, displacements and carried labels per subject; trajectories.tsv)")

@@ -16,12 +16,11 @@ from jaxtyping import Array, Bool, Float
 
 from longbrain_jax import metrics
 from longbrain_jax.cohort import ROLES
-from longbrain_jax.engine.memory import Budget, Program, plan_batch
+from longbrain_jax.engine.memory import MAX_BLOCK, MIN_BLOCK, Budget, Program, plan_batch
 from longbrain_jax.grid import normalised_grid
 from longbrain_jax.inr import spatiotemporal as st
 
 DATA_RANGE = 2.0  # intensities are scaled to [-1, 1]
-MIN_BLOCK, MAX_BLOCK = 1024, 65536  # voxels per reconstruction block: the range plans choose from
 
 
 def abstract_params(cfg: st.INRConfig, n: int | None = None):

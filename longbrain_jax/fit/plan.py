@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longbrain_jax.engine.memory import Budget, Plan, Program, plan_batch
-from longbrain_jax.fit.evaluate import MAX_BLOCK, MIN_BLOCK, abstract_params, cohort_scores
+from longbrain_jax.engine.memory import MAX_BLOCK, MIN_BLOCK, Budget, Plan, Program, plan_batch
+from longbrain_jax.fit.evaluate import abstract_params, cohort_scores
 from longbrain_jax.fit.sampling import SubjectData
 from longbrain_jax.fit.train import StageConfig, finetune_block, init_state, shared_block
 from longbrain_jax.inr import spatiotemporal as st

@@ -21,6 +21,7 @@ phi_t maps follow-up coordinates onto the baseline: I_t o phi_t ~ I_0.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 from pathlib import Path
@@ -35,7 +36,8 @@ from longbrain_jax.config import config_to_dict, write_config
 from longbrain_jax.engine import sharding
 from longbrain_jax.engine.checkpoint import StateCheckpoints, save_tree
 from longbrain_jax.engine.chunks import ChunkProgram, load_chunks, run_in_chunks
-from longbrain_jax.engine.rundir import prepare_output_dir
+from longbrain_jax.engine.memory import MAX_BLOCK, MIN_BLOCK, Budget, Plan, Program, agree, plan_batch
+from longbrain_jax.engine.rundir import prepare_output_dir, run_sizes
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
@@ -49,6 +51,41 @@ def _prepare(cohort, ids, n, t_max, holdout):
     times = np.where(mask, sharding.pad_scans(cohort.ages, t_max) - cohort.ages[:, :1], 0.0).astype(np.float32)
     train = scan_roles(mask, holdout) == 1
     return sharding.pad_subjects((volumes, times, train), n)
+
+
+HOST_SCAN_COPIES = 2  # the chunk being prepared and the next one read ahead (float32 scans)
+
+
+def registration_program(cfg: RegistrationConfig, shape: tuple[int, ...], t_max: int) -> Program:
+    """One device's `registration_block` for n subjects."""
+    s = jax.ShapeDtypeStruct
+
+    def trace(n):
+        state = jax.eval_shape(lambda: init_states(cfg, n))
+        return registration_block.trace(state, s((n, t_max, *shape), jnp.float32), s((n, t_max), jnp.float32), s((n, t_max), jnp.bool_),
+                                        s((n,), jnp.int32), jnp.int32(0), jnp.int32(0), num_steps=cfg.steps_per_call, cfg=cfg)  # fmt: skip
+
+    return Program(trace, ("register", cfg, shape, t_max))
+
+
+def plan_chunk(cfg: RegistrationConfig, num_subjects: int, t_max: int, shape: tuple[int, ...], devices: int, budget: Budget) -> Plan:
+    """Subjects registered together (a device multiple; `cfg.chunk_size` an upper bound) under `budget`."""
+    host = lambda n: HOST_SCAN_COPIES * 4 * t_max * math.prod(shape) * n  # noqa: E731
+    upper = -(-min(cfg.chunk_size or num_subjects, num_subjects) // devices) * devices
+    return plan_batch("register", "subjects per chunk", budget, upper, registration_program(cfg, shape, t_max), host,
+                      multiple=devices, shards=devices)  # fmt: skip
+
+
+def fields_block(shape: tuple[int, ...], cfg: net.DisplacementConfig, budget: Budget) -> int:
+    """Voxels per block of `subject_fields` under `budget`."""
+    program = Program(lambda blk: subject_fields.trace(abstract_params(cfg), 0.0, shape, cfg, blk),
+                      ("fields", cfg, shape), (MIN_BLOCK, 2 * MIN_BLOCK))  # fmt: skip
+    upper = min(MAX_BLOCK, max(MIN_BLOCK, math.prod(shape)))
+    return plan_batch("register: outputs", "voxels per block", budget, upper, program, multiple=MIN_BLOCK).sizes["voxels per block"]
+
+
+def abstract_params(cfg: net.DisplacementConfig):
+    return jax.eval_shape(lambda: net.init(jax.random.key(0), cfg))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
@@ -81,8 +118,13 @@ def register_cohort(
     mesh=None,
     progress=None,
     source_description: str = "",
+    budget: Budget | None = None,
 ) -> Path:
-    """Register every subject of `source` (a `Cohort` or `BIDSDataset`) and write OUT (module docstring)."""
+    """Register every subject of `source` (a `Cohort` or `BIDSDataset`) and write OUT (module docstring).
+
+    The chunk of subjects trained together and the voxel block of the outputs are planned
+    from `budget` (default `Budget.resolve()`); a resumed run keeps its first chunk size.
+    """
     out = Path(out)
     if cfg.network.ndim != len(source.spatial_shape):
         raise InputError(out, f"network ndim {cfg.network.ndim} does not match the {len(source.spatial_shape)}D data")
@@ -90,6 +132,9 @@ def register_cohort(
     write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids), extra_ages=list(extra_ages))
     mesh = mesh or sharding.subject_mesh()
     work, t_max = out / "work", source.max_scans
+    budget = budget or Budget.resolve()
+    shape, devices = tuple(source.spatial_shape), mesh.devices.size
+    chunk = agree(run_sizes(work, lambda: {"chunk": plan_chunk(cfg, source.num_subjects, t_max, shape, devices, budget).sizes["subjects per chunk"]})["chunk"])
 
     def block(state, data, subjects, first_step, num_steps):
         volumes, times, observed = data
@@ -110,7 +155,7 @@ def register_cohort(
     )  # fmt: skip
     ckpt = StateCheckpoints(work / "checkpoints")
     try:
-        run_in_chunks(source, program, work, ckpt, mesh, cfg.chunk_size, progress)
+        run_in_chunks(source, program, work, ckpt, mesh, chunk, progress)
     finally:
         ckpt.close()
     template = net.init(jax.random.key(0), cfg.network)
@@ -119,17 +164,18 @@ def register_cohort(
         "loss": np.zeros((n,), np.float32),
         "diverged_at": np.zeros((n,), np.int32),
     }
-    joined = load_chunks(work, source.num_subjects, cfg.chunk_size, mesh, target)
+    joined = load_chunks(work, source.num_subjects, chunk, mesh, target)
     if jax.process_index() == 0:
         save_tree(out / "params", joined["params"])
-        write_registration_outputs(out, source, cfg, joined, extra_ages, progress)
+        write_registration_outputs(out, source, cfg, joined, extra_ages, progress, budget)
         shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def write_registration_outputs(out: Path, source, cfg: RegistrationConfig, joined: dict, extra_ages, progress=None) -> None:
-    """Maps, displacements, carried labels and trajectories of every subject (module docstring)."""
+def write_registration_outputs(out: Path, source, cfg: RegistrationConfig, joined: dict, extra_ages, progress=None, budget: Budget | None = None) -> None:
+    """Maps, displacements, carried labels and trajectories of every subject (module docstring), one subject in memory at a time."""
     shape = tuple(source.spatial_shape)
+    block = fields_block(shape, cfg.network, budget or Budget.resolve())
     subjects_rows, traj_rows = [], []
     for i, sid in enumerate(source.subject_ids):
         cohort = source.select([i])
@@ -142,7 +188,7 @@ def write_registration_outputs(out: Path, source, cfg: RegistrationConfig, joine
         labels0 = None if cohort.labels is None else jnp.asarray(cohort.labels[0, 0])
         for when, age in whens:
             t = age - baseline_age
-            u, det, rate = subject_fields(params, t, shape, cfg.network)
+            u, det, rate = subject_fields(params, t, shape, cfg.network, block)
             stem = out / f"sub-{sid}" / "anat" / f"sub-{sid}_{when}"
             save_image(f"{stem}_desc-jacdet.nii.gz", np.asarray(det), affine, overwrite=True)
             save_image(f"{stem}_desc-logjacdet.nii.gz", np.log(np.maximum(np.asarray(det), 1e-6)), affine, overwrite=True)

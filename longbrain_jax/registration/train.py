@@ -46,7 +46,9 @@ class RegistrationConfig:
       skull-stripped volumes.
     - `holdout`: scans left out of training and kept for evaluation, as in cohort
       fitting ("none", "extrapolation", "interpolation_extrapolation").
-    - `chunk_size`, `steps_per_call`, `checkpoint_every`: as in cohort fitting.
+    - `chunk_size`: most subjects trained together; None: as many as the memory budget
+      allows (`registration.cohort.plan_chunk`).
+    - `steps_per_call`, `checkpoint_every`: as in cohort fitting.
     - `seed`: PRNG seed of every draw.
     """
 
@@ -60,7 +62,7 @@ class RegistrationConfig:
     patch_size: int = 12
     tissue_patches: bool = True
     holdout: str = "none"
-    chunk_size: int = 16
+    chunk_size: int | None = None
     steps_per_call: int = 50
     checkpoint_every: int = 500
     seed: int = 0
@@ -68,7 +70,7 @@ class RegistrationConfig:
     def __post_init__(self):
         if self.steps < 0 or self.learning_rate <= 0 or self.patches < 1 or self.patch_size < 1:
             raise ValueError(f"need steps >= 0, learning_rate > 0, patches >= 1, patch_size >= 1: {self}")
-        if self.chunk_size < 1 or self.steps_per_call < 1 or self.checkpoint_every % self.steps_per_call:
+        if (self.chunk_size or 1) < 1 or self.steps_per_call < 1 or self.checkpoint_every % self.steps_per_call:
             raise ValueError("chunk_size >= 1, and checkpoint_every a multiple of steps_per_call, are needed")
 
     def optimizer(self) -> optax.GradientTransformation:

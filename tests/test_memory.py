@@ -1,0 +1,104 @@
+"""Memory budgets and plans: sizes, XLA costs, the jaxpr bound, the fit plan (issue 18)."""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from longbrain_jax.engine.memory import Budget, Program, format_size, jaxpr_bound, parse_size, plan_batch, program_bytes
+from longbrain_jax.engine.rundir import run_sizes
+from longbrain_jax.fit import FitConfig, StageConfig
+from longbrain_jax.fit.plan import block_program, plan_fit
+from longbrain_jax.inr import INRConfig
+
+
+def test_sizes_parse_with_units_and_reject_nonsense():
+    assert parse_size("16G") == 16 * 1024**3
+    assert parse_size("1.5GiB") == int(1.5 * 1024**3)
+    assert parse_size("800M") == 800 * 1024**2
+    assert parse_size("2GB") == 2 * 1000**3
+    assert parse_size(12345) == 12345
+    for bad in ("lots", "-3G", "0", "16Q"):
+        with pytest.raises(ValueError, match="memory size"):
+            parse_size(bad)
+    assert format_size(3 * 1024**3) == "3.00 GiB"
+
+
+def test_default_budget_is_a_share_of_host_memory():
+    budget = Budget.resolve()
+    assert budget.platform == "cpu" and budget.on_host and budget.devices == len(jax.local_devices())
+    assert 0 < budget.bytes <= 0.6 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert Budget.resolve("2G").bytes == 2 * 1024**3
+    assert budget.in_use() > 50 * 1024**2  # this process: python, jax, numpy
+
+
+def _mlp_step(n: int) -> jax.stages.Traced:
+    """A vmapped loss-and-gradient of a 3-layer MLP on 512 points per item."""
+
+    def loss(w, x):
+        h = x
+        for layer in w:
+            h = jnp.sin(h @ layer)
+        return jnp.mean(h**2)
+
+    w = [jax.ShapeDtypeStruct((32, 32), jnp.float32)] * 3
+    x = jax.ShapeDtypeStruct((n, 512, 32), jnp.float32)
+    return jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0))).trace(w, x)
+
+
+def test_program_cost_is_affine_and_the_jaxpr_bound_is_above_xla():
+    program = Program(_mlp_step, "test-mlp")
+    exact, bound = program.cost(exact=True), program.cost(exact=False)
+    assert exact.per_item > 0
+    measured = program_bytes(_mlp_step(5))
+    assert abs(exact(5) - measured) <= 0.1 * measured  # extrapolated from sizes 1 and 2
+    for n in (1, 2, 5):
+        assert jaxpr_bound(_mlp_step(n)) >= program_bytes(_mlp_step(n))
+    assert bound(7) >= exact(7)
+
+
+def test_plan_takes_the_largest_fitting_batch_and_says_when_nothing_fits():
+    budget = Budget(10_000, "cpu", "test", devices=1)
+    cost = lambda n, exact: 1000 * n if exact else 2000 * n  # noqa: E731
+    plan = plan_batch("test", "items", budget, 100, cost, in_use=0)
+    assert plan.sizes == {"items": 10} and plan.exact and plan.predicted_bytes == 10_000
+    plan = plan_batch("test", "items", budget, 4, cost, in_use=0)  # the bound fits: nothing measured exactly
+    assert plan.sizes == {"items": 4} and not plan.exact
+    plan = plan_batch("test", "items", budget, 100, cost, host_cost=lambda n: 1000 * n, multiple=4, in_use=0)
+    assert plan.sizes == {"items": 4}  # 5 fit, rounded down to the multiple
+    with pytest.raises(MemoryError, match="test: even 1 items need"):
+        plan_batch("test", "items", budget, 100, cost, in_use=9_500)
+    sharded = plan_batch("test", "items", Budget(10_000, "cpu", "test", devices=4), 100, cost, shards=4, in_use=0)
+    assert sharded.sizes == {"items": 8}  # four CPU devices share host RAM; 9 or 10 would pad to 12
+
+
+TINY_FIT = FitConfig(
+    inr=INRConfig(ndim=2, width=32, stream_layers=2, combined_layers=1),
+    shared=StageConfig(steps=2, learning_rate=1e-3, sample_fraction=0.05),
+    finetune=StageConfig(steps=2, learning_rate=1e-3, sample_fraction=0.05),
+    steps_per_call=2, checkpoint_every=2,
+)  # fmt: skip
+
+
+def test_scoring_block_is_planned_so_the_chunk_scores_within_the_budget():
+    """Regression (issue 18): scoring reconstructed every scan of a chunk in fixed 32768-voxel
+    blocks, all subjects at once (chunk x T x block x width), and was killed for memory on a
+    real cohort. The block is now planned: a budget that the old block overruns gets one that fits."""
+    shape, t_max, chunk = (64, 64), 5, 8
+    old = block_program(TINY_FIT.inr, shape, t_max, chunk)(64 * 64, True)  # min(32768, voxels)
+    in_use = Budget.resolve().in_use()
+    budget = Budget(in_use + old // 2 + 32 * 2**20, "cpu", "test", devices=1)
+    plan = plan_fit(dataclasses.replace(TINY_FIT, chunk_size=chunk), chunk, t_max, shape, 1, budget)
+    assert in_use + old > budget.bytes  # the fixed block would not have fitted
+    assert plan.chunk == chunk and plan.eval_block < 64 * 64
+    assert all(p.predicted_bytes <= budget.bytes for p in plan.plans)
+    assert block_program(TINY_FIT.inr, shape, t_max, chunk)(plan.eval_block, True) < old
+
+
+def test_a_resumed_run_keeps_the_sizes_it_planned(tmp_path):
+    first = run_sizes(tmp_path / "work", lambda: {"chunk": 8})
+    again = run_sizes(tmp_path / "work", lambda: {"chunk": 2})  # another machine, less memory
+    assert first == again == {"chunk": 8}
+    assert (tmp_path / "work" / "plan.json").is_file()
