@@ -33,11 +33,10 @@ from longbrain_jax.config import write_config
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import atomic_dir
 from longbrain_jax.fit.outputs import FittedCohort
+from longbrain_jax.groups import GroupMap
 from longbrain_jax.report import markdown_table, save_figure
 from longbrain_jax.weightspace.models import LinearClassifier, TokenEncoderClassifier
 from longbrain_jax.weightspace.tokens import COMBINATIONS, combination_name, stream_tokens, stream_vectors
-
-CLASSES = ("healthy", "dementia")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +58,8 @@ class ClassifyConfig:
     - `combinations`: stream combinations to test.
     - `test_fraction`: share of anatomies in the test set (paper: 1/3).
     - `folds`, `repeats`: repeated stratified k-fold by anatomy (0 folds: off).
+    - `groups`: which of the dataset's group names are the negative and the positive
+      class (subjects of other groups are left out, with a warning that counts them).
     - `seed`: every split and initialisation.
     """
 
@@ -75,6 +76,7 @@ class ClassifyConfig:
     test_fraction: float = 1 / 3
     folds: int = 0
     repeats: int = 1
+    groups: GroupMap = GroupMap()
     seed: int = 0
 
     def __post_init__(self):
@@ -85,14 +87,6 @@ class ClassifyConfig:
         for combo in self.combinations:
             if not combo or any(s not in GROUPS for s in combo):
                 raise ValueError(f"stream combination {'+'.join(combo)!r} is not made of {GROUPS}")
-
-
-def labels_of(groups: tuple[str, ...]) -> np.ndarray:
-    """(N,) 0 healthy, 1 dementia-like; other groups are an error."""
-    odd = sorted({g for g in groups if g not in CLASSES})
-    if odd:
-        raise InputError("participants.tsv", f"groups {odd} are not {CLASSES}; classification needs these two")
-    return np.array([CLASSES.index(g) for g in groups], np.int32)
 
 
 def paired_split(key: jax.Array, units: tuple[str, ...], y: np.ndarray, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -161,9 +155,13 @@ def run_classification(
     Pairs come from `images.metadata[i]["pair_id"]`; without pair ids each subject is
     its own anatomy and the split is a plain stratified one.
     """
-    y = labels_of(fitted.groups)
     if images is not None and tuple(images.subject_ids) != tuple(fitted.subject_ids):
         raise InputError("images", "the scans' subjects differ from the fitted cohort's (order matters)")
+    keep = cfg.groups.keep(fitted.groups)
+    classes = cfg.groups.class_names([fitted.groups[i] for i in keep])
+    if keep.size < len(fitted.groups):
+        fitted, images = fitted.select(keep), None if images is None else images.select(keep)
+    y = cfg.groups.labels(fitted.groups)
     units = tuple(str((images.metadata[i] if images is not None else {}).get("pair_id", "") or fitted.subject_ids[i]) for i in range(len(y)))
     key = jax.random.key(cfg.seed)
     train, test = paired_split(jax.random.fold_in(key, 0), units, y, cfg.test_fraction)
@@ -193,6 +191,7 @@ def run_classification(
         "train": [fitted.subject_ids[i] for i in train],
         "test": [fitted.subject_ids[i] for i in test],
         "num_folds": len(folds),
+        "classes": list(classes),
     }
 
 
@@ -218,8 +217,9 @@ def confusion_figure(results: dict, path: Path) -> Path:
         ax.imshow(cm, cmap="Blues", vmin=0)
         for (i, j), v in np.ndenumerate(cm):
             ax.text(j, i, str(v), ha="center", va="center", fontsize=9)
-        ax.set_xticks([0, 1], ["H", "D"])
-        ax.set_yticks([0, 1], ["H", "D"])
+        short = [c[:6] for c in results.get("classes", ("0", "1"))]
+        ax.set_xticks([0, 1], short, fontsize=7)
+        ax.set_yticks([0, 1], short, fontsize=7)
         ax.set_title(f"{r['method']}\n{r['streams']}", fontsize=7)
     fig.supxlabel("predicted", fontsize=8)
     fig.supylabel("true", fontsize=8)
@@ -237,7 +237,7 @@ def write_classification(out: str | os.PathLike, results: dict, cfg: ClassifyCon
         n_train, n_test = len(results["train"]), len(results["test"])
         (tmp / "report.md").write_text(
             "# Trajectory classification\n\n"
-            f"{description}\n\nSplit by anatomy: {n_train} training subjects (one version per anatomy), "
+            f"{description}\n\nClasses: {results['classes'][0]} (negative, 0) vs {results['classes'][1]} (positive, 1). Split by anatomy: {n_train} training subjects (one version per anatomy), "
             f"{n_test} test subjects (both versions of each test anatomy); "
             f"{results['num_folds']} k-fold runs. Seed {cfg.seed}.\n\n" + results_table(results) + "\n![confusion](confusion.png)\n"
         )

@@ -59,6 +59,13 @@ def _budget(text: str | None):
         raise click.BadParameter(str(e), param_hint="--memory-budget") from None
 
 
+def group_column_option(fn: Callable) -> Callable:
+    return click.option(
+        "--group-column", default=None, metavar="COLUMN",
+        help="participants.tsv column with each subject's clinical group (default: group, diagnosis or dx).",
+    )(fn)  # fmt: skip
+
+
 def memory_budget_option(fn: Callable) -> Callable:
     return click.option(
         "--memory-budget", default=None, metavar="SIZE",
@@ -203,12 +210,13 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--reconstruct-ages", default="", help="Also write every subject's reconstruction at these ages (e.g. 80,85).")
 @click.option("--common-grid", is_flag=True, help="Resample every subject onto the first subject's grid.")
+@group_column_option
 @click.option("--resume", is_flag=True, help="Continue a killed run in OUT from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--distributed", is_flag=True, help="Call jax.distributed.initialize() first (multi-host runs).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, shared_steps, shared_lr, shared_fraction, steps, lr, fraction, schedule, holdout, chunk_size, memory_budget, seed, reconstruct_ages, common_grid, resume, overwrite, distributed, quiet) -> None:
+def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, shared_steps, shared_lr, shared_fraction, steps, lr, fraction, schedule, holdout, chunk_size, memory_budget, seed, reconstruct_ages, common_grid, group_column, resume, overwrite, distributed, quiet) -> None:
     """Fit one spatiotemporal INR per subject of BIDS_DIR (all at once) and write them to OUT."""
     import jax
     import numpy as np
@@ -224,7 +232,7 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
     if len(kinds) != 3:
         raise click.BadParameter("--activations needs three kinds: spatial,temporal,combined")
     ages = _floats(reconstruct_ages, "--reconstruct-ages")
-    dataset = scan_bids(bids_dir, LoadConfig(common_grid=common_grid, labels=False))
+    dataset = scan_bids(bids_dir, LoadConfig(common_grid=common_grid, labels=False, group_column=group_column))
     try:
         cfg = FitConfig(
             inr=INRConfig(
@@ -267,6 +275,11 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
 @click.option("--lr", default=1e-4, show_default=True, help="Peak one-cycle learning rate of the encoder.")
 @click.option("--sfcn-channels", default="32,64,128,256,256", show_default=True)
 @click.option("--streams", default="", help="Stream combinations, e.g. P_time,P_space+P_com (default: the paper's six).")
+@click.option("--negative", default="healthy", show_default=True, metavar="NAMES",
+              help="Group names of the reference class, comma-separated (e.g. Nondemented,CN).")
+@click.option("--positive", default="dementia", show_default=True, metavar="NAMES",
+              help="Group names of the other class (e.g. Demented,AD); subjects of other groups are left out.")
+@group_column_option
 @click.option("--folds", default=0, show_default=True, help="Repeated stratified k-fold by anatomy (0: off).")
 @click.option("--repeats", default=1, show_default=True)
 @click.option("--fit-width", default=512, show_default=True, help="INR width when SOURCE is a BIDS dataset (fitted first).")
@@ -276,7 +289,8 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_input_errors_exit_2
-def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, epochs, lr, sfcn_channels, streams, folds, repeats, fit_width, fit_steps, fit_fraction, seed, overwrite, quiet) -> None:
+def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, epochs, lr, sfcn_channels, streams, negative, positive, group_column, folds, repeats,
+             fit_width, fit_steps, fit_fraction, seed, overwrite, quiet) -> None:  # fmt: skip
     """Classify healthy vs dementia-like trajectories from INR weights (and SFCN on the scans).
 
     SOURCE is the folder of a finished `longbrain fit`, or a BIDS dataset, which is
@@ -288,10 +302,12 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
     from longbrain_jax.classifier import TrainConfig
     from longbrain_jax.files import check_writable
     from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, load_fit
+    from longbrain_jax.groups import GroupMap
     from longbrain_jax.inr import INRConfig
-    from longbrain_jax.io import read_bids, scan_bids
+    from longbrain_jax.io import LoadConfig, read_bids, scan_bids
 
     check_writable(out, overwrite)
+    load = LoadConfig(group_column=group_column)
     widths = tuple(int(w) for w in _floats(token_widths, "--token-widths"))
     channels = tuple(int(c) for c in _floats(sfcn_channels, "--sfcn-channels"))
     try:
@@ -299,12 +315,13 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
             token_widths=widths, head_width=head_width, tokens=tokens, encoder=TrainConfig(epochs=epochs, learning_rate=lr),
             baseline=TrainConfig(epochs=epochs, learning_rate=1e-3), sfcn_channels=channels,
             sfcn=TrainConfig(epochs=epochs, learning_rate=1e-3), folds=folds, repeats=repeats, seed=seed,
+            groups=GroupMap(negative, positive),
             **({"combinations": tuple(tuple(c.split("+")) for c in streams.split(","))} if streams else {}),
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if not (source / "params").exists():
-        dataset = scan_bids(source)
+        dataset = scan_bids(source, load)
         fit_out = out.with_name(out.name + "-fit")
         fit_cfg = FitConfig(inr=INRConfig(ndim=dataset.ndim, width=fit_width), finetune=StageConfig(fit_steps, 1e-3, fit_fraction), seed=seed)
         bar = _FitBar(fit_cfg, dataset.num_subjects, enabled=not quiet)
@@ -317,11 +334,12 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
         bids_dir = Path(recorded) if recorded else None
     images = None  # the scans: SFCN's input, and the anatomy pairs (pair_id) of the split
     if bids_dir is not None:
-        images = read_bids(bids_dir)
+        images = read_bids(bids_dir, load)
         missing = sorted(set(fitted.subject_ids) - set(images.subject_ids))
         if missing:
             raise InputError(bids_dir, f"lacks fitted subject(s) {missing[:3]}")
         images = images.select([images.subject_ids.index(s) for s in fitted.subject_ids])
+        fitted = dataclasses.replace(fitted, groups=images.groups)  # as the dataset names them now (--group-column)
     progress = None if quiet else (lambda what: click.echo(f"training {what}", err=True))
     results = run_classification(fitted, images, cfg, progress=progress, use_images=not no_sfcn)
     report = write_classification(out, results, cfg, f"Fitted cohort: `{source}` ({len(fitted.subject_ids)} subjects).", overwrite=overwrite)
@@ -352,13 +370,14 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
 @memory_budget_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue a killed run in OUT from its last checkpoint.")
+@group_column_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
 def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale, steps, lr, schedule, patches, patch_size, losses, curvature,
-             extrapolate_years, extra_ages, chunk_size, memory_budget, seed, resume, overwrite, quiet) -> None:  # fmt: skip
+             extrapolate_years, extra_ages, chunk_size, memory_budget, seed, group_column, resume, overwrite, quiet) -> None:  # fmt: skip
     """Register each subject's scans into a continuous-time deformation (|J| maps, fields, labels)."""
-    from longbrain_jax.io import scan_bids
+    from longbrain_jax.io import LoadConfig, scan_bids
     from longbrain_jax.progress import progress_bar
     from longbrain_jax.registration import DisplacementConfig, LossConfig, RegistrationConfig
     from longbrain_jax.registration.cohort import register_cohort
@@ -366,7 +385,7 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
     weights = _floats(losses, "--losses")
     if len(weights) != 4:
         raise click.BadParameter("--losses needs four weights: identity, spatial, temporal, monotonic")
-    dataset = scan_bids(bids_dir)
+    dataset = scan_bids(bids_dir, LoadConfig(group_column=group_column))
     try:
         cfg = RegistrationConfig(
             network=DisplacementConfig(ndim=dataset.ndim, width=width, hidden_layers=hidden_layers, time_features=time_features, w0=w0, time_scale=time_scale),
@@ -423,11 +442,12 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
               help="Regional volumes as sums of class probabilities (soft) or arg-max label counts (hard).")
 @click.option("--no-curve", is_flag=True, help="Skip error against the number of scans used.")
 @click.option("--seed", default=0, show_default=True)
+@group_column_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @_input_errors_exit_2
 def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, ae_channels, ae_steps, adversarial_start, prior, noder_iterations,
-             inr_width, inr_steps, inr_time_curvature, segmenter_steps, segmenter_bids, segmenter_volumes, no_curve, seed, overwrite,
+             inr_width, inr_steps, inr_time_curvature, segmenter_steps, segmenter_bids, segmenter_volumes, no_curve, seed, group_column, overwrite,
              quiet) -> None:  # fmt: skip
     """Forecast held-out scans with MRExtrap, NODER, the spatiotemporal INR and two baselines; score them."""
     from longbrain_jax.fit import FitConfig, StageConfig
@@ -443,7 +463,7 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
     if not Path(bids_dir, "derivatives", label_pipeline).is_dir():
         label_pipeline = None
     bar = LazyBar("reading scans", enabled=not quiet, unit="scan")
-    cohort = read_bids(bids_dir, LoadConfig(label_pipeline=label_pipeline), progress=bar)
+    cohort = read_bids(bids_dir, LoadConfig(label_pipeline=label_pipeline, group_column=group_column), progress=bar)
     bar.close()
     segmenter_cohort = None
     if segmenter_bids is not None:
@@ -488,13 +508,14 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
 @click.option("--common-grid", is_flag=True, help="Resample every subject onto the first subject's grid.")
 @click.option("--no-normalise", is_flag=True, help="Keep raw intensities.")
 @click.option("--workers", default=2, show_default=True, help="Threads reading images.")
+@group_column_option
 @_input_errors_exit_2
-def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, workers: int) -> None:
+def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, workers: int, group_column: str | None) -> None:
     """Validate and summarise a longitudinal BIDS dataset."""
     from longbrain_jax.io import LoadConfig, read_bids
     from longbrain_jax.progress import LazyBar
 
-    cfg = LoadConfig(normalise=None if no_normalise else LoadConfig().normalise, common_grid=common_grid, workers=workers)
+    cfg = LoadConfig(normalise=None if no_normalise else LoadConfig().normalise, common_grid=common_grid, workers=workers, group_column=group_column)
     bar = LazyBar("reading scans", unit="scan")
     cohort = read_bids(bids_dir, cfg, progress=bar)
     bar.close()

@@ -131,18 +131,24 @@ def test_experiment_runs_every_method_and_writes_a_report(tmp_path):
 
 
 def test_classify_cli_on_a_fit(tmp_path):
+    """A dataset that names its groups as a clinic does, in its own column, with a third group left out."""
     from longbrain_jax.io import write_bids
 
-    cohort = blob_cohort(8)
+    cohort = blob_cohort(10)
+    dx = tuple({"healthy": "Nondemented", "dementia": "Demented"}[g] if i < 8 else "Converted" for i, g in enumerate(cohort.groups))
+    cohort = dataclasses.replace(cohort, groups=("",) * 10, metadata=tuple({"dx": d} for d in dx))
     write_bids(cohort, tmp_path / "bids")
     fit_args = ["fit", str(tmp_path / "bids"), str(tmp_path / "fit"), "--width", "8", "--stream-layers", "2", "--combined-layers", "1",
                 "--shared-steps", "2", "--steps", "4", "--fraction", "0.3", "--shared-fraction", "0.3", "--quiet"]  # fmt: skip
     assert CliRunner().invoke(main, fit_args).exit_code == 0
     args = ["classify", str(tmp_path / "fit"), str(tmp_path / "cls"), "--token-widths", "8,8", "--head-width", "8", "--epochs", "2",
-            "--sfcn-channels", "4,4,4,4,4", "--streams", "P_time", "--tokens", "standardised", "--quiet"]  # fmt: skip
+            "--sfcn-channels", "4,4,4,4,4", "--streams", "P_time", "--tokens", "standardised", "--quiet",
+            "--group-column", "dx", "--negative", "Nondemented,CN", "--positive", "Demented,AD"]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "cls" / "report.md").exists() and "SFCN" in result.output
+    assert "leaves out 2 subject(s) of other groups (Converted: 2)" in result.output
+    report = (tmp_path / "cls" / "report.md").read_text()
+    assert "Classes: Nondemented (negative, 0) vs Demented (positive, 1)" in report and "SFCN" in result.output
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "already exists" in again.output
     bad = CliRunner().invoke(main, ["classify", str(tmp_path / "nothing"), str(tmp_path / "c2")])

@@ -118,6 +118,13 @@ class FittedCohort:
     groups: tuple[str, ...]
     status: tuple[str, ...]
 
+    def select(self, indices) -> FittedCohort:
+        """The fitted subjects `indices`, in that order."""
+        idx = np.asarray(indices, dtype=int)
+        pick = lambda seq: tuple(seq[i] for i in idx)  # noqa: E731
+        params = jax.tree_util.tree_map(lambda x: x[idx], self.params)
+        return FittedCohort(self.cfg, params, pick(self.subject_ids), pick(self.groups), pick(self.status))
+
 
 def load_fit(out: str | os.PathLike) -> FittedCohort:
     """Read the configuration, stacked parameters and subject table of a finished fit."""

@@ -2,7 +2,7 @@
 
 Layout read and written::
 
-    ROOT/participants.tsv                  participant_id [group|diagnosis] [sex] ...
+    ROOT/participants.tsv                  participant_id [group|diagnosis|dx|any --group-column] [sex] ...
     ROOT/sub-X/sub-X_sessions.tsv          session_id  age (years)
     ROOT/sub-X/ses-Y/anat/sub-X_ses-Y_T1w.nii[.gz]
     ROOT/sub-X/ses-Y/anat/sub-X_ses-Y[_desc-D]_dseg.nii[.gz]                  (optional)
@@ -56,7 +56,10 @@ class LoadConfig:
     - `labels`: read label maps (`*_dseg`) where every scan has one.
     - `label_pipeline`: derivatives folder to take label maps from; None searches the
       raw `anat` folders first, then any pipeline (an ambiguity is an error).
-    - `age_column`: the sessions.tsv column holding age in years.
+    - `age_column`: the sessions.tsv column holding age in years (any case).
+    - `group_column`: the participants.tsv column holding each subject's clinical group
+      (e.g. "dx"; any case); None takes the first of group, diagnosis, dx. Group names
+      are kept as the dataset spells them (`groups.GroupMap` maps them to classes).
     - `workers`: threads reading images (decompression runs in parallel).
     """
 
@@ -66,6 +69,7 @@ class LoadConfig:
     labels: bool = True
     label_pipeline: str | None = None
     age_column: str = "age"
+    group_column: str | None = None
     workers: int = 2
 
 
@@ -175,15 +179,38 @@ class _SubjectEntry:
     label_maps: tuple[Path, ...] | None
 
 
-def _participants(root: Path) -> list[dict[str, str]]:
+GROUP_COLUMNS = ("group", "diagnosis", "dx")
+SEX_COLUMNS = ("sex", "gender", "m/f")
+
+
+def _column(columns, wanted: str) -> str | None:
+    """The column of `columns` named `wanted`, without regard to case (None if absent)."""
+    return next((c for c in columns if c.lower() == wanted.lower()), None)
+
+
+def _group_column(root: Path, rows: list[dict[str, str]], cfg: LoadConfig) -> str | None:
+    """The participants.tsv column that holds groups (see `LoadConfig.group_column`)."""
+    columns = list(rows[0]) if rows else []
+    if cfg.group_column is not None:
+        found = _column(columns, cfg.group_column)
+        if found is None:
+            raise InputError(root / "participants.tsv", f"has no column {cfg.group_column!r} for groups; its columns are {columns}")
+        return found
+    return next((c for name in GROUP_COLUMNS if (c := _column(columns, name)) is not None), None)
+
+
+def _participants(root: Path, cfg: LoadConfig) -> list[dict[str, str]]:
     table = root / "participants.tsv"
+    if cfg.group_column is not None and not table.is_file():
+        raise InputError(table, f"not found, so there is no column {cfg.group_column!r} for groups")
     if table.is_file():
         rows = _read_tsv(table)
-        if rows and "participant_id" not in rows[0]:
+        if rows and _column(rows[0], "participant_id") is None:
             raise InputError(table, "has no participant_id column")
+        id_column = _column(rows[0], "participant_id") if rows else "participant_id"
         seen: set[str] = set()
         for i, row in enumerate(rows, start=2):
-            label = bids_label(row["participant_id"], "sub", f"{table}:{i}")
+            label = bids_label(row.pop(id_column), "sub", f"{table}:{i}")
             if label in seen:
                 raise InputError(f"{table}:{i}", f"participant sub-{label} is listed twice")
             seen.add(label)
@@ -210,7 +237,7 @@ def _label_map(root: Path, sub: str, ses: str, pipeline: str | None) -> Path | N
     return None
 
 
-def _scan_subject(root: Path, row: dict[str, str], cfg: LoadConfig) -> _SubjectEntry:
+def _scan_subject(root: Path, row: dict[str, str], cfg: LoadConfig, group_column: str | None) -> _SubjectEntry:
     sub = row["participant_id"]
     table = root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv"
     if not table.is_file():
@@ -218,17 +245,18 @@ def _scan_subject(root: Path, row: dict[str, str], cfg: LoadConfig) -> _SubjectE
     rows = _read_tsv(table)
     if not rows:
         raise InputError(table, "lists no sessions")
-    for col in ("session_id", cfg.age_column):
-        if col not in rows[0]:
-            raise InputError(table, f"has no {col} column")
+    session_column, age_column = _column(rows[0], "session_id"), _column(rows[0], cfg.age_column)
+    for wanted, col in (("session_id", session_column), (cfg.age_column, age_column)):
+        if col is None:
+            raise InputError(table, f"has no {wanted} column")
     sessions: dict[str, tuple[float, Path, Path | None]] = {}
     by_age: dict[float, str] = {}
     for i, r in enumerate(rows, start=2):
         where = f"{table}:{i}"
-        ses = bids_label(r["session_id"], "ses", where)
+        ses = bids_label(r[session_column], "ses", where)
         if ses in sessions:
             raise InputError(where, f"session ses-{ses} is listed twice")
-        age = _age(r[cfg.age_column], where)
+        age = _age(r[age_column], where)
         if age in by_age:
             raise InputError(where, f"sessions ses-{by_age[age]} and ses-{ses} have the same age {age}")
         by_age[age] = ses
@@ -240,9 +268,12 @@ def _scan_subject(root: Path, row: dict[str, str], cfg: LoadConfig) -> _SubjectE
         sessions[ses] = (age, image, labels)
     order = sorted(sessions, key=lambda s: sessions[s][0])
     label_maps = [sessions[s][2] for s in order]
-    group = next((row[c] for c in ("group", "diagnosis") if row.get(c, "").lower() not in _MISSING), "")
-    sex = row.get("sex", "") if row.get("sex", "").lower() not in _MISSING else ""
-    meta = {k: v for k, v in row.items() if k not in ("participant_id", "group", "diagnosis", "sex")}
+    group = row.get(group_column, "") if group_column is not None else ""
+    group = "" if group.lower() in _MISSING else group
+    sex_column = next((c for name in SEX_COLUMNS if (c := _column(row, name)) is not None), None)
+    sex = row.get(sex_column, "") if sex_column is not None else ""
+    sex = "" if sex.lower() in _MISSING else sex
+    meta = {k: v for k, v in row.items() if k not in ("participant_id", group_column, sex_column)}
     return _SubjectEntry(
         subject_id=sub,
         group=group,
@@ -290,7 +321,9 @@ def scan_bids(root: str | os.PathLike, cfg: LoadConfig = LoadConfig()) -> BIDSDa
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "dataset folder not found")
-    entries = [_scan_subject(root, row, cfg) for row in _participants(root)]
+    participants = _participants(root, cfg)
+    group_column = _group_column(root, participants, cfg)
+    entries = [_scan_subject(root, row, cfg, group_column) for row in participants]
     if not entries:
         raise InputError(root, "empty cohort: no subjects in participants.tsv or sub-* folders")
     if cfg.labels:
