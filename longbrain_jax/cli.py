@@ -509,21 +509,32 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
 @click.option("--no-normalise", is_flag=True, help="Keep raw intensities.")
 @click.option("--workers", default=2, show_default=True, help="Threads reading images.")
 @group_column_option
+@memory_budget_option
 @_input_errors_exit_2
-def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, workers: int, group_column: str | None) -> None:
-    """Validate and summarise a longitudinal BIDS dataset."""
-    from longbrain_jax.io import LoadConfig, read_bids
-    from longbrain_jax.progress import LazyBar
+def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, workers: int, group_column: str | None, memory_budget: str | None) -> None:
+    """Validate and summarise a longitudinal BIDS dataset (every image is read once, in chunks of subjects)."""
+    import numpy as np
+
+    from longbrain_jax.engine.memory import plan_host
+    from longbrain_jax.io import LoadConfig, scan_bids
+    from longbrain_jax.progress import progress_bar
 
     cfg = LoadConfig(normalise=None if no_normalise else LoadConfig().normalise, common_grid=common_grid, workers=workers, group_column=group_column)
-    bar = LazyBar("reading scans", unit="scan")
-    cohort = read_bids(bids_dir, cfg, progress=bar)
+    data = scan_bids(bids_dir, cfg)
+    _show_memory_plans()
+    chunk = plan_host("inspect: read", "subjects per chunk", _budget(memory_budget), data.num_subjects, data.scan_bytes()).sizes["subjects per chunk"]
+    bar = None
+    for start in range(0, data.num_subjects, chunk):
+        data.select(np.arange(start, min(start + chunk, data.num_subjects)))  # validates every voxel, then is dropped
+        bar = bar or progress_bar(data.num_subjects, "reading scans", unit="subject")
+        bar.update(min(start + chunk, data.num_subjects) - bar.n)
     bar.close()
-    groups = {g or "(unknown)": cohort.groups.count(g) for g in sorted(set(cohort.groups))}
-    click.echo(f"{bids_dir}: {cohort.num_subjects} subjects, {int(cohort.mask.sum())} scans, {cohort.ndim}D grid {cohort.spatial_shape}")
-    click.echo(f"  scans per subject: min {cohort.num_scans.min()}, max {cohort.num_scans.max()}; single-scan subjects: {int(cohort.single_scan.sum())}")
-    click.echo(f"  ages: {cohort.ages[cohort.mask].min():.1f} to {cohort.ages[cohort.mask].max():.1f} years; follow-up up to {cohort.times.max():.1f} years")
-    click.echo(f"  groups: {groups}; label maps: {'yes' if cohort.labels is not None else 'no'}")
+    groups = {g or "(unknown)": data.groups.count(g) for g in sorted(set(data.groups))}
+    scans, times = data.mask.sum(1), np.where(data.mask, data.ages - data.ages[:, :1], 0.0)
+    click.echo(f"{bids_dir}: {data.num_subjects} subjects, {int(data.mask.sum())} scans, {data.ndim}D grid {data.spatial_shape}")
+    click.echo(f"  scans per subject: min {scans.min()}, max {scans.max()}; single-scan subjects: {int((scans < 2).sum())}")
+    click.echo(f"  ages: {data.ages[data.mask].min():.1f} to {data.ages[data.mask].max():.1f} years; follow-up up to {times.max():.1f} years")
+    click.echo(f"  groups: {groups}; label maps: {'yes' if data.has_labels else 'no'}")
 
 
 if __name__ == "__main__":

@@ -154,9 +154,14 @@ class Budget:
             share = ACCELERATOR_SHARE if share is None else share
             limit = int(stats["bytes_limit"])
             return cls(int(share * limit), device.platform, f"{share:.0%} of {format_size(limit)} on {device.device_kind}", 1)
+        return cls.of_host(share)
+
+    @classmethod
+    def of_host(cls, share: float | None = None) -> Budget:
+        """A share (default `CPU_SHARE`) of the host RAM this process may use."""
         share = CPU_SHARE if share is None else share
         total = host_memory_total()
-        return cls(int(share * total), "cpu", f"{share:.0%} of {format_size(total)} host RAM", devices)
+        return cls(int(share * total), "cpu", f"{share:.0%} of {format_size(total)} host RAM", len(jax.local_devices(backend="cpu")))
 
     def in_use(self) -> int:
         """Memory already in use on what this budget covers."""
@@ -164,6 +169,10 @@ class Budget:
             return process_resident()
         stats = _accelerator_stats(jax.local_devices()[0]) or {}
         return int(stats.get("bytes_in_use", 0))
+
+    def host(self) -> Budget:
+        """The budget of host RAM: this one on the CPU; on an accelerator, the default share of host RAM."""
+        return self if self.platform == "cpu" else Budget.of_host()
 
     @property
     def on_host(self) -> bool:
@@ -371,6 +380,11 @@ def plan_batch(
     plan = Plan(stage, {what: n}, peak(n, True), budget, in_use)
     logger.info(plan.describe())
     return plan
+
+
+def plan_host(stage: str, what: str, budget: Budget, upper: int, per_item: int, fixed: int = 0) -> Plan:
+    """The largest batch of items (subjects, scans) whose host arrays, `fixed + per_item * n` bytes, fit the host budget."""
+    return plan_batch(stage, what, budget.host(), upper, lambda n, exact: 0, Cost(fixed, per_item))
 
 
 def agree(value: int) -> int:

@@ -389,6 +389,15 @@ class BIDSDataset:
     def ndim(self) -> int:
         return len(self.spatial_shape)
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether every scan has a label map (they are read with the scans)."""
+        return self._with_labels
+
+    def scan_bytes(self) -> int:
+        """Host bytes one subject of `select` holds: T_max float32 scans (and int32 label maps)."""
+        return self.max_scans * int(np.prod(self.spatial_shape)) * 4 * (2 if self._with_labels else 1)
+
     def select(self, indices: np.ndarray, progress: Callable[[int, int], None] | None = None) -> Cohort:
         """Read the subjects `indices` (pass two) into a `Cohort`, T_max trimmed to fit."""
         entries = [self._entries[i] for i in indices]
