@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from _common import print_results  # noqa: E402
 
 from longbrain_jax.fit import FitConfig, StageConfig  # noqa: E402
-from longbrain_jax.forecasting import ForecastConfig, results_markdown, run_forecasting, write_forecasting  # noqa: E402
+from longbrain_jax.forecast import ForecastConfig, results_markdown, run_forecasting, write_forecasting  # noqa: E402
 from longbrain_jax.inr import INRConfig  # noqa: E402
 from longbrain_jax.io import LoadConfig, read_bids  # noqa: E402
 from longbrain_jax.latent.autoencoder import AutoencoderConfig  # noqa: E402
@@ -85,27 +85,27 @@ def main() -> None:
     )  # fmt: skip
     started = time.perf_counter()
     result = run_forecasting(cohort, cfg, progress=lambda what: print(f"[{time.perf_counter() - started:7.1f} s] {what}", flush=True),
-                             segmenter_cohort=seg_cohort)  # fmt: skip
+                             segmenter_source=seg_cohort)  # fmt: skip
     description = (f"Simulated cohort: {args.subjects} subjects, {args.sampling} sampling, {args.dim}D at {args.resolution} mm "
                    f"{cohort.spatial_shape}, seed {args.seed}; autoencoder {args.ae_steps} steps, NODER {args.noder_iterations} "
                    f"iterations, INR width {args.inr_width} x {args.inr_steps} steps (temporal curvature {args.inr_time_curvature}), "
                    f"U-Net {args.segmenter_steps} steps on "
                    + (f"{int(seg_cohort.mask.sum())} scans of {args.segmenter_subjects} other simulated subjects (seed {args.seed + 1000})"
                       if seg_cohort is not None else "the known scans") + f", {args.segmenter_volumes} volumes; "
-                   f"total {result['seconds']:.0f} s on this machine.")  # fmt: skip
-    write_forecasting(args.out, cohort, result, cfg, description, overwrite=True)
+                   f"total {result.seconds:.0f} s on this machine.")  # fmt: skip
+    write_forecasting(args.out, result, cfg, description, cohort.spatial_shape, overwrite=True)
     print("\n" + description + "\n")
     print(results_markdown(result))
 
     extrap = {}
-    for m in dict.fromkeys(r["method"] for r in result["rows"]):
-        sel = [r for r in result["rows"] if r["method"] == m and r["role"] == "extrapolation"]
+    for m in dict.fromkeys(r["method"] for r in result.rows):
+        sel = [r for r in result.rows if r["method"] == m and r["role"] == "extrapolation"]
         extrap[m] = float(np.mean([np.mean([r[f"volume_error_pct_{s}"] for s in SCORED]) for r in sel]))
     floor = extrap["last_observation"]
     rows = [(f"{m}: extrapolated volume error %", f"{v:.2f}" + ("" if m in ("last_observation", "segmenter on the true scan") else
              f"  ({'beats' if v < floor else 'does not beat'} last observation {floor:.2f})")) for m, v in extrap.items()]  # fmt: skip
     print_results("Forecasting: regional volume error of the extrapolated scan", rows,
-                  {"extrapolated_volume_error_pct": extrap, "segmenter_dice": result["segmenter_dice"], "seconds": result["seconds"],
+                  {"extrapolated_volume_error_pct": extrap, "segmenter_dice": result.segmenter_dice, "seconds": result.seconds,
                    "config": vars(args) | {"out": str(args.out)}})  # fmt: skip
 
 

@@ -26,9 +26,9 @@ from longbrain_jax import metrics  # noqa: E402
 from longbrain_jax.cohort import ROLES, scan_roles  # noqa: E402
 from longbrain_jax.fit import FitConfig, StageConfig  # noqa: E402
 from longbrain_jax.fit.evaluate import DATA_RANGE  # noqa: E402
+from longbrain_jax.forecast import forecasters as fc  # noqa: E402
 from longbrain_jax.inr import INRConfig  # noqa: E402
 from longbrain_jax.io import LoadConfig, read_bids  # noqa: E402
-from longbrain_jax.latent import forecasters as fc  # noqa: E402
 from longbrain_jax.simulate import SimulationConfig, simulate_cohort  # noqa: E402
 
 

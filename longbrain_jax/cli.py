@@ -443,43 +443,54 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
 @click.option("--no-curve", is_flag=True, help="Skip error against the number of scans used.")
 @click.option("--seed", default=0, show_default=True)
 @group_column_option
+@memory_budget_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @_input_errors_exit_2
 def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, ae_channels, ae_steps, adversarial_start, prior, noder_iterations,
-             inr_width, inr_steps, inr_time_curvature, segmenter_steps, segmenter_bids, segmenter_volumes, no_curve, seed, group_column, overwrite,
-             quiet) -> None:  # fmt: skip
+             inr_width, inr_steps, inr_time_curvature, segmenter_steps, segmenter_bids, segmenter_volumes, no_curve, seed, group_column,
+             memory_budget, overwrite, quiet) -> None:  # fmt: skip
     """Forecast held-out scans with MRExtrap, NODER, the spatiotemporal INR and two baselines; score them."""
+    import tempfile
+
+    from longbrain_jax.files import check_writable
     from longbrain_jax.fit import FitConfig, StageConfig
-    from longbrain_jax.forecasting import METHODS, ForecastConfig, results_markdown, run_forecasting, write_forecasting
+    from longbrain_jax.forecast import (
+        METHODS,
+        ForecastConfig,
+        MRExtrapModel,
+        results_markdown,
+        run_forecasting,
+        write_forecasting,
+    )
     from longbrain_jax.inr import INRConfig
-    from longbrain_jax.io import LoadConfig, read_bids
+    from longbrain_jax.io import LoadConfig, scan_bids
     from longbrain_jax.latent.autoencoder import AutoencoderConfig
     from longbrain_jax.latent.noder import NODERConfig
     from longbrain_jax.latent.segmenter import SegmenterConfig
-    from longbrain_jax.progress import LazyBar
 
+    check_writable(out, overwrite)
     chosen = METHODS if methods == "all" else tuple(m.strip() for m in methods.split(",") if m.strip())
     if not Path(bids_dir, "derivatives", label_pipeline).is_dir():
         label_pipeline = None
-    bar = LazyBar("reading scans", enabled=not quiet, unit="scan")
-    cohort = read_bids(bids_dir, LoadConfig(label_pipeline=label_pipeline, group_column=group_column), progress=bar)
-    bar.close()
-    segmenter_cohort = None
+    dataset = scan_bids(bids_dir, LoadConfig(label_pipeline=label_pipeline, group_column=group_column))
+    segmenter_dataset = None
     if segmenter_bids is not None:
         seg_pipeline = label_pipeline or "simulator"
         if not Path(segmenter_bids, "derivatives", seg_pipeline).is_dir():
             raise InputError(segmenter_bids, f"has no label maps (derivatives/{seg_pipeline}) to train the segmenter on")
-        segmenter_cohort = read_bids(segmenter_bids, LoadConfig(label_pipeline=seg_pipeline))
+        segmenter_dataset = scan_bids(segmenter_bids, LoadConfig(label_pipeline=seg_pipeline))
+        if segmenter_dataset.spatial_shape != dataset.spatial_shape:
+            raise InputError(segmenter_bids, f"grid {segmenter_dataset.spatial_shape} differs from the dataset's {dataset.spatial_shape}")
     try:
         cfg = ForecastConfig(
             methods=chosen, holdout=holdout, prior=prior,
-            autoencoder=AutoencoderConfig(ndim=cohort.ndim, channels=tuple(int(c) for c in _floats(ae_channels, "--ae-channels")),
+            autoencoder=AutoencoderConfig(ndim=dataset.ndim, channels=tuple(int(c) for c in _floats(ae_channels, "--ae-channels")),
                                           steps=ae_steps, adversarial_start=adversarial_start, seed=seed),
             noder=NODERConfig(iterations=noder_iterations, seed=seed),
-            inr=FitConfig(inr=INRConfig(ndim=cohort.ndim, width=inr_width), finetune=StageConfig(steps=inr_steps, learning_rate=1e-3, sample_fraction=0.05),
+            inr=FitConfig(inr=INRConfig(ndim=dataset.ndim, width=inr_width), finetune=StageConfig(steps=inr_steps, learning_rate=1e-3, sample_fraction=0.05),
                           seed=seed, time_curvature=inr_time_curvature),
-            segmenter=SegmenterConfig(steps=segmenter_steps, volumes=segmenter_volumes, seed=seed), curve=not no_curve,
+            segmenter=SegmenterConfig(steps=segmenter_steps, volumes=segmenter_volumes, seed=seed), curve=not no_curve, seed=seed,
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None
@@ -487,18 +498,21 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
     model = None
     if autoencoder_dir is not None:
         from longbrain_jax.latent.autoencoder import load_autoencoder
-        from longbrain_jax.latent.forecasters import MRExtrapModel
 
         if not (autoencoder_dir / "config.json").is_file():
             raise InputError(autoencoder_dir, "not a saved autoencoder (no config.json)")
         params, ae_cfg, shape = load_autoencoder(autoencoder_dir)
-        if shape != cohort.spatial_shape:
-            raise InputError(autoencoder_dir, f"autoencoder was trained on grid {shape}, the dataset is {cohort.spatial_shape}")
+        if shape != dataset.spatial_shape:
+            raise InputError(autoencoder_dir, f"autoencoder was trained on grid {shape}, the dataset is {dataset.spatial_shape}")
         model = MRExtrapModel(params, ae_cfg, prior)
         cfg = dataclasses.replace(cfg, autoencoder=ae_cfg)
-    result = run_forecasting(cohort, cfg, progress=progress, model=model, segmenter_cohort=segmenter_cohort)
-    report = write_forecasting(out, cohort, result, cfg, f"Dataset: `{bids_dir}` ({cohort.num_subjects} subjects, {cohort.ndim}D {cohort.spatial_shape}).",
-                               overwrite=overwrite)  # fmt: skip
+    _show_memory_plans(not quiet)
+    Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{Path(out).name}.predictions-", dir=Path(out).absolute().parent) as predictions:
+        result = run_forecasting(dataset, cfg, progress=progress, model=model, segmenter_source=segmenter_dataset,
+                                 predictions=Path(predictions) / "p", budget=_budget(memory_budget))  # fmt: skip
+        description = f"Dataset: `{bids_dir}` ({dataset.num_subjects} subjects, {dataset.ndim}D {dataset.spatial_shape})."
+        report = write_forecasting(out, result, cfg, description, dataset.spatial_shape, overwrite=overwrite, predictions=Path(predictions) / "p")
     click.echo(f"wrote {report}")
     click.echo(results_markdown(result))
 
@@ -535,6 +549,47 @@ def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, workers: int,
     click.echo(f"  scans per subject: min {scans.min()}, max {scans.max()}; single-scan subjects: {int((scans < 2).sum())}")
     click.echo(f"  ages: {data.ages[data.mask].min():.1f} to {data.ages[data.mask].max():.1f} years; follow-up up to {times.max():.1f} years")
     click.echo(f"  groups: {groups}; label maps: {'yes' if data.has_labels else 'no'}")
+
+
+@main.command()
+@click.argument("bids_dir", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--transform", type=click.Choice(["rigid", "affine"]), default="rigid", show_default=True,
+              help="Follow-up to baseline: rigid (6 dof) or affine (12; rigid first).")
+@click.option("--metric", type=click.Choice(["ncc", "mi"]), default="ncc", show_default=True,
+              help="ncc for the same contrast, mi (mutual information) for different contrasts.")
+@click.option("--to-template", is_flag=True, help="Also register baselines (affinely) to the MNI152 template; write every scan on its grid.")
+@click.option("--template-resolution", default=2.0, show_default=True, help="Template grid voxel size in mm (with --to-template).")
+@click.option("--chunk-size", default=8, show_default=True, help="Pairs aligned together by one compiled program (memory).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_input_errors_exit_2
+def align(bids_dir, out, transform, metric, to_template, template_resolution, chunk_size, seed, overwrite, quiet) -> None:  # fmt: skip
+    """Align every follow-up to its baseline (rigid / affine) and write the aligned dataset to OUT."""
+    from longbrain_jax.align import AlignConfig, align_dataset
+    from longbrain_jax.progress import progress_bar
+
+    try:
+        cfg = AlignConfig(transform=transform, metric=metric, to_template=to_template, template_resolution_mm=template_resolution,
+                          chunk_size=chunk_size, seed=seed)  # fmt: skip
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    bars: dict = {}
+    names = {"align": ("aligning follow-ups", "pair"), "template": ("registering to the template", "subject"), "write": ("writing", "subject")}
+
+    def progress(event: dict) -> None:
+        if event["stage"] not in bars:
+            for bar in bars.values():  # one stage at a time
+                bar.close()
+            desc, unit = names[event["stage"]]
+            bars[event["stage"]] = progress_bar(event["total"], desc, enabled=not quiet, unit=unit)
+        bars[event["stage"]].update(event["done"] - bars[event["stage"]].n)
+
+    align_dataset(bids_dir, out, cfg, overwrite=overwrite, progress=progress)
+    for bar in bars.values():
+        bar.close()
+    click.echo(f"wrote {out} (transforms and alignment.tsv in {out / 'derivatives' / 'longbrain-align'})")
 
 
 if __name__ == "__main__":

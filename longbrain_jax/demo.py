@@ -28,7 +28,7 @@ from longbrain_jax.config import write_config
 from longbrain_jax.files import atomic_dir
 from longbrain_jax.fit import FitConfig, FitResult, StageConfig, fit_cohort, load_fit
 from longbrain_jax.fit.evaluate import role_summary
-from longbrain_jax.forecasting import ForecastConfig, results_markdown, run_forecasting, write_forecasting
+from longbrain_jax.forecast import ForecastConfig, results_markdown, run_forecasting, write_forecasting
 from longbrain_jax.grid import displacement_from_world, warp
 from longbrain_jax.inr import INRConfig
 from longbrain_jax.io import IntensityNorm, LoadConfig, load_displacement, load_image, read_bids
@@ -347,7 +347,7 @@ def _forecast_section(out: Path, cohort: Cohort, cfg: ForecastConfig) -> str:
     if usable < 4:  # the slope prior is estimated from the other subjects' known scans
         return f"Skipped: needs at least 4 subjects with 3 or more scans (have {usable}).\n"
     result = run_forecasting(cohort, dataclasses.replace(cfg, autoencoder=dataclasses.replace(cfg.autoencoder, ndim=cohort.ndim)))
-    write_forecasting(out, cohort, result, cfg, "The demo cohort.", write_images=False)
+    write_forecasting(out, result, cfg, "The demo cohort.", cohort.spatial_shape)
     return (
         f"Held-out scans predicted from the others by last observation carried forward, voxelwise linear regression, "
         f"MRExtrap (autoencoder {cfg.autoencoder.steps} steps, population slope prior) and NODER "

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from longbrain_jax.forecast import forecasters as fc
 from longbrain_jax.latent import autoencoder as ae
-from longbrain_jax.latent import forecasters as fc
 from longbrain_jax.latent import mrextrap, noder
 from longbrain_jax.latent import segmenter as sg
 

@@ -50,6 +50,7 @@ from jaxtyping import Array, Bool, Float
 from longbrain_jax.cnn import Conv
 from longbrain_jax.config import read_config, write_config
 from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
+from longbrain_jax.engine.memory import Budget, Program, plan_batch
 
 
 # -- networks ---------------------------------------------------------------------------
@@ -353,6 +354,32 @@ def train_step(
     return new, Losses(total, l1, perceptual, adv, kl, d_loss)
 
 
+# -- memory -------------------------------------------------------------------------------------------
+def train_batch(cfg: AutoencoderConfig, shape: Sequence[int], budget: Budget, held_bytes: int = 0) -> int:
+    """The training batch under `budget` (at most `cfg.batch_size`; `held_bytes`: the training
+    scans on the device beside it). Smaller than asked changes training: say so."""
+    shape = tuple(int(n) for n in shape)
+    state = jax.eval_shape(lambda: _init_state(jax.random.key(0), cfg, shape))
+
+    def trace(b):
+        return train_step.trace(state, jax.ShapeDtypeStruct((b, *shape), jnp.float32), jax.random.key(0), jnp.bool_(True), cfg=cfg)
+
+    program = Program(trace, ("autoencoder-train", cfg, shape))
+    return plan_batch("autoencoder: training", "scans per batch", budget, cfg.batch_size,
+                      lambda b, exact: program(b, exact) + held_bytes).sizes["scans per batch"]  # fmt: skip
+
+
+def inference_batch(params_shapes, cfg: AutoencoderConfig, shape: Sequence[int], budget: Budget, upper: int = 16) -> int:
+    """Scans encoded (and latents decoded) per call under `budget`."""
+    shape = tuple(int(n) for n in shape)
+    s = jax.ShapeDtypeStruct
+    enc = Program(lambda b: _encode_mean.trace(params_shapes, s((b, *shape), jnp.float32), cfg), ("autoencoder-encode", cfg, shape))
+    dec = Program(lambda b: _decode.trace(params_shapes, s((b, *latent_shape(shape, cfg)), jnp.float32), cfg, shape),
+                  ("autoencoder-decode", cfg, shape))  # fmt: skip
+    return plan_batch("autoencoder: encoding", "scans per batch", budget, upper,
+                      lambda b, exact: max(enc(b, exact), dec(b, exact))).sizes["scans per batch"]  # fmt: skip
+
+
 def train_autoencoder(
     images: np.ndarray,
     cfg: AutoencoderConfig,
@@ -408,8 +435,9 @@ def _encode_mean(params, images, cfg):
     return encode(params, images, cfg)[0]
 
 
-def encode_scans(params: dict, images: np.ndarray, cfg: AutoencoderConfig, batch_size: int = 16) -> np.ndarray:
-    """Posterior means (M, *latent_spatial, c) of many scans, `batch_size` at a time."""
+def encode_scans(params: dict, images: np.ndarray, cfg: AutoencoderConfig, batch_size: int | None = None) -> np.ndarray:
+    """Posterior means (M, *latent_spatial, c) of many scans, `batch_size` at a time (default: planned)."""
+    batch_size = batch_size or inference_batch(jax.eval_shape(lambda: params), cfg, images.shape[1:], Budget.resolve())
     out = [np.asarray(_encode_mean(params, jnp.asarray(images[i : i + batch_size]), cfg)) for i in range(0, len(images), batch_size)]
     return np.concatenate(out)
 
@@ -419,9 +447,10 @@ def _decode(params, latents, cfg, shape):
     return decode(params, latents, cfg, shape)
 
 
-def decode_latents(params: dict, latents: np.ndarray, cfg: AutoencoderConfig, shape: Sequence[int], batch_size: int = 16) -> np.ndarray:
-    """Images (M, *shape) from latents (M, *latent_spatial, c), `batch_size` at a time."""
+def decode_latents(params: dict, latents: np.ndarray, cfg: AutoencoderConfig, shape: Sequence[int], batch_size: int | None = None) -> np.ndarray:
+    """Images (M, *shape) from latents (M, *latent_spatial, c), `batch_size` at a time (default: planned)."""
     shape = tuple(int(n) for n in shape)
+    batch_size = batch_size or inference_batch(jax.eval_shape(lambda: params), cfg, shape, Budget.resolve())
     out = [np.asarray(_decode(params, jnp.asarray(latents[i : i + batch_size]), cfg, shape)) for i in range(0, len(latents), batch_size)]
     return np.concatenate(out)
 

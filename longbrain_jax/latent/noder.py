@@ -46,6 +46,7 @@ from jaxtyping import Array, Bool, Float
 
 from longbrain_jax import grid, metrics
 from longbrain_jax.cnn import Conv
+from longbrain_jax.engine.memory import Budget, Program, plan_batch
 
 SOLVERS = {"euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint, "ralston": diffrax.Ralston,
            "bosh3": diffrax.Bosh3, "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}  # fmt: skip
@@ -216,36 +217,60 @@ def _train_block(params, opt_state, volumes, times, observed, *, cfg: NODERConfi
     return jax.vmap(one_subject)(params, opt_state, volumes, times, observed)
 
 
+def _states(keys: jax.Array, shape: tuple[int, ...], cfg: NODERConfig):
+    params = jax.vmap(lambda k: init(k, shape, cfg))(keys)
+    return params, jax.vmap(_optimizer(cfg).init)(params)
+
+
+def subjects_per_program(cfg: NODERConfig, shape: tuple[int, ...], t_max: int, budget: Budget, upper: int, steps_per_call: int = 25) -> int:
+    """Subjects trained in one vmapped program under `budget`."""
+    s = jax.ShapeDtypeStruct
+
+    def trace(n):
+        params, opt_state = jax.eval_shape(lambda: _states(jax.random.split(jax.random.key(0), n), shape, cfg))
+        return _train_block.trace(params, opt_state, s((n, t_max, *shape), jnp.float32), s((n, t_max), jnp.float32),
+                                  s((n, t_max), jnp.bool_), cfg=cfg, num_steps=steps_per_call)  # fmt: skip
+
+    program = Program(trace, ("noder", cfg, shape, t_max, steps_per_call))
+    return plan_batch("NODER: training", "subjects per program", budget, upper, program).sizes["subjects per program"]
+
+
 def fit_cohort(
     volumes: np.ndarray, times: np.ndarray, observed: np.ndarray, cfg: NODERConfig = NODERConfig(),
-    steps_per_call: int = 25, progress: Callable[[int, int, float], None] | None = None,
+    steps_per_call: int = 25, progress: Callable[[int, int, float], None] | None = None, budget: Budget | None = None,
 ) -> tuple[Any, np.ndarray]:  # fmt: skip
-    """Fit one NODER per subject, all subjects in one vmapped program.
+    """Fit one NODER per subject, subjects vmapped in programs as large as `budget` allows.
 
     **Arguments:**
 
     - `volumes`: (N, T, *spatial) scans, slot 0 of each subject its baseline.
     - `times`: (N, T) years since the baseline; `observed`: (N, T) which slots to fit.
     - `steps_per_call`: iterations per compiled call (progress is reported between).
+    - `budget`: the memory budget (default `Budget.resolve()`); subject i's network
+      starts from `split(key(seed), N)[i]`, however subjects are grouped.
 
     Returns (stacked params, loss history (iterations, N)).
     """
-    volumes = jnp.asarray(volumes, jnp.float32)
     n, shape = volumes.shape[0], tuple(volumes.shape[2:])
+    group = subjects_per_program(cfg, shape, volumes.shape[1], budget or Budget.resolve(), n, steps_per_call)
     keys = jax.random.split(jax.random.key(cfg.seed), n)
-    params = jax.jit(jax.vmap(lambda k: init(k, shape, cfg)))(keys)
-    opt_state = jax.vmap(_optimizer(cfg).init)(params)
-    times, observed = jnp.asarray(times, jnp.float32), jnp.asarray(observed, bool)
     history = np.zeros((cfg.iterations, n), np.float32)
-    done = 0
-    while done < cfg.iterations:
-        k = min(steps_per_call, cfg.iterations - done)
-        params, opt_state, terms = _train_block(params, opt_state, volumes, times, observed, cfg=cfg, num_steps=k)
-        history[done : done + k] = np.asarray(terms.total).T
-        done += k
-        if progress is not None:
-            progress(done, cfg.iterations, float(np.median(history[done - 1])))
-    return jax.device_get(params), history
+    parts = []
+    for start in range(0, n, group):
+        sel = slice(start, min(start + group, n))
+        params, opt_state = jax.jit(_states, static_argnums=(1, 2))(keys[sel], shape, cfg)
+        args = (jnp.asarray(volumes[sel], jnp.float32), jnp.asarray(times[sel], jnp.float32), jnp.asarray(observed[sel], bool))
+        done = 0
+        while done < cfg.iterations:
+            k = min(steps_per_call, cfg.iterations - done)
+            params, opt_state, terms = _train_block(params, opt_state, *args, cfg=cfg, num_steps=k)
+            history[done : done + k, sel] = np.asarray(terms.total).T
+            done += k
+            if progress is not None:
+                progress(done, cfg.iterations, float(np.median(history[done - 1, : sel.stop])))
+        parts.append(jax.device_get(params))
+        del params, opt_state, args
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *parts), history
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "shape"))

@@ -32,6 +32,7 @@ from jaxtyping import Array, Int
 
 from longbrain_jax import metrics
 from longbrain_jax.cnn import Conv
+from longbrain_jax.engine.memory import Budget, Program, plan_batch
 from longbrain_jax.latent.autoencoder import crop, pad_to_multiple, padded_shape
 from longbrain_jax.simulate.template import REGIONS
 
@@ -131,6 +132,31 @@ def _step(params, opt_state, images, classes, cfg: SegmenterConfig):
     return optax.apply_updates(params, updates), opt_state, loss
 
 
+def train_batch(cfg: SegmenterConfig, shape: tuple[int, ...], budget: Budget, held_bytes: int = 0) -> int:
+    """The training batch under `budget` (at most `cfg.batch_size`; `held_bytes`: its training data on the device)."""
+    shape = tuple(int(n) for n in shape)
+    params = jax.eval_shape(lambda: _init(jax.random.key(0), tuple(cfg.channels), padded_shape(shape, cfg.factor)))
+    opt_state = jax.eval_shape(lambda p: optax.adam(cfg.learning_rate).init(p), params)
+    s = jax.ShapeDtypeStruct
+    program = Program(lambda b: _step.trace(params, opt_state, s((b, *shape), jnp.float32), s((b, *shape), jnp.int32), cfg),
+                      ("segmenter-train", cfg, shape))  # fmt: skip
+    return plan_batch("segmenter: training", "scans per batch", budget, cfg.batch_size,
+                      lambda b, exact: program(b, exact) + held_bytes).sizes["scans per batch"]  # fmt: skip
+
+
+def inference_batch(cfg: SegmenterConfig, shape: tuple[int, ...], budget: Budget, upper: int = 16) -> int:
+    """Scans segmented per call under `budget`."""
+    shape = tuple(int(n) for n in shape)
+    params = jax.eval_shape(lambda: _init(jax.random.key(0), tuple(cfg.channels), padded_shape(shape, cfg.factor)))
+    program = Program(lambda b: _probabilities.trace(params, jax.ShapeDtypeStruct((b, *shape), jnp.float32), cfg), ("segmenter-apply", cfg, shape))
+    return plan_batch("segmenter: inference", "scans per batch", budget, upper, program).sizes["scans per batch"]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _probabilities(params, images, cfg: SegmenterConfig):
+    return jax.nn.softmax(_logits(params, images, cfg), -1)
+
+
 def train_segmenter(
     images: np.ndarray, labels: np.ndarray, cfg: SegmenterConfig = SegmenterConfig(),
     progress: Callable[[int, int, float], None] | None = None,
@@ -155,15 +181,16 @@ def train_segmenter(
     return jax.device_get(params), losses
 
 
-def probabilities(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int = 16) -> np.ndarray:
-    """Class probabilities (M, *spatial, len(CLASSES)) float32 of scans (M, *spatial)."""
+def probabilities(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int | None = None) -> np.ndarray:
+    """Class probabilities (M, *spatial, len(CLASSES)) float32 of scans (M, *spatial), `batch_size`
+    scans at a time (default: planned from the memory budget)."""
     images = np.asarray(images, np.float32)
-    out = [np.asarray(jax.nn.softmax(_logits(params, jnp.asarray(images[i : i + batch_size]), cfg), -1))
-           for i in range(0, len(images), batch_size)]  # fmt: skip
+    batch_size = batch_size or inference_batch(cfg, images.shape[1:], Budget.resolve())
+    out = [np.asarray(_probabilities(params, jnp.asarray(images[i : i + batch_size]), cfg)) for i in range(0, len(images), batch_size)]
     return np.concatenate(out)
 
 
-def segment(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int = 16) -> np.ndarray:
+def segment(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int | None = None) -> np.ndarray:
     """Class maps (M, *spatial) int32 (indices into `CLASSES`) of scans (M, *spatial)."""
     return np.argmax(probabilities(params, images, cfg, batch_size), -1).astype(np.int32)
 
