@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,12 +29,15 @@ import numpy as np
 from longbrain_jax import metrics
 from longbrain_jax.baselines.sfcn import SFCN, stack_timepoints
 from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
-from longbrain_jax.cohort import Cohort, one_version_per_unit, stratified_kfold, train_test_split
+from longbrain_jax.cohort import one_version_per_unit, stratified_kfold, train_test_split
 from longbrain_jax.config import write_config
+from longbrain_jax.engine.memory import Budget
+from longbrain_jax.engine.store import rows
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import atomic_dir
 from longbrain_jax.fit.outputs import FittedCohort
 from longbrain_jax.groups import GroupMap
+from longbrain_jax.io.bids import BIDSDataset
 from longbrain_jax.report import markdown_table, save_figure
 from longbrain_jax.weightspace.models import LinearClassifier, TokenEncoderClassifier
 from longbrain_jax.weightspace.tokens import COMBINATIONS, combination_name, stream_tokens, stream_vectors
@@ -114,10 +118,14 @@ def standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 
 class _Methods:
-    """Every method's (name, streams, input builder, model, training config)."""
+    """Every method's (name, streams, input builder, model, training config).
 
-    def __init__(self, fitted: FittedCohort, images: Cohort | None, cfg: ClassifyConfig):
-        self.fitted, self.images, self.cfg = fitted, images, cfg
+    SFCN's stacked scans are built from `images` (a `Cohort` or a streamed `BIDSDataset`)
+    in memory or, when they do not fit the host budget, in a `engine.store.RowStore` under `folder`.
+    """
+
+    def __init__(self, fitted: FittedCohort, images, cfg: ClassifyConfig, budget: Budget, folder: Path):
+        self.fitted, self.images, self.cfg, self.budget, self.folder = fitted, images, cfg, budget, folder
 
     def __iter__(self):
         cfg = self.cfg
@@ -130,28 +138,55 @@ class _Methods:
             flat = stream_vectors(self.fitted.params, streams)
             yield "INR logistic", name, (lambda train, f=flat: standardise(f, train)), LinearClassifier(), cfg.baseline
         if self.images is not None:
-            stacked = stack_timepoints(self.images.volumes, self.images.mask, cfg.sfcn_scans)
+            src = self.images
+
+            def build(idx):
+                chunk = src.select(idx)
+                return stack_timepoints(chunk.volumes, chunk.mask, cfg.sfcn_scans)
+
+            stacked = rows(build, src.num_subjects, (*src.spatial_shape, cfg.sfcn_scans), self.budget, self.folder, "sfcn-inputs")
             yield "SFCN", "images", (lambda train: stacked), SFCN(cfg.sfcn_channels), cfg.sfcn
 
 
-def _evaluate(method, train: np.ndarray, test: np.ndarray, y: np.ndarray, key: jax.Array) -> dict:
+def subjects_of(images, indices):
+    """The subjects `indices` of a `Cohort` (in memory) or a `BIDSDataset` (still unread)."""
+    return images.subset(indices) if isinstance(images, BIDSDataset) else images.select(indices)
+
+
+def _evaluate(method, train: np.ndarray, test: np.ndarray, y: np.ndarray, key: jax.Array, budget: Budget) -> dict:
     _, _, build, model, train_cfg = method
     x = build(train)
-    trained = train_classifier(model, x[train], y[train], train_cfg, key)
-    return _scores(y[test], predict_proba(model, trained.variables, x[test])) | {"best_epoch": trained.best_epoch}
+    trained = train_classifier(model, _Rows(x, train), y[train], train_cfg, key, budget)
+    return _scores(y[test], predict_proba(model, trained.variables, _Rows(x, test))) | {"best_epoch": trained.best_epoch}
+
+
+class _Rows:
+    """The rows `index` of `x` (an array or a `RowStore`), indexed without copying them all first."""
+
+    def __init__(self, x, index: np.ndarray):
+        self.x, self.index = x, np.asarray(index)
+        self.shape = (len(self.index), *x.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        return self.x[self.index[i]]
 
 
 def run_classification(
     fitted: FittedCohort,
-    images: Cohort | None,
+    images,
     cfg: ClassifyConfig = ClassifyConfig(),
     progress: Callable[[str], None] | None = None,
     use_images: bool = True,
+    budget: Budget | None = None,
 ) -> dict:
     """Run every method on the paper's split (and k-fold if asked); returns a results dict.
 
-    `images` must list the same subjects in the same order as `fitted`; SFCN runs on
-    them when `use_images` (None: no SFCN).
+    `images` (a `Cohort` or a streamed `BIDSDataset`) must list the same subjects in the
+    same order as `fitted`; SFCN runs on them when `use_images` (None: no SFCN). Training
+    batches and SFCN's inputs are planned from `budget` (default `Budget.resolve()`).
     Pairs come from `images.metadata[i]["pair_id"]`; without pair ids each subject is
     its own anatomy and the split is a plain stratified one.
     """
@@ -160,7 +195,7 @@ def run_classification(
     keep = cfg.groups.keep(fitted.groups)
     classes = cfg.groups.class_names([fitted.groups[i] for i in keep])
     if keep.size < len(fitted.groups):
-        fitted, images = fitted.select(keep), None if images is None else images.select(keep)
+        fitted, images = fitted.select(keep), None if images is None else subjects_of(images, keep)
     y = cfg.groups.labels(fitted.groups)
     units = tuple(str((images.metadata[i] if images is not None else {}).get("pair_id", "") or fitted.subject_ids[i]) for i in range(len(y)))
     key = jax.random.key(cfg.seed)
@@ -173,19 +208,22 @@ def run_classification(
         for f, (tr, te) in enumerate(stratified_kfold(k_fold, len(y), cfg.folds, strata=y, units=units)):
             folds.append((one_version_per_unit(jax.random.fold_in(k_fold, f), tr, units, y), te))
     rows = []
-    for m, method in enumerate(_Methods(fitted, images if use_images else None, cfg)):
+    budget = budget or Budget.resolve()
+    folder = tempfile.TemporaryDirectory(prefix="longbrain-classify-")
+    for m, method in enumerate(_Methods(fitted, images if use_images else None, cfg, budget, Path(folder.name))):
         name, streams = method[0], method[1]
         if progress is not None:
             progress(f"{name} {streams}")
         started = time.perf_counter()
-        split = _evaluate(method, train, test, y, jax.random.fold_in(key, 10 + m))
-        fold_acc = [_evaluate(method, tr, te, y, jax.random.fold_in(key, 10_000 + 100 * m + i))["accuracy"] for i, (tr, te) in enumerate(folds)]
+        split = _evaluate(method, train, test, y, jax.random.fold_in(key, 10 + m), budget)
+        fold_acc = [_evaluate(method, tr, te, y, jax.random.fold_in(key, 10_000 + 100 * m + i), budget)["accuracy"] for i, (tr, te) in enumerate(folds)]
         rows.append({
             "method": name, "streams": streams, **split,
             "kfold_accuracy_mean": float(np.mean(fold_acc)) if fold_acc else float("nan"),
             "kfold_accuracy_sd": float(np.std(fold_acc, ddof=1)) if len(fold_acc) > 1 else float("nan"),
             "seconds": time.perf_counter() - started,
         })  # fmt: skip
+    folder.cleanup()
     return {
         "rows": rows,
         "train": [fitted.subject_ids[i] for i in train],

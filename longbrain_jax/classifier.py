@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -19,6 +20,7 @@ import numpy as np
 import optax
 
 from longbrain_jax.cohort import train_test_split
+from longbrain_jax.engine.memory import Budget, Program, plan_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +87,31 @@ def _eval_loss(params, state, xb, yb, *, model):
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, yb))
 
 
-def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, key: jax.Array) -> Trained:
-    """Fit `model` to inputs `x` (N, ...) and integer labels `y` (N,)."""
+def train_batch(model: nn.Module, row_shape: tuple[int, ...], cfg: TrainConfig, budget: Budget, steps: int = 1) -> int:
+    """The training batch of `model` on inputs of `row_shape` under `budget` (at most `cfg.batch_size`)."""
+    s = jax.ShapeDtypeStruct
+    variables = jax.eval_shape(lambda: _init(jax.random.key(0), jnp.zeros((1, *row_shape), jnp.float32), model=model))
+    params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    schedule = (max(steps, 1), cfg.learning_rate, cfg.weight_decay)
+    opt_state = jax.eval_shape(lambda p: _optimizer(*schedule).init(p), params)
+
+    def trace(b):
+        return _train_step.trace(params, state, opt_state, s((b, *row_shape), jnp.float32), s((b,), jnp.int32), s((b,), jnp.float32),
+                                 jax.random.key(0), model=model, schedule=schedule)  # fmt: skip
+
+    program = Program(trace, ("classifier", model, row_shape, schedule))
+    return plan_batch(f"classifier: {type(model).__name__}", "subjects per batch", budget, cfg.batch_size, program).sizes["subjects per batch"]
+
+
+def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, key: jax.Array, budget: Budget | None = None) -> Trained:
+    """Fit `model` to inputs `x` (N, ...; an array or an `engine.store.RowStore`) and integer labels `y` (N,).
+
+    The batch is `cfg.batch_size` unless `budget` (default `Budget.resolve()`) holds less (warned).
+    """
+    batch = train_batch(model, tuple(x.shape[1:]), cfg, budget or Budget.resolve())
+    if batch < cfg.batch_size:
+        warnings.warn(f"{type(model).__name__}: a batch of {cfg.batch_size} does not fit the memory budget; training with {batch}", stacklevel=2)
+        cfg = dataclasses.replace(cfg, batch_size=batch)
     k_split, k_init, k_epochs = jax.random.split(key, 3)
     if cfg.validation_fraction:  # stratified by class
         fit_idx, val_idx = train_test_split(k_split, len(y), cfg.validation_fraction, strata=y)
@@ -116,7 +141,9 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
             losses.append(float(loss))
         train_hist.append(float(np.mean(losses)))
         if len(val_idx):
-            v = float(_eval_loss(params, state, jnp.asarray(x[val_idx]), jnp.asarray(y[val_idx]), model=model))
+            parts = [(len(b), float(_eval_loss(params, state, jnp.asarray(x[b]), jnp.asarray(y[b]), model=model)))
+                     for b in np.array_split(val_idx, -(-len(val_idx) // cfg.batch_size))]  # fmt: skip
+            v = sum(n * loss for n, loss in parts) / len(val_idx)
             val_hist.append(v)
             if v < best_loss:
                 best, best_epoch, best_loss = (params, state), epoch, v

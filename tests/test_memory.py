@@ -5,6 +5,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from longbrain_jax.engine.memory import Budget, Program, format_size, jaxpr_bound, parse_size, plan_batch, program_bytes
@@ -102,3 +103,38 @@ def test_a_resumed_run_keeps_the_sizes_it_planned(tmp_path):
     again = run_sizes(tmp_path / "work", lambda: {"chunk": 2})  # another machine, less memory
     assert first == again == {"chunk": 8}
     assert (tmp_path / "work" / "plan.json").is_file()
+
+
+def test_rows_beyond_the_budget_go_to_disk_and_read_back_by_index(tmp_path):
+    from longbrain_jax.engine.store import RowStore, rows
+
+    data = np.arange(7 * 3 * 4, dtype=np.float32).reshape(7, 3, 4)
+    build = lambda idx: data[idx]  # noqa: E731
+    in_memory = rows(build, 7, (3, 4), Budget.resolve(), tmp_path, "x")
+    assert isinstance(in_memory, np.ndarray)
+    np.testing.assert_array_equal(in_memory, data)
+    tight = Budget(Budget.resolve().in_use() + 200, "cpu", "test", devices=1)  # half the free part holds no 7 rows of 48 bytes
+    stored = rows(build, 7, (3, 4), tight, tmp_path, "x", chunk=3)
+    assert isinstance(stored, RowStore) and stored.shape == (7, 3, 4) and len(stored) == 7
+    np.testing.assert_array_equal(stored[np.array([5, 0, 5])], data[[5, 0, 5]])
+    np.testing.assert_array_equal(stored[2:4], data[2:4])
+    np.testing.assert_array_equal(stored[6], data[6])
+    with pytest.raises(ValueError, match="do not fit"):
+        stored.write(6, data[:2])
+
+
+def test_a_classifier_trains_the_same_on_rows_read_from_disk(tmp_path, key):
+    from longbrain_jax.classifier import TrainConfig, train_classifier
+    from longbrain_jax.engine.store import RowStore
+    from longbrain_jax.weightspace.models import LinearClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    store = RowStore(tmp_path / "x.f32", 24, (5,))
+    store.write(0, x)
+    cfg = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-2)
+    a = train_classifier(LinearClassifier(), x, y, cfg, key)
+    b = train_classifier(LinearClassifier(), store, y, cfg, key)
+    for u, v in zip(jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables), strict=True):
+        np.testing.assert_array_equal(u, v)

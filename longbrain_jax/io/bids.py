@@ -36,7 +36,7 @@ from longbrain_jax.cohort import Cohort, Subject
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import atomic_dir
 from longbrain_jax.io.intensity import IntensityNorm, normalise_intensity
-from longbrain_jax.io.nifti import NIFTI_SUFFIXES, open_image, save_image
+from longbrain_jax.io.nifti import NIFTI_SUFFIXES, ImageHandle, open_image, save_image
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _MISSING = {"", "n/a", "na", "nan"}
@@ -132,12 +132,24 @@ def _find_nifti(stem: Path) -> Path | None:
 
 # -- TSV tables ------------------------------------------------------------------------
 def _read_tsv(path: Path) -> list[dict[str, str]]:
+    """The rows of a TSV table as dicts of stripped strings.
+
+    Tables as spreadsheets export them are read too: a UTF-8 byte-order mark, CRLF line
+    ends, empty fields past the last column (trailing tabs) and rows of empty fields are
+    ignored; a row with more non-empty fields than the header has columns is an error.
+    """
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            rows = []
+            for row in reader:
+                extra = [v for v in row.pop(None, None) or () if v.strip()]
+                if extra:
+                    raise InputError(f"{path}:{reader.line_num}", f"has {len(extra)} more field(s) than the header has columns")
+                rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(path, f"cannot read table ({e})") from None
-    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
+    return [row for row in rows if any(row.values())]
 
 
 def _write_tsv(path: Path, columns: list[str], rows: list[dict[str, object]]) -> None:
@@ -205,9 +217,11 @@ def _participants(root: Path, cfg: LoadConfig) -> list[dict[str, str]]:
         raise InputError(table, f"not found, so there is no column {cfg.group_column!r} for groups")
     if table.is_file():
         rows = _read_tsv(table)
-        if rows and _column(rows[0], "participant_id") is None:
+        if not rows:
+            raise InputError(table, "lists no participants: empty cohort")
+        if _column(rows[0], "participant_id") is None:
             raise InputError(table, "has no participant_id column")
-        id_column = _column(rows[0], "participant_id") if rows else "participant_id"
+        id_column = _column(rows[0], "participant_id")
         seen: set[str] = set()
         for i, row in enumerate(rows, start=2):
             label = bids_label(row.pop(id_column), "sub", f"{table}:{i}")
@@ -334,12 +348,7 @@ def scan_bids(root: str | os.PathLike, cfg: LoadConfig = LoadConfig()) -> BIDSDa
                 stacklevel=2,
             )
 
-    handles = {}
-    ndim = cfg.ndim
-    for e in entries:
-        for path in e.images + (e.label_maps or ()):
-            handles[path] = open_image(path, ndim)
-            ndim = len(handles[path].shape)
+    handles = _open_images([path for e in entries for path in e.images + (e.label_maps or ())], cfg.ndim)
     grid_of = lambda path: (handles[path].shape, handles[path].affine)  # noqa: E731
     ref_grid = grid_of(entries[0].images[0])
     grids = [ref_grid if cfg.common_grid else grid_of(e.images[0]) for e in entries]
@@ -353,6 +362,34 @@ def scan_bids(root: str | os.PathLike, cfg: LoadConfig = LoadConfig()) -> BIDSDa
         )
     with_labels = cfg.labels and all(e.label_maps is not None for e in entries)
     return BIDSDataset(root, cfg, entries, handles, grids, with_labels)
+
+
+def _open_images(paths: list[Path], ndim: int | None) -> dict[Path, ImageHandle]:
+    """Every image's validated header, all of `ndim` spatial axes.
+
+    With `ndim` None the dataset's dimensionality is what most of its images have (ties:
+    the first image's), so the odd one out is the image named, wherever it comes: a 3D
+    volume among 2D slices, or a 2D slice (X x Y x 1) among 3D volumes.
+    """
+    if ndim is not None:
+        return {path: open_image(path, ndim) for path in paths}
+    natural: dict[Path, ImageHandle | None] = {}
+    for path in paths:
+        try:
+            natural[path] = open_image(path)
+        except InputError:  # reported below, against the dataset's dimensionality
+            natural[path] = None
+    dims = [len(h.shape) for h in natural.values() if h is not None]
+    common = max(set(dims), key=lambda d: (dims.count(d), d == dims[0])) if dims else None
+    handles = {}
+    for path, handle in natural.items():
+        if handle is None or len(handle.shape) != common:
+            slice_2d = handle is not None and len(handle.shape) == 2
+            handle = open_image(path, common)  # raises, naming the file, unless a 2D slice reads as a thin volume
+            if slice_2d:
+                raise InputError(path, f"expected a {common}D image, got shape {handle.shape} (a 2D slice)")
+        handles[path] = handle
+    return handles
 
 
 class BIDSDataset:
@@ -388,6 +425,18 @@ class BIDSDataset:
     @property
     def ndim(self) -> int:
         return len(self.spatial_shape)
+
+    @property
+    def metadata(self) -> tuple[dict[str, str], ...]:
+        """Every subject's other participants.tsv columns (as `Cohort.metadata`)."""
+        return tuple(e.metadata for e in self._entries)
+
+    def subset(self, indices) -> BIDSDataset:
+        """The dataset of the subjects `indices` (in that order), still without reading voxels."""
+        idx = [int(i) for i in indices]
+        if not idx:
+            raise InputError(self.root, "no subject left to read")
+        return BIDSDataset(self.root, self.cfg, [self._entries[i] for i in idx], self._handles, [self._grids[i] for i in idx], self._with_labels)
 
     @property
     def has_labels(self) -> bool:
