@@ -285,12 +285,13 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
 @click.option("--fit-width", default=512, show_default=True, help="INR width when SOURCE is a BIDS dataset (fitted first).")
 @click.option("--fit-steps", default=100, show_default=True, help="Fine-tuning steps when SOURCE is a BIDS dataset.")
 @click.option("--fit-fraction", default=0.01, show_default=True, help="Voxels per scan per step when SOURCE is a BIDS dataset.")
+@memory_budget_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_input_errors_exit_2
 def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, epochs, lr, sfcn_channels, streams, negative, positive, group_column, folds, repeats,
-             fit_width, fit_steps, fit_fraction, seed, overwrite, quiet) -> None:  # fmt: skip
+             fit_width, fit_steps, fit_fraction, memory_budget, seed, overwrite, quiet) -> None:  # fmt: skip
     """Classify healthy vs dementia-like trajectories from INR weights (and SFCN on the scans).
 
     SOURCE is the folder of a finished `longbrain fit`, or a BIDS dataset, which is
@@ -304,7 +305,7 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
     from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, load_fit
     from longbrain_jax.groups import GroupMap
     from longbrain_jax.inr import INRConfig
-    from longbrain_jax.io import LoadConfig, read_bids, scan_bids
+    from longbrain_jax.io import LoadConfig, scan_bids
 
     check_writable(out, overwrite)
     load = LoadConfig(group_column=group_column)
@@ -325,7 +326,8 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
         fit_out = out.with_name(out.name + "-fit")
         fit_cfg = FitConfig(inr=INRConfig(ndim=dataset.ndim, width=fit_width), finetune=StageConfig(fit_steps, 1e-3, fit_fraction), seed=seed)
         bar = _FitBar(fit_cfg, dataset.num_subjects, enabled=not quiet)
-        fit_cohort(dataset, fit_out, fit_cfg, overwrite=overwrite, progress=bar, source_description=str(source))
+        _show_memory_plans(not quiet)
+        fit_cohort(dataset, fit_out, fit_cfg, overwrite=overwrite, progress=bar, source_description=str(source), budget=_budget(memory_budget))
         bar.close()
         bids_dir, source = bids_dir or source, fit_out
     fitted = load_fit(source)
@@ -334,14 +336,15 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
         bids_dir = Path(recorded) if recorded else None
     images = None  # the scans: SFCN's input, and the anatomy pairs (pair_id) of the split
     if bids_dir is not None:
-        images = read_bids(bids_dir, load)
+        images = scan_bids(bids_dir, load)
         missing = sorted(set(fitted.subject_ids) - set(images.subject_ids))
         if missing:
             raise InputError(bids_dir, f"lacks fitted subject(s) {missing[:3]}")
-        images = images.select([images.subject_ids.index(s) for s in fitted.subject_ids])
+        images = images.subset([images.subject_ids.index(s) for s in fitted.subject_ids])
         fitted = dataclasses.replace(fitted, groups=images.groups)  # as the dataset names them now (--group-column)
     progress = None if quiet else (lambda what: click.echo(f"training {what}", err=True))
-    results = run_classification(fitted, images, cfg, progress=progress, use_images=not no_sfcn)
+    _show_memory_plans(not quiet)
+    results = run_classification(fitted, images, cfg, progress=progress, use_images=not no_sfcn, budget=_budget(memory_budget))
     report = write_classification(out, results, cfg, f"Fitted cohort: `{source}` ({len(fitted.subject_ids)} subjects).", overwrite=overwrite)
     click.echo(f"wrote {report}")
     click.echo(results_table(results))
@@ -474,6 +477,10 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
     if not Path(bids_dir, "derivatives", label_pipeline).is_dir():
         label_pipeline = None
     dataset = scan_bids(bids_dir, LoadConfig(label_pipeline=label_pipeline, group_column=group_column))
+    from longbrain_jax.cohort import scan_roles
+
+    if not (scan_roles(dataset.mask, holdout) >= 2).any():  # before any model is built; names the dataset
+        raise InputError(bids_dir, f"no held-out scans: forecasting needs subjects with >= 3 scans (most scans of a subject: {dataset.max_scans})")
     segmenter_dataset = None
     if segmenter_bids is not None:
         seg_pipeline = label_pipeline or "simulator"
