@@ -31,7 +31,7 @@ from longbrain_jax.baselines.sfcn import SFCN, stack_timepoints
 from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
 from longbrain_jax.cohort import one_version_per_unit, stratified_kfold, train_test_split
 from longbrain_jax.config import write_config
-from longbrain_jax.engine.memory import Budget
+from longbrain_jax.engine.memory import Budget, within_budget
 from longbrain_jax.engine.store import rows
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import atomic_dir
@@ -174,6 +174,7 @@ class _Rows:
         return self.x[self.index[i]]
 
 
+@within_budget
 def run_classification(
     fitted: FittedCohort,
     images,
@@ -208,7 +209,6 @@ def run_classification(
         for f, (tr, te) in enumerate(stratified_kfold(k_fold, len(y), cfg.folds, strata=y, units=units)):
             folds.append((one_version_per_unit(jax.random.fold_in(k_fold, f), tr, units, y), te))
     rows = []
-    budget = budget or Budget.resolve()
     folder = tempfile.TemporaryDirectory(prefix="longbrain-classify-")
     for m, method in enumerate(_Methods(fitted, images if use_images else None, cfg, budget, Path(folder.name))):
         name, streams = method[0], method[1]

@@ -1,6 +1,5 @@
 """Memory budgets and plans: sizes, XLA costs, the jaxpr bound, the fit plan (issue 18)."""
 
-import dataclasses
 import os
 
 import jax
@@ -9,9 +8,9 @@ import numpy as np
 import pytest
 
 from longbrain_jax.engine.memory import Budget, Program, format_size, jaxpr_bound, parse_size, plan_batch, program_bytes
-from longbrain_jax.engine.rundir import run_sizes
+from longbrain_jax.engine.rundir import run_size
 from longbrain_jax.fit import FitConfig, StageConfig
-from longbrain_jax.fit.plan import block_program, plan_fit
+from longbrain_jax.fit.plan import block_program, plan_block
 from longbrain_jax.inr import INRConfig
 
 
@@ -88,20 +87,21 @@ def test_scoring_block_is_planned_so_the_chunk_scores_within_the_budget():
     blocks, all subjects at once (chunk x T x block x width), and was killed for memory on a
     real cohort. The block is now planned: a budget that the old block overruns gets one that fits."""
     shape, t_max, chunk = (64, 64), 5, 8
-    old = block_program(TINY_FIT.inr, shape, t_max, chunk)(64 * 64, True)  # min(32768, voxels)
+    program = block_program(TINY_FIT.inr, shape, t_max, chunk)
+    old = program(64 * 64, True) + program.compile_bytes(True)  # min(32768, voxels)
     in_use = Budget.resolve().in_use()
-    budget = Budget(in_use + old // 2 + 32 * 2**20, "cpu", "test", devices=1)
-    plan = plan_fit(dataclasses.replace(TINY_FIT, chunk_size=chunk), chunk, t_max, shape, 1, budget)
+    budget = Budget(in_use + old // 2 + 64 * 2**20, "cpu", "test", devices=1)
+    plan = plan_block(TINY_FIT, shape, t_max, chunk, budget)
     assert in_use + old > budget.bytes  # the fixed block would not have fitted
-    assert plan.chunk == chunk and plan.eval_block < 64 * 64
-    assert all(p.predicted_bytes <= budget.bytes for p in plan.plans)
-    assert block_program(TINY_FIT.inr, shape, t_max, chunk)(plan.eval_block, True) < old
+    block = plan.sizes["voxels per block"]
+    assert block < 64 * 64 and plan.predicted_bytes <= budget.bytes and plan.exact
+    assert program(block, True) < program(64 * 64, True)
 
 
 def test_a_resumed_run_keeps_the_sizes_it_planned(tmp_path):
-    first = run_sizes(tmp_path / "work", lambda: {"chunk": 8})
-    again = run_sizes(tmp_path / "work", lambda: {"chunk": 2})  # another machine, less memory
-    assert first == again == {"chunk": 8}
+    first = run_size(tmp_path / "work", "chunk", lambda: 8)
+    again = run_size(tmp_path / "work", "chunk", lambda: 2)  # another machine, less memory
+    assert first == again == 8 and run_size(tmp_path / "work", "pool", lambda: 3) == 3
     assert (tmp_path / "work" / "plan.json").is_file()
 
 

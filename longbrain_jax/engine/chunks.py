@@ -21,6 +21,7 @@ import numpy as np
 
 from longbrain_jax.engine import sharding
 from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
+from longbrain_jax.engine.memory import release_memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,7 @@ def run_in_chunks(
                     progress({"stage": program.stage, "chunk": c, "chunks": len(starts), "step": step, "total": program.steps, **program.status(state, len(ids))})
             save_tree(work / f"chunk-{c:05d}", program.finish(state, data, len(ids)))
             del state, data
+            release_memory()
             if progress is not None:
                 progress({"stage": "scored", "chunk": c, "chunks": len(starts)})
 

@@ -13,6 +13,12 @@ the device it runs on), so a cohort or an image of any size runs in bounded memo
   + the compiled program's buffers         (XLA's own buffer assignment of the program at
                                             that size: arguments + outputs + temporaries
                                             - aliased, `jax.stages.Compiled.memory_analysis()`)
+  + compiling the program                  (on the CPU: the host memory XLA's compiler took,
+                                            measured while the plan compiles; a fixed
+                                            `COMPILE_ALLOWANCE` where nothing was compiled)
+
+Freed heap memory is handed back to the system at phase boundaries (`release_memory`), so
+resident memory follows what is alive rather than what glibc kept.
 
 A vmapped or blocked program's buffers are affine in its batch size (each subject or
 voxel block carries the same arrays), so they are measured at two small sizes and
@@ -26,7 +32,10 @@ costs its per-device buffers once per device.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -99,8 +108,10 @@ def process_resident() -> int:
     return peak if os.uname().sysname == "Darwin" else peak * 1024
 
 
-def process_peak() -> int:
-    """This process's peak resident memory so far (bytes; VmHWM on Linux)."""
+_PEAK_BEFORE_RESETS = 0
+
+
+def _high_water_mark() -> int:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -108,6 +119,37 @@ def process_peak() -> int:
     except OSError:
         pass
     return process_resident()
+
+
+def process_peak() -> int:
+    """This process's peak resident memory so far (bytes; VmHWM on Linux, across the resets
+    that measuring a compilation makes)."""
+    return max(_PEAK_BEFORE_RESETS, _high_water_mark())
+
+
+def _reset_peak() -> bool:
+    """Restart the kernel's high-water mark from the current resident memory (Linux); False if it cannot."""
+    global _PEAK_BEFORE_RESETS
+    _PEAK_BEFORE_RESETS = process_peak()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the operating system (glibc's `malloc_trim`), so resident
+    memory follows what is alive: XLA's compiler and runtime free large blocks that glibc would
+    otherwise keep. A no-op where glibc is absent."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _read_statm() -> int | None:
@@ -144,7 +186,10 @@ class Budget:
 
     @classmethod
     def resolve(cls, size: str | int | None = None, share: float | None = None) -> Budget:
-        """A budget of `size` (e.g. "16G"), or by default a share of the first device's memory."""
+        """A budget of `size` (e.g. "16G"); without one, the budget a caller made current
+        (`Budget.active`), else a share of the first device's memory."""
+        if size is None and share is None and (current := _CURRENT.get()) is not None:
+            return current
         device = jax.local_devices()[0]
         devices = len(jax.local_devices()) if device.platform == "cpu" else 1
         stats = _accelerator_stats(device)
@@ -163,6 +208,16 @@ class Budget:
         total = host_memory_total()
         return cls(int(share * total), "cpu", f"{share:.0%} of {format_size(total)} host RAM", len(jax.local_devices(backend="cpu")))
 
+    @contextlib.contextmanager
+    def active(self):
+        """Make this the budget every `Budget.resolve()` inside the block returns (a run's
+        budget reaches the figures and reconstructions it makes without being passed down)."""
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
+
     def in_use(self) -> int:
         """Memory already in use on what this budget covers."""
         if self.platform == "cpu":
@@ -178,6 +233,22 @@ class Budget:
     def on_host(self) -> bool:
         """True when the compiled programs run in host RAM (so host arrays and buffers add up)."""
         return self.platform == "cpu"
+
+
+_CURRENT: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("longbrain_budget", default=None)
+
+
+def within_budget(fn: Callable) -> Callable:
+    """Run `fn` (which takes a `budget=` keyword) with its budget resolved and made current
+    (`Budget.active`), so everything it calls plans from the same budget."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, budget: Budget | None = None, **kwargs):
+        budget = budget or Budget.resolve()
+        with budget.active():
+            return fn(*args, budget=budget, **kwargs)
+
+    return wrapper
 
 
 # -- what a program costs ------------------------------------------------------------------------
@@ -237,13 +308,31 @@ def jaxpr_bound(traced: jax.stages.Traced) -> int:
     return int(BOUND_SAFETY * _live_peak(traced.jaxpr.jaxpr))
 
 
+#: What compiling one program may take on the host when it was not measured (the cheap path):
+#: XLA:CPU took 150-350 MiB for the project's training programs (`tests/test_memory.py`).
+COMPILE_ALLOWANCE = 512 * MiB
+
+
 def program_bytes(traced: jax.stages.Traced) -> int:
     """Bytes of one device's buffers for a traced program, from XLA's buffer assignment:
     arguments + outputs + temporaries - aliased (`Compiled.memory_analysis()`)."""
-    stats = traced.lower().compile().memory_analysis()
+    return compile_measured(traced)[0]
+
+
+def compile_measured(traced: jax.stages.Traced, resident_arguments: bool = False) -> tuple[int, int]:
+    """(buffers, host bytes the compilation itself took at its peak) of a traced program;
+    without the arguments if they are `resident_arguments` (already in memory, counted there)."""
+    release_memory()
+    before, reset = process_resident(), _reset_peak()
+    compiled = traced.lower().compile()
+    footprint = max(0, _high_water_mark() - before) if reset else COMPILE_ALLOWANCE
+    stats = compiled.memory_analysis()
+    del compiled
+    release_memory()
     if stats is None:  # a backend without buffer statistics
-        return jaxpr_bound(traced)
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+        return jaxpr_bound(traced), footprint
+    arguments = 0 if resident_arguments else stats.argument_size_in_bytes
+    return int(arguments + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes), footprint
 
 
 class Cost(NamedTuple):
@@ -257,6 +346,7 @@ class Cost(NamedTuple):
 
 
 _MEASURED: dict = {}
+_COMPILE: dict = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,22 +357,37 @@ class Program:
     `key` names the program and everything static about it (configs, shapes but the batch
     axis): costs are measured once per process and key. `sizes`: the two batch sizes the
     affine cost is measured at (not 1: XLA squeezes a vmapped axis of one, which costs less
-    than one item of a larger batch; from 2 on the cost is affine).
+    than one item of a larger batch; from 2 on the cost is affine). `resident_arguments`:
+    the program runs on arrays already in memory (counted in what is in use), so only its
+    outputs and temporaries count.
     """
 
     trace: Callable[[int], jax.stages.Traced]
     key: Hashable
     sizes: tuple[int, int] = (2, 4)
+    resident_arguments: bool = False
 
     def cost(self, exact: bool = True) -> Cost:
         """The affine cost: XLA's buffers (`exact`, compiles twice) or the jaxpr bound (traces twice)."""
-        memo = (self.key, self.sizes, exact)
+        memo = (self.key, self.sizes, self.resident_arguments, exact)
         if memo not in _MEASURED:
-            measure = program_bytes if exact else jaxpr_bound
-            (a, b), (cost_a, cost_b) = self.sizes, (measure(self.trace(n)) for n in self.sizes)
+            if exact:
+                measured = [compile_measured(self.trace(n), self.resident_arguments) for n in self.sizes]
+                _COMPILE[memo] = max(f for _, f in measured)
+                cost_a, cost_b = (b for b, _ in measured)
+            else:  # the bound counts arguments: an overestimate where they are resident
+                cost_a, cost_b = (jaxpr_bound(self.trace(n)) for n in self.sizes)
+            (a, b) = self.sizes
             per_item = max(0, (cost_b - cost_a) // (b - a))
             _MEASURED[memo] = Cost(max(0, cost_a - per_item * a), per_item)
         return _MEASURED[memo]
+
+    def compile_bytes(self, exact: bool = True) -> int:
+        """Host memory compiling the program takes: measured with the exact cost, else `COMPILE_ALLOWANCE`."""
+        if not exact:
+            return COMPILE_ALLOWANCE
+        self.cost(True)
+        return _COMPILE[(self.key, self.sizes, self.resident_arguments, True)]
 
     def __call__(self, n: int, exact: bool = True) -> int:
         return self.cost(exact)(n)
@@ -329,6 +434,7 @@ def plan_batch(
     multiple: int = 1,
     shards: int = 1,
     in_use: int | None = None,
+    compile_bytes: Callable[[bool], int] | None = None,
 ) -> Plan:
     """The largest batch n <= `upper` (a multiple of `multiple` where it can be) that fits `budget`.
 
@@ -345,22 +451,26 @@ def plan_batch(
       On the CPU this host's devices all draw on its RAM; on an accelerator the budget
       is one device's.
     - `in_use`: memory already in use (default: measured now).
+    - `compile_bytes(exact)`: host memory compiling the stage's program takes (default:
+      `device_cost.compile_bytes` for a `Program`, else 0). On the CPU it adds to the peak.
 
     If the bound fits at `upper`, nothing is compiled; otherwise the largest fitting n is
     searched with exact costs. Raises `MemoryError` naming the stage if even a batch of
     `multiple` (or 1) does not fit.
     """
     in_use = budget.in_use() if in_use is None else in_use
+    if compile_bytes is None:
+        compile_bytes = getattr(device_cost, "compile_bytes", lambda exact: 0)
 
     def peak(n: int, exact: bool) -> int:
         program = device_cost(-(-n // shards), exact) * (min(shards, budget.devices) if budget.on_host else 1)
-        return in_use + program + (host_cost(n) if budget.on_host else 0)
+        return in_use + program + (host_cost(n) + compile_bytes(exact) if budget.on_host else 0)
 
     upper = max(1, upper)
     bound = peak(upper, False)
     if bound <= budget.bytes:
         plan = Plan(stage, {what: upper}, bound, budget, in_use, exact=False)
-        logger.info(plan.describe())
+        logger.info(plan.describe(), extra={"plan": plan})
         return plan
     smallest = min(multiple, upper)
     if peak(smallest, True) > budget.bytes:
@@ -378,13 +488,13 @@ def plan_batch(
             hi = mid - 1
     n = lo if lo < multiple or lo == upper else lo - lo % multiple
     plan = Plan(stage, {what: n}, peak(n, True), budget, in_use)
-    logger.info(plan.describe())
+    logger.info(plan.describe(), extra={"plan": plan})
     return plan
 
 
 def plan_host(stage: str, what: str, budget: Budget, upper: int, per_item: int, fixed: int = 0) -> Plan:
     """The largest batch of items (subjects, scans) whose host arrays, `fixed + per_item * n` bytes, fit the host budget."""
-    return plan_batch(stage, what, budget.host(), upper, lambda n, exact: 0, Cost(fixed, per_item))
+    return plan_batch(stage, what, budget.host(), upper, lambda n, exact: 0, Cost(fixed, per_item), compile_bytes=lambda exact: 0)
 
 
 def agree(value: int) -> int:

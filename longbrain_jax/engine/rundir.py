@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax
 
+from longbrain_jax.engine.memory import agree
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import atomic_file
 
@@ -36,18 +37,19 @@ def prepare_output_dir(out: Path, record: dict, resume: bool, overwrite: bool) -
     out.mkdir(parents=True)
 
 
-def run_sizes(work: Path, plan: Callable[[], dict]) -> dict:
-    """The sizes a run planned (`work/plan.json`): planned once, then read back when the run resumes.
+def run_size(work: Path, name: str, plan: Callable[[], int]) -> int:
+    """A size the run planned (`work/plan.json`, one entry per `name`): planned once, read back on resume.
 
     A resumed run must keep its chunks (checkpoints and finished chunks are per chunk) and
-    its pools, whatever memory the machine that resumes it has.
+    its pools, whatever memory the machine that resumes it has. Every process of a
+    multi-host run plans for its own memory; they take the smallest (`memory.agree`).
     """
     path = work / "plan.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    sizes = plan()
-    work.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        with atomic_file(path, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(sizes, indent=2) + "\n")
-    return sizes
+    sizes = json.loads(path.read_text()) if path.is_file() else {}
+    if name not in sizes:
+        sizes[name] = agree(int(plan()))
+        work.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            with atomic_file(path, overwrite=True) as tmp:
+                tmp.write_text(json.dumps(sizes, indent=2) + "\n")
+    return int(sizes[name])

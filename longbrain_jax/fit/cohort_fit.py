@@ -47,11 +47,11 @@ from longbrain_jax.config import config_to_dict, write_config
 from longbrain_jax.engine import sharding
 from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
 from longbrain_jax.engine.chunks import ChunkProgram, load_chunks, run_in_chunks
-from longbrain_jax.engine.memory import Budget, agree
-from longbrain_jax.engine.rundir import prepare_output_dir, run_sizes
+from longbrain_jax.engine.memory import Budget, release_memory, within_budget
+from longbrain_jax.engine.rundir import prepare_output_dir, run_size
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit.evaluate import cohort_scores
-from longbrain_jax.fit.plan import plan_fit
+from longbrain_jax.fit.plan import plan_block, plan_chunk, plan_pool
 from longbrain_jax.fit.sampling import prepare_subjects
 from longbrain_jax.fit.train import FitState, Sampling, StageConfig, finetune_block, init_state, shared_block
 from longbrain_jax.inr import spatiotemporal as st
@@ -176,6 +176,7 @@ def _init_states(params: st.Params, stage: StageConfig) -> FitState:
 
 
 # -- the run -----------------------------------------------------------------------------
+@within_budget
 def fit_cohort(
     source: CohortSource,
     out: str | os.PathLike,
@@ -211,16 +212,27 @@ def fit_cohort(
         raise InputError(out, f"INR ndim {cfg.inr.ndim} does not match the {len(source.spatial_shape)}D data")
     record = {"config": config_to_dict(cfg), "source": source_description, "subjects": list(source.subject_ids)}
     prepare_output_dir(out, record, resume, overwrite)
+    try:
+        return _fit_into(out, source, cfg, mesh, progress, source_description, budget)
+    except InputError:  # a broken image found while streaming voxels: leave no half-written run behind
+        if not resume and jax.process_index() == 0:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _fit_into(out: Path, source: CohortSource, cfg: FitConfig, mesh, progress, source_description: str, budget: Budget | None) -> FitResult:
+    """`fit_cohort` once its output folder is prepared."""
     write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids))
     mesh = mesh or sharding.subject_mesh()
     work = out / "work"
     shape, devices = tuple(source.spatial_shape), mesh.devices.size
-    sizes = run_sizes(work, lambda: plan_fit(cfg, source.num_subjects, source.max_scans, shape, devices, budget or Budget.resolve()).record())
-    sizes = {k: agree(sizes[k]) for k in ("pool", "chunk", "eval_block")}
+    n, t_max = source.num_subjects, source.max_scans
     ckpt = StateCheckpoints(work / "checkpoints")
     try:
-        theta = _shared_init(source, cfg, ckpt, work, mesh, progress, sizes["pool"])
-        result = _finetune_all(source, cfg, theta, ckpt, work, mesh, progress, sizes["chunk"], sizes["eval_block"])
+        pool = run_size(work, "pool", lambda: plan_pool(cfg, n, t_max, shape, budget).sizes["subjects in the pool"])
+        theta = _shared_init(source, cfg, ckpt, work, mesh, progress, pool)
+        chunk = run_size(work, "chunk", lambda: plan_chunk(cfg, n, t_max, shape, devices, budget).sizes["subjects per chunk"])
+        result = _finetune_all(source, cfg, theta, ckpt, work, mesh, progress, -(-chunk // devices) * devices, budget)
     finally:
         ckpt.close()
     if jax.process_index() == 0:
@@ -286,10 +298,11 @@ def _shared_init(source, cfg, ckpt, work, mesh, progress, pool_size: int) -> st.
             _report(progress, stage="shared", step=step, total=stage.steps, loss=loss, psnr=_points_psnr(np.array([loss])))
     params = sharding.to_host(params)
     save_tree(done, params)
+    release_memory()
     return params
 
 
-def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress, chunk_size: int, eval_block: int) -> FitResult:
+def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress, chunk_size: int, budget: Budget) -> FitResult:
     t_max = source.max_scans
     roles_all = scan_roles(source.mask, cfg.holdout)
     stage = cfg.finetune
@@ -308,7 +321,9 @@ def _finetune_all(source, cfg, theta, ckpt, work, mesh, progress, chunk_size: in
 
     def finish(state, data, n_real):
         subject_data, ages, observed = data
-        psnr, ssim = cohort_scores(state.params, ages, subject_data.volumes, observed, spatial_shape=shape, cfg=cfg.inr, block=eval_block)
+        release_memory()
+        block = plan_block(cfg, shape, t_max, chunk_size // mesh.devices.size, budget).sizes["voxels per block"]
+        psnr, ssim = cohort_scores(state.params, ages, subject_data.volumes, observed, spatial_shape=shape, cfg=cfg.inr, block=block)
         host = sharding.to_host({"params": state.params, "psnr": psnr, "ssim": ssim, "loss": state.loss, "diverged_at": state.diverged_at})
         return jax.tree_util.tree_map(lambda x: x[:n_real], host)
 

@@ -151,7 +151,8 @@ def load_fit(out: str | os.PathLike) -> FittedCohort:
 
 
 def write_reconstructions(
-    out_dir: str | os.PathLike, fitted: FittedCohort, index: int, ages: np.ndarray, spatial_shape: tuple[int, ...], affine: np.ndarray
+    out_dir: str | os.PathLike, fitted: FittedCohort, index: int, ages: np.ndarray, spatial_shape: tuple[int, ...], affine: np.ndarray,
+    budget=None,
 ) -> list[Path]:
     """Write subject `index`'s reconstruction at each age (years) as NIfTI with its affine.
 
@@ -160,7 +161,7 @@ def write_reconstructions(
     from longbrain_jax.fit.evaluate import reconstruct_volumes
 
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x[index]), fitted.params)
-    volumes = reconstruct_volumes(params, ages, tuple(spatial_shape), fitted.cfg.inr)
+    volumes = reconstruct_volumes(params, ages, tuple(spatial_shape), fitted.cfg.inr, budget)
     sid = fitted.subject_ids[index]
     paths = []
     for age, vol in zip(ages, volumes, strict=True):

@@ -10,13 +10,14 @@ Three programs bound the memory of a fit:
 
 Their buffers are XLA's (`memory.Program`). On the host, per subject of a chunk:
 `HOST_SCAN_COPIES` float32 copies of its T x V voxels (the chunk read from disk while it
-is prepared, its foreground index list, the next chunk read ahead). Chunk size first
-(training throughput), then the largest voxel block that fits beside it.
+is prepared, its foreground index list, the next chunk read ahead). Each size is planned
+when its phase begins, from the memory in use then: the pool before theta*, the chunk
+after it (both recorded, so a resumed run keeps them), the voxel block of each chunk's
+scoring once the chunk is trained.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -30,20 +31,6 @@ from longbrain_jax.fit.train import StageConfig, finetune_block, init_state, sha
 from longbrain_jax.inr import spatiotemporal as st
 
 HOST_SCAN_COPIES = 3
-
-
-@dataclasses.dataclass(frozen=True)
-class FitPlan:
-    """Sizes of a cohort fit: `pool` subjects for theta*, `chunk` per fine-tuning program
-    (a multiple of the device count), `eval_block` voxels per reconstruction block."""
-
-    pool: int
-    chunk: int
-    eval_block: int
-    plans: tuple[Plan, ...] = ()
-
-    def record(self) -> dict:
-        return {"pool": self.pool, "chunk": self.chunk, "eval_block": self.eval_block, "plans": [p.record() for p in self.plans]}
 
 
 def tree_bytes(tree) -> int:
@@ -104,38 +91,42 @@ def scores_program(cfg: st.INRConfig, shape: tuple[int, ...], t_max: int, block:
 
 
 def block_program(cfg: st.INRConfig, shape: tuple[int, ...], t_max: int, n: int) -> Program:
-    """One device's `cohort_scores` for n subjects, as a function of the voxel block."""
-    return Program(lambda blk: _scores_trace(cfg, shape, t_max, n, blk), ("scores-block", cfg, shape, t_max, n), (MIN_BLOCK, 2 * MIN_BLOCK))
+    """One device's `cohort_scores` for n subjects whose parameters and scans are resident, as a
+    function of the voxel block (outputs and temporaries only)."""
+    return Program(lambda blk: _scores_trace(cfg, shape, t_max, n, blk), ("scores-block", cfg, shape, t_max, n), (MIN_BLOCK, 2 * MIN_BLOCK),
+                   resident_arguments=True)  # fmt: skip
 
 
-def plan_fit(cfg, num_subjects: int, t_max: int, shape: tuple[int, ...], devices: int, budget: Budget) -> FitPlan:
-    """The sizes of a cohort fit under `budget` (see the module docstring); `cfg` is a `FitConfig`.
+def plan_pool(cfg, num_subjects: int, t_max: int, shape: tuple[int, ...], budget: Budget) -> Plan:
+    """Subjects loaded for theta* (at most `cfg.shared_pool`); the program is replicated on every device."""
+    host = lambda n: HOST_SCAN_COPIES * 4 * t_max * math.prod(shape) * n  # noqa: E731
+    on_host = budget.devices if budget.on_host else 1
+    shared = shared_program(cfg, shape, t_max)
+    return plan_batch("fit: theta*", "subjects in the pool", budget, min(cfg.shared_pool, num_subjects),
+                      lambda n, exact: shared(n, exact) * on_host, host, compile_bytes=shared.compile_bytes)  # fmt: skip
 
-    `cfg.shared_pool`, `cfg.chunk_size` and `cfg.eval_block` are upper bounds where set.
-    """
+
+def plan_chunk(cfg, num_subjects: int, t_max: int, shape: tuple[int, ...], devices: int, budget: Budget) -> Plan:
+    """Subjects fine-tuned together (a device multiple; at most `cfg.chunk_size`): the training
+    program, or scoring at the smallest block with the chunk's optimiser state still held."""
     v = math.prod(shape)
     host = lambda n: HOST_SCAN_COPIES * 4 * t_max * v * n  # noqa: E731
-    on_host = budget.devices if budget.on_host else 1
-    in_use = budget.in_use()
-
-    shared = shared_program(cfg, shape, t_max)
-    pool_plan = plan_batch("fit: theta*", "subjects in the pool", budget, min(cfg.shared_pool, num_subjects),
-                           lambda n, exact: shared(n, exact) * on_host, host, in_use=in_use)  # fmt: skip
-
     train, smallest = finetune_program(cfg, shape, t_max), scores_program(cfg.inr, shape, t_max, MIN_BLOCK)
     state = abstract_states(cfg.inr, cfg.finetune, 1)
     held = tree_bytes(state) - tree_bytes(state.params) + 4 * t_max * v  # optimiser state, foreground lists
     upper = -(-min(cfg.chunk_size or num_subjects, num_subjects) // devices) * devices
-    chunk_plan = plan_batch(
+    return plan_batch(
         "fit: fine-tune", "subjects per chunk", budget, upper,
-        lambda n, exact: max(train(n, exact), smallest(n, exact) + held * n), host, multiple=devices, shards=devices, in_use=in_use,
+        lambda n, exact: max(train(n, exact), smallest(n, exact) + held * n), host, multiple=devices, shards=devices,
+        compile_bytes=lambda exact: max(train.compile_bytes(exact), smallest.compile_bytes(exact)),
     )  # fmt: skip
-    chunk = -(-chunk_plan.sizes["subjects per chunk"] // devices) * devices
 
-    per_device = chunk // devices
+
+def plan_block(cfg, shape: tuple[int, ...], t_max: int, per_device: int, budget: Budget) -> Plan:
+    """Voxels per reconstruction block when a trained chunk is scored (planned then: its data and
+    state are resident, so the program's arguments are not counted again)."""
+    on_host = budget.devices if budget.on_host else 1
     by_block = block_program(cfg.inr, shape, t_max, per_device)
-    held_now = in_use + (host(chunk) if budget.on_host else 0) + held * per_device * on_host
-    block_upper = min(cfg.eval_block or MAX_BLOCK, MAX_BLOCK, max(MIN_BLOCK, v))
-    block_plan = plan_batch("fit: scoring", "voxels per block", budget, block_upper,
-                            lambda b, exact: by_block(b, exact) * on_host, multiple=MIN_BLOCK, in_use=held_now)  # fmt: skip
-    return FitPlan(pool_plan.sizes["subjects in the pool"], chunk, block_plan.sizes["voxels per block"], (pool_plan, chunk_plan, block_plan))
+    upper = min(cfg.eval_block or MAX_BLOCK, MAX_BLOCK, max(MIN_BLOCK, math.prod(shape)))
+    return plan_batch("fit: scoring", "voxels per block", budget, upper, lambda b, exact: by_block(b, exact) * on_host,
+                      multiple=MIN_BLOCK, compile_bytes=by_block.compile_bytes)  # fmt: skip

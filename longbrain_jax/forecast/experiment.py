@@ -40,7 +40,7 @@ import numpy as np
 
 from longbrain_jax import metrics
 from longbrain_jax.cohort import ROLES, scan_roles
-from longbrain_jax.engine.memory import Budget, plan_host
+from longbrain_jax.engine.memory import Budget, plan_host, within_budget
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit.cohort_fit import FitConfig
 from longbrain_jax.fit.evaluate import DATA_RANGE
@@ -306,6 +306,7 @@ def write_predictions(out: Path, chunk: Chunk, roles: np.ndarray, forecasts: dic
 
 
 # -- the experiment --------------------------------------------------------------------------------
+@within_budget
 def run_forecasting(
     source, cfg: ForecastConfig = ForecastConfig(), progress: Callable[[str], None] | None = None,
     model: MRExtrapModel | None = None, segmenter_source=None, predictions: Path | None = None, budget: Budget | None = None,
@@ -316,7 +317,6 @@ def run_forecasting(
     the segmentation U-Net on instead of the known scans; `predictions`: a folder to write every
     held-out prediction to, chunk by chunk; `budget`: the memory budget (default `Budget.resolve()`).
     """
-    budget = budget or Budget.resolve()
     roles_all = scan_roles(source.mask, cfg.holdout)
     if not np.any(roles_all >= 2):
         raise InputError("cohort", "no held-out scans: forecasting needs subjects with >= 3 scans")

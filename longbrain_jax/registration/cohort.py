@@ -36,8 +36,8 @@ from longbrain_jax.config import config_to_dict, write_config
 from longbrain_jax.engine import sharding
 from longbrain_jax.engine.checkpoint import StateCheckpoints, save_tree
 from longbrain_jax.engine.chunks import ChunkProgram, load_chunks, run_in_chunks
-from longbrain_jax.engine.memory import MAX_BLOCK, MIN_BLOCK, Budget, Plan, Program, agree, plan_batch
-from longbrain_jax.engine.rundir import prepare_output_dir, run_sizes
+from longbrain_jax.engine.memory import MAX_BLOCK, MIN_BLOCK, Budget, Plan, Program, plan_batch, within_budget
+from longbrain_jax.engine.rundir import prepare_output_dir, run_size
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
@@ -107,6 +107,7 @@ def subject_fields(params: dict, t: float, spatial_shape: tuple[int, ...], cfg: 
     return u, det.reshape(-1)[:n].reshape(spatial_shape), rate.reshape(-1)[:n].reshape(spatial_shape)
 
 
+@within_budget
 def register_cohort(
     source,
     out: str | os.PathLike,
@@ -129,12 +130,21 @@ def register_cohort(
     if cfg.network.ndim != len(source.spatial_shape):
         raise InputError(out, f"network ndim {cfg.network.ndim} does not match the {len(source.spatial_shape)}D data")
     prepare_output_dir(out, {"config": config_to_dict(cfg), "subjects": list(source.subject_ids)}, resume, overwrite)
+    try:
+        return _register_into(out, source, cfg, extra_ages, mesh, progress, source_description, budget)
+    except InputError:  # a broken image found while streaming voxels: leave no half-written run behind
+        if not resume and jax.process_index() == 0:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _register_into(out: Path, source, cfg: RegistrationConfig, extra_ages, mesh, progress, source_description: str, budget: Budget | None) -> Path:
+    """`register_cohort` once its output folder is prepared."""
     write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids), extra_ages=list(extra_ages))
     mesh = mesh or sharding.subject_mesh()
     work, t_max = out / "work", source.max_scans
-    budget = budget or Budget.resolve()
     shape, devices = tuple(source.spatial_shape), mesh.devices.size
-    chunk = agree(run_sizes(work, lambda: {"chunk": plan_chunk(cfg, source.num_subjects, t_max, shape, devices, budget).sizes["subjects per chunk"]})["chunk"])
+    chunk = run_size(work, "chunk", lambda: plan_chunk(cfg, source.num_subjects, t_max, shape, devices, budget).sizes["subjects per chunk"])
 
     def block(state, data, subjects, first_step, num_steps):
         volumes, times, observed = data

@@ -1,0 +1,212 @@
+"""Predicted against measured peak memory of every stage, at two cohort sizes, under a budget.
+
+Each stage runs in a fresh process (so its peak resident memory, VmHWM, is its own) with
+`--memory-budget`, on two datasets:
+
+- `2d`: 2D 256 x 256 slices, 128 subjects x 5 scans (synthetic heads with label maps;
+  memory does not depend on what the images show);
+- `3d`: the simulator's 3D anatomy at 2 mm (84 x 103 x 90), `--subjects-3d` subjects x 5 scans.
+
+Stages: read (chunked validation, as `longbrain inspect`), fit (theta*, fine-tuning and
+scoring, reconstruction), register (training and outputs), forecast (autoencoder,
+segmenter, NODER), classify (encoder, logistic regression, SFCN), align (if present).
+Network widths and step counts are small (memory does not depend on step counts); the
+sizes every stage plans are what the budget allows. For each stage: the largest
+predicted peak over the plans it logged, the measured peak, their ratio, and whether the
+measurement stayed under the budget. Goals (issue 18): measured <= budget; prediction
+within 30% of the measurement.
+
+    python benchmarks/memory.py [--budget 3G --datasets 2d,3d --stages read,fit,register,forecast,classify,align]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from _common import measure_in_child, print_results  # noqa: E402
+
+STAGES = ("read", "fit", "register", "forecast", "classify", "align")
+
+
+# -- datasets ------------------------------------------------------------------------------------
+def synthetic_2d(root: Path, subjects: int, scans: int, shape=(256, 256), seed: int = 0) -> Path:
+    """Head-like 2D slices that shrink with age, with label maps (cortex, WM, ventricles, hippocampus)."""
+    from longbrain_jax.cohort import Cohort
+    from longbrain_jax.io import write_bids
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    volumes = np.zeros((subjects, scans, *shape), np.float32)
+    labels = np.zeros((subjects, scans, *shape), np.int32)
+    ages = np.zeros((subjects, scans), np.float32)
+    for i in range(subjects):
+        a0 = rng.uniform(60, 75)
+        for t in range(scans):
+            ages[i, t] = a0 + 2.0 * t + rng.uniform(0, 0.5)
+            r = np.hypot(yy / 0.8, xx / 0.7)
+            vent = np.hypot(yy / (0.12 + 0.004 * t), xx / 0.1) < 1
+            lab = np.where(r < 1, 3, 0) + np.where(r < 0.85, -1, 0)  # cortex 3 on a rim, WM 2 inside
+            lab = np.where(vent, 4, lab)
+            lab = np.where(np.hypot((yy - 0.3) / 0.06, (xx - 0.35) / 0.1) < 1, 17, lab)
+            labels[i, t] = lab
+            img = np.select([lab == 0, lab == 3, lab == 2, lab == 4, lab == 17], [0.0, 0.6, 1.0, 0.2, 0.55])
+            volumes[i, t] = img + 0.02 * rng.standard_normal(shape)
+    cohort = Cohort(volumes=volumes, mask=np.ones((subjects, scans), bool), ages=ages,
+                    affines=np.tile(np.diag([1.0, 1.0, 1.0, 1.0]), (subjects, 1, 1)),
+                    subject_ids=tuple(f"{i:04d}" for i in range(subjects)),
+                    session_ids=tuple(tuple(str(t + 1) for t in range(scans)) for _ in range(subjects)),
+                    groups=tuple(("healthy", "dementia")[i % 2] for i in range(subjects)), sexes=("",) * subjects,
+                    labels=labels)  # fmt: skip
+    return write_bids(cohort, root, label_pipeline="simulator")
+
+
+def simulated_3d(root: Path, subjects: int) -> Path:
+    from longbrain_jax.simulate import ScannerConfig, SimulationConfig, simulate_cohort
+
+    cfg = SimulationConfig(num_subjects=subjects, sampling="regular", regular_ages=(60.0, 64.0, 68.0, 72.0, 76.0), resolution_mm=2.0, ndim=3,
+                           write_fields=False, scanner=ScannerConfig(rotation_deg=3.0, translation_mm=3.0))  # fmt: skip
+    return simulate_cohort(root, cfg)
+
+
+# -- one stage in a child process --------------------------------------------------------------
+class _Plans(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.plans = []
+
+    def emit(self, record):
+        if hasattr(record, "plan"):
+            self.plans.append(record.plan)
+
+
+def run_stage(stage: str, bids: str, work: str, budget_text: str) -> dict:
+    """Run `stage` on the dataset `bids` under the budget; returns the plans it made."""
+    import jax
+
+    from longbrain_jax.engine.memory import Budget, plan_host
+    from longbrain_jax.io import LoadConfig, scan_bids
+
+    collector = _Plans()
+    logger = logging.getLogger("longbrain_jax.memory")
+    logger.addHandler(collector)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    budget = Budget.resolve(budget_text)
+    data = scan_bids(bids, LoadConfig(label_pipeline="simulator"))
+    shape, ndim = data.spatial_shape, data.ndim
+    out = Path(work) / stage
+    if stage == "read":
+        chunk = plan_host("read", "subjects per chunk", budget, data.num_subjects, data.scan_bytes()).sizes["subjects per chunk"]
+        for start in range(0, data.num_subjects, chunk):
+            data.select(np.arange(start, min(start + chunk, data.num_subjects)))
+    elif stage == "fit":
+        from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, load_fit
+        from longbrain_jax.fit.outputs import write_reconstructions
+        from longbrain_jax.inr import INRConfig
+
+        cfg = FitConfig(inr=INRConfig(ndim=ndim, width=64), shared=StageConfig(10, 1e-4, 0.001), finetune=StageConfig(10, 1e-3, 0.01),
+                        holdout="extrapolation", steps_per_call=10, checkpoint_every=10)  # fmt: skip
+        fit_cohort(data, out, cfg, budget=budget)
+        write_reconstructions(Path(work) / "recon", load_fit(out), 0, np.array([80.0, 85.0]), shape, data.affines[0], budget=budget)
+    elif stage == "register":
+        from longbrain_jax.registration import DisplacementConfig, RegistrationConfig
+        from longbrain_jax.registration.cohort import register_cohort
+
+        cfg = RegistrationConfig(network=DisplacementConfig(ndim=ndim, width=64), steps=10, steps_per_call=10, checkpoint_every=10)
+        register_cohort(data.subset(range(min(16, data.num_subjects))), out, cfg, budget=budget)
+    elif stage == "forecast":
+        from longbrain_jax.forecast import ForecastConfig, run_forecasting
+        from longbrain_jax.latent.autoencoder import AutoencoderConfig
+        from longbrain_jax.latent.noder import NODERConfig
+        from longbrain_jax.latent.segmenter import SegmenterConfig
+
+        cfg = ForecastConfig(methods=("last_observation", "mrextrap", "noder"),
+                             autoencoder=AutoencoderConfig(ndim=ndim, channels=(16, 32, 64), steps=5, adversarial_start=2),
+                             noder=NODERConfig(iterations=5), segmenter=SegmenterConfig(steps=5), curve=False)  # fmt: skip
+        run_forecasting(data, cfg, predictions=out / "predictions", budget=budget)
+    elif stage == "classify":
+        from longbrain_jax.classification import ClassifyConfig, run_classification
+        from longbrain_jax.classifier import TrainConfig
+        from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, load_fit
+        from longbrain_jax.inr import INRConfig
+
+        fit_cfg = FitConfig(inr=INRConfig(ndim=ndim, width=32, stream_layers=3, combined_layers=2), shared=StageConfig(2, 1e-4, 0.001),
+                            finetune=StageConfig(2, 1e-3, 0.001), steps_per_call=2, checkpoint_every=2)  # fmt: skip
+        fit_cohort(data, Path(work) / "fit", fit_cfg, budget=Budget.resolve())  # the fit is not this stage
+        train = TrainConfig(epochs=1)
+        cfg = ClassifyConfig(encoder=train, baseline=train, sfcn=train, combinations=(("P_time",), ("P_space", "P_time", "P_com")))
+        run_classification(load_fit(Path(work) / "fit"), data, cfg, budget=budget)
+    elif stage == "align":
+        from longbrain_jax.align import AlignConfig, align_dataset
+
+        align_dataset(bids, out, AlignConfig(), budget=budget)
+    jax.clear_caches()
+    best = max(collector.plans, key=lambda p: p.predicted_bytes, default=None)
+    return {
+        "plans": [p.describe() for p in collector.plans],
+        "predicted_bytes": best.predicted_bytes if best else 0,
+        "predicted_stage": best.stage if best else "",
+        "exact": bool(best.exact) if best else False,
+        "budget_bytes": budget.bytes,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", default="3G", help="--memory-budget of every stage")
+    ap.add_argument("--datasets", default="2d,3d")
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--subjects-2d", type=int, default=128)
+    ap.add_argument("--subjects-3d", type=int, default=16)
+    ap.add_argument("--work", type=Path, default=None, help="keep datasets and outputs here (default: a temporary folder)")
+    args = ap.parse_args()
+
+    from longbrain_jax.engine.memory import format_size, parse_size
+
+    budget = parse_size(args.budget)
+    tmp = tempfile.TemporaryDirectory() if args.work is None else None
+    work = Path(tmp.name) if tmp else args.work
+    rows, record = [], {"budget_bytes": budget, "stages": {}}
+    for name in args.datasets.split(","):
+        started = time.perf_counter()
+        bids = work / f"bids-{name}"
+        if not bids.exists():
+            if name == "2d":
+                synthetic_2d(bids, args.subjects_2d, 5)
+            else:
+                simulated_3d(bids, args.subjects_3d)
+        print(f"[{name}] dataset ready in {time.perf_counter() - started:.0f} s", flush=True)
+        for stage in args.stages.split(","):
+            if stage == "align":
+                try:
+                    import longbrain_jax.align  # noqa: F401
+                except ImportError:
+                    continue
+            try:
+                m = measure_in_child(run_stage, stage, str(bids), str(work / f"out-{name}"), args.budget)
+            except RuntimeError as e:
+                rows.append((f"{name} {stage}", f"FAILED ({e})"))
+                continue
+            measured = m["peak_rss_mib"] * 2**20
+            ratio = m["predicted_bytes"] / measured if measured else float("nan")
+            ok = measured <= budget
+            rows.append((f"{name} {stage}", f"predicted {format_size(m['predicted_bytes'])} ({m['predicted_stage']}, "
+                                            f"{'XLA' if m['exact'] else 'bound'}), measured {format_size(measured)}, "
+                                            f"ratio {ratio:.2f}, {'under' if ok else 'OVER'} the budget, {m['seconds']:.0f} s"))  # fmt: skip
+            record["stages"][f"{name}/{stage}"] = {**m, "measured_bytes": measured, "ratio": ratio, "under_budget": ok}
+            print(rows[-1][0], rows[-1][1], *("    " + p for p in m["plans"]), sep="\n", flush=True)
+    print_results(f"Peak memory per stage under a {args.budget} budget (predicted / measured)", rows, record)
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
