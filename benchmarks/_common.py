@@ -35,7 +35,15 @@ def measure_in_child(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(fn, args, queue))
     proc.start()
-    result = queue.get()
+    import queue as queues
+
+    while True:  # a child that dies puts nothing: do not wait for it forever
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queues.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"benchmark child failed with exit code {proc.exitcode}") from None
     proc.join()
     if proc.exitcode != 0:
         raise RuntimeError(f"benchmark child failed with exit code {proc.exitcode}")

@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import jax
 import numpy as np
@@ -30,14 +31,14 @@ from longbrain_jax import metrics
 from longbrain_jax.baselines.sfcn import SFCN, stack_timepoints
 from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
 from longbrain_jax.cohort import one_version_per_unit, stratified_kfold, train_test_split
-from longbrain_jax.config import write_config
-from longbrain_jax.engine.memory import Budget, within_budget
+from longbrain_jax.config import check_literals, write_config
 from longbrain_jax.engine.store import rows
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import atomic_dir
 from longbrain_jax.fit.outputs import FittedCohort
 from longbrain_jax.groups import GroupMap
 from longbrain_jax.io.bids import BIDSDataset
+from longbrain_jax.memory import Budget, within_budget
 from longbrain_jax.report import markdown_table, save_figure
 from longbrain_jax.weightspace.models import LinearClassifier, TokenEncoderClassifier
 from longbrain_jax.weightspace.tokens import COMBINATIONS, combination_name, stream_tokens, stream_vectors
@@ -70,7 +71,7 @@ class ClassifyConfig:
     token_widths: tuple[int, ...] = (512, 1024, 2048)
     head_width: int = 1024
     dropout: float = 0.5
-    tokens: str = "raw"
+    tokens: Literal["raw", "standardised"] = "raw"
     encoder: TrainConfig = TrainConfig()
     baseline: TrainConfig = TrainConfig(epochs=100, learning_rate=1e-3)
     sfcn_channels: tuple[int, ...] = (32, 64, 128, 256, 256)
@@ -86,8 +87,7 @@ class ClassifyConfig:
     def __post_init__(self):
         from longbrain_jax.inr.spatiotemporal import GROUPS
 
-        if self.tokens not in ("raw", "standardised"):
-            raise ValueError(f"tokens must be 'raw' or 'standardised', not {self.tokens!r}")
+        check_literals(self)
         for combo in self.combinations:
             if not combo or any(s not in GROUPS for s in combo):
                 raise ValueError(f"stream combination {'+'.join(combo)!r} is not made of {GROUPS}")
@@ -156,8 +156,9 @@ def subjects_of(images, indices):
 def _evaluate(method, train: np.ndarray, test: np.ndarray, y: np.ndarray, key: jax.Array, budget: Budget) -> dict:
     _, _, build, model, train_cfg = method
     x = build(train)
-    trained = train_classifier(model, _Rows(x, train), y[train], train_cfg, key, budget)
-    return _scores(y[test], predict_proba(model, trained.variables, _Rows(x, test))) | {"best_epoch": trained.best_epoch}
+    rows_of = (lambda idx: x[idx]) if isinstance(x, np.ndarray) else (lambda idx: _Rows(x, idx))  # in memory: to the device; on disk: by batch
+    trained = train_classifier(model, rows_of(train), y[train], train_cfg, key, budget)
+    return _scores(y[test], predict_proba(model, trained.variables, rows_of(test))) | {"best_epoch": trained.best_epoch}
 
 
 class _Rows:

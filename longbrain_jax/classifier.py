@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from longbrain_jax.cohort import train_test_split
-from longbrain_jax.engine.memory import Budget, Program, plan_batch
+from longbrain_jax.memory import Budget, Program, plan_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +81,19 @@ def _train_step(params, state, opt_state, xb, yb, wb, key, *, model, schedule):
     return optax.apply_updates(params, updates), new_state, opt_state, loss
 
 
+@functools.partial(jax.jit, static_argnames=("model", "schedule"))  # not donated: the best epoch's parameters are kept
+def _train_epoch(params, state, opt_state, x, y, batches, weights, keys, *, model, schedule):
+    """One epoch in one compiled scan over its batches (rows `batches` (S, B) of `x`, on the device)."""
+
+    def body(carry, inputs):
+        idx, w, key = inputs
+        p, s, o, loss = _train_step.__wrapped__(*carry, x[idx], y[idx], w, key, model=model, schedule=schedule)
+        return (p, s, o), loss
+
+    (params, state, opt_state), losses = jax.lax.scan(body, (params, state, opt_state), (batches, weights, keys))
+    return params, state, opt_state, losses
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
 def _eval_loss(params, state, xb, yb, *, model):
     logits = model.apply({"params": params, **state}, xb, train=False)
@@ -123,23 +136,27 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
     schedule = (cfg.epochs * steps_per_epoch, cfg.learning_rate, cfg.weight_decay)
     opt_state = _optimizer(*schedule).init(params)
 
+    on_device = isinstance(x, np.ndarray)  # a RowStore is fed from the host, a batch at a time
+    data = (jnp.asarray(x), jnp.asarray(y)) if on_device else None
     train_hist, val_hist = [], []
     best, best_epoch, best_loss = (params, state), cfg.epochs - 1, np.inf
     for epoch in range(cfg.epochs):
         k_epoch = jax.random.fold_in(k_epochs, epoch)
         order = fit_idx[np.asarray(jax.random.permutation(k_epoch, len(fit_idx)))]
-        losses = []
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            pad = cfg.batch_size - len(idx)  # fixed batch shape: one compilation; padded rows weigh 0
-            weights = np.r_[np.ones(len(idx)), np.zeros(pad)].astype(np.float32)
-            idx = np.r_[idx, np.full(pad, idx[0])]
-            params, state, opt_state, loss = _train_step(
-                params, state, opt_state, jnp.asarray(x[idx]), jnp.asarray(y[idx]), jnp.asarray(weights),
-                jax.random.fold_in(k_epoch, b + 1), model=model, schedule=schedule,
-            )  # fmt: skip
-            losses.append(float(loss))
-        train_hist.append(float(np.mean(losses)))
+        pad = steps_per_epoch * cfg.batch_size - len(order)  # fixed batch shape: one compilation; padded rows weigh 0
+        batches = np.r_[order, np.full(pad, order[0])].reshape(steps_per_epoch, cfg.batch_size)
+        weights = np.r_[np.ones(len(order)), np.zeros(pad)].astype(np.float32).reshape(batches.shape)
+        keys = jax.vmap(lambda b, k=k_epoch: jax.random.fold_in(k, b + 1))(jnp.arange(steps_per_epoch))
+        if on_device:
+            params, state, opt_state, losses = _train_epoch(params, state, opt_state, *data, jnp.asarray(batches), jnp.asarray(weights), keys,
+                                                            model=model, schedule=schedule)  # fmt: skip
+        else:
+            losses = []
+            for b in range(steps_per_epoch):
+                params, state, opt_state, loss = _train_step(params, state, opt_state, jnp.asarray(x[batches[b]]), jnp.asarray(y[batches[b]]),
+                                                             jnp.asarray(weights[b]), keys[b], model=model, schedule=schedule)  # fmt: skip
+                losses.append(loss)
+        train_hist.append(float(np.mean(np.asarray(losses))))
         if len(val_idx):
             parts = [(len(b), float(_eval_loss(params, state, jnp.asarray(x[b]), jnp.asarray(y[b]), model=model)))
                      for b in np.array_split(val_idx, -(-len(val_idx) // cfg.batch_size))]  # fmt: skip

@@ -38,7 +38,7 @@ def _show_warnings() -> None:
 
 
 def _show_memory_plans(enabled: bool = True) -> None:
-    """Print the sizes every stage plans from the memory budget (`engine.memory`), one line each."""
+    """Print the sizes every stage plans from the memory budget (`longbrain_jax.memory`), one line each."""
     logger = logging.getLogger("longbrain_jax.memory")
     logger.handlers.clear()
     if enabled:
@@ -50,8 +50,8 @@ def _show_memory_plans(enabled: bool = True) -> None:
 
 
 def _budget(text: str | None):
-    """The `--memory-budget` (e.g. 16G) as an `engine.memory.Budget`; default: a share of the device's memory."""
-    from longbrain_jax.engine.memory import Budget
+    """The `--memory-budget` (e.g. 16G) as an `memory.Budget`; default: a share of the device's memory."""
+    from longbrain_jax.memory import Budget
 
     try:
         return Budget.resolve(text)
@@ -64,6 +64,29 @@ def group_column_option(fn: Callable) -> Callable:
         "--group-column", default=None, metavar="COLUMN",
         help="participants.tsv column with each subject's clinical group (default: group, diagnosis or dx).",
     )(fn)  # fmt: skip
+
+
+def common_grid_option(fn: Callable) -> Callable:
+    return click.option(
+        "--common-grid", is_flag=True,
+        help="Resample every subject onto the first subject's grid (for datasets whose subjects' grids differ).",
+    )(fn)  # fmt: skip
+
+
+def align_option(fn: Callable) -> Callable:
+    return click.option(
+        "--align", "align_transform", type=click.Choice(["none", "rigid", "affine"]), default="none", show_default=True,
+        help="Align each follow-up to its baseline as it is read (`longbrain align` writes the aligned dataset instead).",
+    )(fn)  # fmt: skip
+
+
+def _aligned(dataset, transform: str):
+    """`dataset` itself, or seen through `align.AlignedSource` (follow-ups aligned chunk by chunk as they are read)."""
+    if transform == "none":
+        return dataset
+    from longbrain_jax.align import AlignConfig, AlignedSource
+
+    return AlignedSource(dataset, AlignConfig(transform=transform))
 
 
 def memory_budget_option(fn: Callable) -> Callable:
@@ -121,12 +144,13 @@ def demo(out: Path, subjects: int, resolution: float, dim: str, seed: int, quick
 @click.option("--mtl-atrophy", default=0.0, show_default=True, help="Extra hippocampus/amygdala %/yr for dementia-like (e.g. -2).")
 @click.option("--snr", default=30.0, show_default=True, help="White-matter SNR of the Rician noise.")
 @click.option("--misalign", nargs=2, type=float, default=(0.0, 0.0), show_default=True, help="Max rotation (deg) and shift (mm) of follow-ups.")
-@click.option("--chunk-size", default=4, show_default=True, help="Subjects generated together (memory).")
+@click.option("--chunk-size", default=None, type=int, help="Most subjects generated together (default: as many as the memory budget allows).")
+@memory_budget_option
 @click.option("--no-fields", is_flag=True, help="Skip the |J| and displacement ground truth (smaller output).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def simulate(out: Path, subjects, sampling, ages, scans, resolution, dim, paired, seed, mtl_atrophy, snr, misalign, chunk_size, no_fields, overwrite, quiet) -> None:
+def simulate(out: Path, subjects, sampling, ages, scans, resolution, dim, paired, seed, mtl_atrophy, snr, misalign, chunk_size, memory_budget, no_fields, overwrite, quiet) -> None:
     """Simulate a longitudinal cohort with ground truth and write it as BIDS to OUT."""
     from longbrain_jax.progress import LazyBar
     from longbrain_jax.simulate import AtrophyConfig, ScannerConfig, SimulationConfig, simulate_cohort
@@ -149,7 +173,8 @@ def simulate(out: Path, subjects, sampling, ages, scans, resolution, dim, paired
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     bar = LazyBar("simulating", enabled=not quiet, unit="subject")
-    simulate_cohort(out, cfg, overwrite=overwrite, progress=bar)
+    _show_memory_plans(not quiet)
+    simulate_cohort(out, cfg, overwrite=overwrite, progress=bar, budget=_budget(memory_budget))
     bar.close()
     click.echo(f"wrote {out} (ground truth in {out / 'derivatives' / 'simulator'})")
 
@@ -206,6 +231,7 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True)
 @click.option("--holdout", type=click.Choice(["none", "extrapolation", "interpolation_extrapolation"]), default="none", show_default=True, help="Scans held out and scored.")
 @click.option("--chunk-size", default=None, type=int, help="Most subjects trained together (default: as many as the memory budget allows).")
+@align_option
 @memory_budget_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--reconstruct-ages", default="", help="Also write every subject's reconstruction at these ages (e.g. 80,85).")
@@ -216,7 +242,7 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--distributed", is_flag=True, help="Call jax.distributed.initialize() first (multi-host runs).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, shared_steps, shared_lr, shared_fraction, steps, lr, fraction, schedule, holdout, chunk_size, memory_budget, seed, reconstruct_ages, common_grid, group_column, resume, overwrite, distributed, quiet) -> None:
+def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, shared_steps, shared_lr, shared_fraction, steps, lr, fraction, schedule, holdout, chunk_size, memory_budget, align_transform, seed, reconstruct_ages, common_grid, group_column, resume, overwrite, distributed, quiet) -> None:
     """Fit one spatiotemporal INR per subject of BIDS_DIR (all at once) and write them to OUT."""
     import jax
     import numpy as np
@@ -232,7 +258,7 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
     if len(kinds) != 3:
         raise click.BadParameter("--activations needs three kinds: spatial,temporal,combined")
     ages = _floats(reconstruct_ages, "--reconstruct-ages")
-    dataset = scan_bids(bids_dir, LoadConfig(common_grid=common_grid, labels=False, group_column=group_column))
+    dataset = _aligned(scan_bids(bids_dir, LoadConfig(common_grid=common_grid, labels=False, group_column=group_column)), align_transform)
     try:
         cfg = FitConfig(
             inr=INRConfig(
@@ -280,6 +306,7 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
 @click.option("--positive", default="dementia", show_default=True, metavar="NAMES",
               help="Group names of the other class (e.g. Demented,AD); subjects of other groups are left out.")
 @group_column_option
+@common_grid_option
 @click.option("--folds", default=0, show_default=True, help="Repeated stratified k-fold by anatomy (0: off).")
 @click.option("--repeats", default=1, show_default=True)
 @click.option("--fit-width", default=512, show_default=True, help="INR width when SOURCE is a BIDS dataset (fitted first).")
@@ -290,7 +317,7 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_input_errors_exit_2
-def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, epochs, lr, sfcn_channels, streams, negative, positive, group_column, folds, repeats,
+def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, epochs, lr, sfcn_channels, streams, negative, positive, group_column, common_grid, folds, repeats,
              fit_width, fit_steps, fit_fraction, memory_budget, seed, overwrite, quiet) -> None:  # fmt: skip
     """Classify healthy vs dementia-like trajectories from INR weights (and SFCN on the scans).
 
@@ -308,7 +335,7 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
     from longbrain_jax.io import LoadConfig, scan_bids
 
     check_writable(out, overwrite)
-    load = LoadConfig(group_column=group_column)
+    load = LoadConfig(group_column=group_column, common_grid=common_grid)
     widths = tuple(int(w) for w in _floats(token_widths, "--token-widths"))
     channels = tuple(int(c) for c in _floats(sfcn_channels, "--sfcn-channels"))
     try:
@@ -370,15 +397,17 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
 @click.option("--extrapolate-years", default=2.0, show_default=True, help="How far past the last scan the regularisers reach.")
 @click.option("--extra-ages", default="", help="Also write fields at these ages (e.g. 80,81,82).")
 @click.option("--chunk-size", default=None, type=int, help="Most subjects registered together (default: as many as the memory budget allows).")
+@align_option
 @memory_budget_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue a killed run in OUT from its last checkpoint.")
 @group_column_option
+@common_grid_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
 def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale, steps, lr, schedule, patches, patch_size, losses, curvature,
-             extrapolate_years, extra_ages, chunk_size, memory_budget, seed, group_column, resume, overwrite, quiet) -> None:  # fmt: skip
+             extrapolate_years, extra_ages, chunk_size, memory_budget, align_transform, seed, group_column, common_grid, resume, overwrite, quiet) -> None:  # fmt: skip
     """Register each subject's scans into a continuous-time deformation (|J| maps, fields, labels)."""
     from longbrain_jax.io import LoadConfig, scan_bids
     from longbrain_jax.progress import progress_bar
@@ -388,7 +417,7 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
     weights = _floats(losses, "--losses")
     if len(weights) != 4:
         raise click.BadParameter("--losses needs four weights: identity, spatial, temporal, monotonic")
-    dataset = scan_bids(bids_dir, LoadConfig(group_column=group_column))
+    dataset = _aligned(scan_bids(bids_dir, LoadConfig(group_column=group_column, common_grid=common_grid)), align_transform)
     try:
         cfg = RegistrationConfig(
             network=DisplacementConfig(ndim=dataset.ndim, width=width, hidden_layers=hidden_layers, time_features=time_features, w0=w0, time_scale=time_scale),
@@ -446,13 +475,15 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
 @click.option("--no-curve", is_flag=True, help="Skip error against the number of scans used.")
 @click.option("--seed", default=0, show_default=True)
 @group_column_option
+@common_grid_option
+@align_option
 @memory_budget_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @_input_errors_exit_2
 def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, ae_channels, ae_steps, adversarial_start, prior, noder_iterations,
              inr_width, inr_steps, inr_time_curvature, segmenter_steps, segmenter_bids, segmenter_volumes, no_curve, seed, group_column,
-             memory_budget, overwrite, quiet) -> None:  # fmt: skip
+             common_grid, memory_budget, align_transform, overwrite, quiet) -> None:  # fmt: skip
     """Forecast held-out scans with MRExtrap, NODER, the spatiotemporal INR and two baselines; score them."""
     import tempfile
 
@@ -476,7 +507,7 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
     chosen = METHODS if methods == "all" else tuple(m.strip() for m in methods.split(",") if m.strip())
     if not Path(bids_dir, "derivatives", label_pipeline).is_dir():
         label_pipeline = None
-    dataset = scan_bids(bids_dir, LoadConfig(label_pipeline=label_pipeline, group_column=group_column))
+    dataset = _aligned(scan_bids(bids_dir, LoadConfig(label_pipeline=label_pipeline, group_column=group_column, common_grid=common_grid)), align_transform)
     from longbrain_jax.cohort import scan_roles
 
     if not (scan_roles(dataset.mask, holdout) >= 2).any():  # before any model is built; names the dataset
@@ -536,8 +567,8 @@ def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, workers: int,
     """Validate and summarise a longitudinal BIDS dataset (every image is read once, in chunks of subjects)."""
     import numpy as np
 
-    from longbrain_jax.engine.memory import plan_host
     from longbrain_jax.io import LoadConfig, scan_bids
+    from longbrain_jax.memory import plan_host
     from longbrain_jax.progress import progress_bar
 
     cfg = LoadConfig(normalise=None if no_normalise else LoadConfig().normalise, common_grid=common_grid, workers=workers, group_column=group_column)
@@ -567,18 +598,25 @@ def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, workers: int,
               help="ncc for the same contrast, mi (mutual information) for different contrasts.")
 @click.option("--to-template", is_flag=True, help="Also register baselines (affinely) to the MNI152 template; write every scan on its grid.")
 @click.option("--template-resolution", default=2.0, show_default=True, help="Template grid voxel size in mm (with --to-template).")
+@click.option("--iterations", default="", help="Optimiser iterations per pyramid level, comma-separated, or one for every level "
+              "(default: 8,6,4 for ncc, 200,120,80 for mi).")
+@click.option("--samples", default=32768, show_default=True, help="Random points per pyramid level.")
 @click.option("--chunk-size", default=8, show_default=True, help="Pairs aligned together by one compiled program (memory).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@memory_budget_option
 @_input_errors_exit_2
-def align(bids_dir, out, transform, metric, to_template, template_resolution, chunk_size, seed, overwrite, quiet) -> None:  # fmt: skip
+def align(bids_dir, out, transform, metric, to_template, template_resolution, iterations, samples, chunk_size, memory_budget, seed, overwrite, quiet) -> None:  # fmt: skip
     """Align every follow-up to its baseline (rigid / affine) and write the aligned dataset to OUT."""
     from longbrain_jax.align import AlignConfig, align_dataset
     from longbrain_jax.progress import progress_bar
 
+    levels = len(AlignConfig().smoothing_sigmas)
+    counts = tuple(int(n) for n in _floats(iterations, "--iterations"))
     try:
         cfg = AlignConfig(transform=transform, metric=metric, to_template=to_template, template_resolution_mm=template_resolution,
+                          iterations=(counts * levels if len(counts) == 1 else counts) or None, samples=samples,
                           chunk_size=chunk_size, seed=seed)  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None
@@ -593,7 +631,8 @@ def align(bids_dir, out, transform, metric, to_template, template_resolution, ch
             bars[event["stage"]] = progress_bar(event["total"], desc, enabled=not quiet, unit=unit)
         bars[event["stage"]].update(event["done"] - bars[event["stage"]].n)
 
-    align_dataset(bids_dir, out, cfg, overwrite=overwrite, progress=progress)
+    _show_memory_plans(not quiet)
+    align_dataset(bids_dir, out, cfg, overwrite=overwrite, progress=progress, budget=_budget(memory_budget))
     for bar in bars.values():
         bar.close()
     click.echo(f"wrote {out} (transforms and alignment.tsv in {out / 'derivatives' / 'longbrain-align'})")

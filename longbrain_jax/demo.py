@@ -316,7 +316,7 @@ def _register_section(out: Path, bids: Path, cohort: Cohort, cfg: DemoConfig) ->
     last = float(source.ages[source.mask].max())
     register_cohort(source, out, reg, extra_ages=(last + 5.0,))
     rows = []
-    for k, i in enumerate(picks):
+    for k, _ in enumerate(picks):
         n = int(source.num_scans[k])
         whens = [f"ses-{source.session_ids[k][j]}" for j in range(n)] + [f"age-{last + 5.0:05.1f}".replace(".", "p")]
         jacs = [load_image(out / f"sub-{source.subject_ids[k]}" / "anat" / f"sub-{source.subject_ids[k]}_{w}_desc-jacdet.nii.gz")[0] for w in whens]

@@ -96,7 +96,7 @@ def test_standardised_tokens_are_z_scores_over_the_training_subjects():
     np.testing.assert_allclose(z[train].mean(0), 0.0, atol=1e-9)
     np.testing.assert_allclose(z[train].std(0), 1.0, atol=1e-9)
     np.testing.assert_allclose(z, (tokens - tokens[train].mean(0)) / tokens[train].std(0))
-    with pytest.raises(ValueError, match="tokens must be 'raw' or 'standardised'"):
+    with pytest.raises(ValueError, match="tokens must be one of 'raw', 'standardised', got 'whitened'"):
         ClassifyConfig(tokens="whitened")
 
 

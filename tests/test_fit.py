@@ -11,10 +11,11 @@ from click.testing import CliRunner
 from longbrain_jax.cli import main
 from longbrain_jax.cohort import Cohort
 from longbrain_jax.engine import sharding
+from longbrain_jax.engine.training import init_state
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, flat_weights, load_fit, scan_roles
 from longbrain_jax.fit.sampling import prepare_subjects, sample_points
-from longbrain_jax.fit.train import Sampling, finetune_block, init_state
+from longbrain_jax.fit.train import Sampling, finetune_block
 from longbrain_jax.inr import INRConfig
 from longbrain_jax.inr import spatiotemporal as st
 
@@ -108,7 +109,7 @@ def test_vmapped_fit_equals_per_subject_loop(key):
     run = lambda state, d, ids: finetune_block(state, d, ids, jnp.int32(3), jnp.int32(0), num_steps=5, cfg=cfg, sampling=sampling, stage=stage)  # noqa: E731
     together = run(_states(theta, 4, stage), jax.tree_util.tree_map(jnp.asarray, data), jnp.arange(4, dtype=jnp.int32))
     for i in range(4):
-        alone = run(_states(theta, 1, stage), jax.tree_util.tree_map(lambda x: jnp.asarray(x[i : i + 1]), data), jnp.array([i], jnp.int32))
+        alone = run(_states(theta, 1, stage), jax.tree_util.tree_map(lambda x, i=i: jnp.asarray(x[i : i + 1]), data), jnp.array([i], jnp.int32))
         for a, b in zip(jax.tree_util.tree_leaves(alone.params), jax.tree_util.tree_leaves(together.params), strict=True):
             np.testing.assert_allclose(a[0], b[i], atol=1e-5, rtol=1e-5)
     assert bool(jnp.all(together.alive)) and float(jnp.max(together.loss)) < 1.0

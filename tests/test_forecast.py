@@ -126,16 +126,17 @@ def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_t
     f = fc.noder_forecast(volumes, times + 60.0, observed, labels, TINY)
     assert np.abs(f.images[0, 2] - volumes[0, 2]).mean() < np.abs(volumes[0, 1] - volumes[0, 2]).mean()
     assert f.labels[0, 2].sum() > labels[0, 1].sum() and float(f.extra["folding"].max()) == 0.0
-    # vmapped training equals the per-subject loop from the same start (the 2-subject block is fit_cohort's)
-    start = jax.vmap(lambda k: noder.init(k, (16, 16), TINY))(jax.random.split(jax.random.key(3), 2))
-    opt = jax.vmap(noder._optimizer(TINY).init)(start)
+    # vmapped training equals the per-subject loop from the same start. One step: over many float32
+    # steps AMSGrad amplifies reduction-order differences, which change with the CPU's vector width.
+    start = noder._states(jax.random.split(jax.random.key(3), 2), (16, 16), TINY)
     args = (jnp.asarray(volumes), jnp.asarray(times), jnp.asarray(observed))
-    together, _, _ = noder._train_block(start, opt, *args, cfg=TINY, num_steps=25)
+    together, together_terms = noder._train_block(start, *args, jnp.int32(0), jnp.int32(1), cfg=TINY, max_steps=25)  # fit_cohort's program
     for i in range(2):
         one = lambda x, i=i: x[i : i + 1]  # noqa: E731
-        alone, _, _ = noder._train_block(jax.tree_util.tree_map(one, start), jax.tree_util.tree_map(one, opt), *map(one, args), cfg=TINY, num_steps=25)
-        for a, b in zip(jax.tree_util.tree_leaves(alone), jax.tree_util.tree_leaves(jax.tree_util.tree_map(one, together))):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        alone, terms = noder._train_block(jax.tree_util.tree_map(one, start), *map(one, args), jnp.int32(0), jnp.int32(1), cfg=TINY, max_steps=25)
+        np.testing.assert_allclose(terms.total[:1], together_terms.total[:1, i : i + 1], rtol=1e-5)
+        for a, b in zip(jax.tree_util.tree_leaves(alone.params), jax.tree_util.tree_leaves(jax.tree_util.tree_map(one, together.params)), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 # -- autoencoder and segmenter -----------------------------------------------------------------------
@@ -156,8 +157,8 @@ def test_autoencoder_shapes_training_and_resume(tmp_path):
     class Killed(Exception):
         pass
 
-    def kill(step, total, losses):
-        if step == 25:
+    def kill(step, total, losses):  # called after each compiled block (10 steps: the checkpoint interval)
+        if step == 30:
             raise Killed
 
     with pytest.raises(Killed):
@@ -229,7 +230,7 @@ def test_forecast_command_scores_every_method_and_rejects_cohorts_without_held_o
     # the saved autoencoder is reused by a second run, whose segmenter trains on another labelled dataset
     short = simulate_cohort(tmp_path / "short", dataclasses.replace(sim, regular_ages=(50.0, 60.0), seed=7))
     again = CliRunner().invoke(main, [*args[:2], str(tmp_path / "again"), "--method", "mrextrap", "--autoencoder", str(tmp_path / "out/autoencoder"),
-                                      "--segmenter-steps", "2", "--segmenter-bids", str(short), "--no-curve", "--quiet"])  # fmt: skip
+                                      "--segmenter-steps", "5", "--segmenter-bids", str(short), "--no-curve", "--quiet"])  # fmt: skip
     assert again.exit_code == 0, again.output
     assert "volume_error_pct_hippocampus" in (tmp_path / "again" / "scores.tsv").read_text()
     unlabelled = CliRunner().invoke(main, [*args[:2], str(tmp_path / "out3"), "--segmenter-bids", str(tmp_path / "out"), "--quiet"])

@@ -7,11 +7,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from longbrain_jax.engine.memory import Budget, Program, format_size, jaxpr_bound, parse_size, plan_batch, program_bytes
 from longbrain_jax.engine.rundir import run_size
 from longbrain_jax.fit import FitConfig, StageConfig
 from longbrain_jax.fit.plan import block_program, plan_block
 from longbrain_jax.inr import INRConfig
+from longbrain_jax.memory import (
+    MIN_BLOCK,
+    Budget,
+    Program,
+    format_size,
+    jaxpr_bound,
+    parse_size,
+    plan_batch,
+    program_bytes,
+)
 
 
 def test_sizes_parse_with_units_and_reject_nonsense():
@@ -59,6 +68,25 @@ def test_program_cost_is_affine_and_the_jaxpr_bound_is_above_xla():
     assert bound(7) >= exact(7)
 
 
+def test_a_phase_that_dominates_only_at_large_sizes_is_measured_not_extrapolated(monkeypatch):
+    """XLA's peak is the largest of a program's phases: flat (a whole-scan phase) at small sizes,
+    growing (a per-item phase) at large ones. A line through two small sizes would miss it."""
+    import longbrain_jax.memory as memory
+
+    def convex(n):
+        return max(100_000, 10_000 * n)
+
+    monkeypatch.setattr(memory, "compile_measured", lambda traced, resident=False: (convex(traced), 0))
+    program = Program(lambda n: n, "test-convex")
+    assert program.cost(exact=True) == (100_000, 0)  # flat between sizes 2 and 4
+    assert program(1000) == convex(1000)  # asked beyond: measured there
+    for n in (3, 20, 300, 999):
+        assert program(n) >= convex(n)  # interpolated: never below a convex cost
+    budget = Budget(5_000_000, "cpu", "test", devices=1)
+    plan = plan_batch("test", "items", budget, 1000, lambda n, exact: program(n, exact) if exact else 10**9, in_use=0)
+    assert convex(plan.sizes["items"]) <= budget.bytes and plan.sizes["items"] >= 0.9 * 500
+
+
 def test_plan_takes_the_largest_fitting_batch_and_says_when_nothing_fits():
     budget = Budget(10_000, "cpu", "test", devices=1)
     cost = lambda n, exact: 1000 * n if exact else 2000 * n  # noqa: E731
@@ -88,14 +116,15 @@ def test_scoring_block_is_planned_so_the_chunk_scores_within_the_budget():
     real cohort. The block is now planned: a budget that the old block overruns gets one that fits."""
     shape, t_max, chunk = (64, 64), 5, 8
     program = block_program(TINY_FIT.inr, shape, t_max, chunk)
-    old = program(64 * 64, True) + program.compile_bytes(True)  # min(32768, voxels)
+    whole, smallest, compiling = program(64 * 64, True), program(MIN_BLOCK, True), program.compile_bytes(True)  # old: min(32768, voxels)
+    assert whole > smallest
     in_use = Budget.resolve().in_use()
-    budget = Budget(in_use + old // 2 + 64 * 2**20, "cpu", "test", devices=1)
+    budget = Budget(in_use + compiling + (whole + smallest) // 2, "cpu", "test", devices=1)  # between the two
     plan = plan_block(TINY_FIT, shape, t_max, chunk, budget)
-    assert in_use + old > budget.bytes  # the fixed block would not have fitted
+    assert in_use + whole + compiling > budget.bytes  # the fixed block would not have fitted
     block = plan.sizes["voxels per block"]
-    assert block < 64 * 64 and plan.predicted_bytes <= budget.bytes and plan.exact
-    assert program(block, True) < program(64 * 64, True)
+    assert MIN_BLOCK <= block < 64 * 64 and plan.predicted_bytes <= budget.bytes and plan.exact
+    assert program(block, True) < whole
 
 
 def test_a_resumed_run_keeps_the_sizes_it_planned(tmp_path):

@@ -47,14 +47,26 @@ class StateCheckpoints:
         self.manager.close()
 
 
-def save_tree(path: str | os.PathLike, tree: Any) -> None:
-    """Write a pytree of (host) arrays as an orbax checkpoint at `path` (atomic)."""
-    with ocp.StandardCheckpointer() as ckpt:
+def _checkpointer(alone: bool) -> ocp.StandardCheckpointer:
+    """A checkpointer for every process of the run together, or (`alone`) for this process only."""
+    if not alone or jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+
+
+def save_tree(path: str | os.PathLike, tree: Any, alone: bool = False) -> None:
+    """Write a pytree of (host) arrays as an orbax checkpoint at `path` (atomic).
+
+    In a multi-host run every process calls it together (orbax synchronises them), unless
+    `alone`: a file only this process writes (process 0's final outputs).
+    """
+    with _checkpointer(alone) as ckpt:
         ckpt.save(Path(path).absolute(), jax.tree_util.tree_map(np.asarray, tree))
 
 
-def load_tree(path: str | os.PathLike, target: Any) -> Any:
+def load_tree(path: str | os.PathLike, target: Any, alone: bool = False) -> Any:
     """Read a `save_tree` checkpoint into `target`'s structure (arrays or ShapeDtypeStructs)."""
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-    with ocp.StandardCheckpointer() as ckpt:
+    with _checkpointer(alone) as ckpt:
         return ckpt.restore(Path(path).absolute(), abstract)

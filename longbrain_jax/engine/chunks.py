@@ -21,7 +21,7 @@ import numpy as np
 
 from longbrain_jax.engine import sharding
 from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
-from longbrain_jax.engine.memory import release_memory
+from longbrain_jax.memory import release_memory
 
 
 @dataclasses.dataclass(frozen=True)

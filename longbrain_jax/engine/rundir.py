@@ -8,18 +8,37 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import numpy as np
 
-from longbrain_jax.engine.memory import agree
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import atomic_file
+from longbrain_jax.memory import agree
 
 
 def prepare_output_dir(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
     """Create `out` for a new run, or check it holds the unfinished run `record` describes.
 
     `record` has the run's "config" and "subjects"; resuming needs the same. An existing
-    `out` is replaced only with `overwrite`.
+    `out` is replaced only with `overwrite`. In a multi-host run process 0 does this and
+    tells the others whether it worked (they raise the same error if not).
     """
+    if jax.process_count() == 1:
+        return _prepare(out, record, resume, overwrite)
+    from jax.experimental import multihost_utils
+
+    problem = ""
+    if jax.process_index() == 0:
+        try:
+            _prepare(out, record, resume, overwrite)
+        except InputError as e:
+            problem = e.problem
+    codes = np.frombuffer(problem.encode()[:512].ljust(512), np.uint8)
+    problem = bytes(multihost_utils.broadcast_one_to_all(codes)).decode().rstrip()
+    if problem:
+        raise InputError(out, problem)
+
+
+def _prepare(out: Path, record: dict, resume: bool, overwrite: bool) -> None:
     saved = out / "config.json"
     if resume:
         if not saved.is_file():

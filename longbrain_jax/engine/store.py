@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longbrain_jax.engine.memory import Budget, plan_host
+from longbrain_jax.memory import Budget, plan_host
 
 
 class RowStore:

@@ -16,9 +16,9 @@ from jaxtyping import Array, Bool, Float
 
 from longbrain_jax import metrics
 from longbrain_jax.cohort import ROLES
-from longbrain_jax.engine.memory import MAX_BLOCK, MIN_BLOCK, Budget, Program, plan_batch
 from longbrain_jax.grid import normalised_grid
 from longbrain_jax.inr import spatiotemporal as st
+from longbrain_jax.memory import MAX_BLOCK, MIN_BLOCK, Budget, Program, plan_batch
 
 DATA_RANGE = 2.0  # intensities are scaled to [-1, 1]
 

@@ -3,7 +3,7 @@
 - `params/`: the stacked cohort parameters (orbax), leading subject axis, in the
   order of `subjects.tsv`.
 - `weights.npz`: one flat row per subject for each parameter group (`P_space`,
-  `P_time`, `P_com`), built from neuron tokens (`layer_tokens`): for every layer,
+  `P_time`, `P_com`), built from neuron tokens (`inr.tokens`): for every layer,
   each neuron's incoming weights with its bias appended; plus `subject_id`, `group`.
 - `subjects.tsv`, `metrics.tsv`: per subject and per scan scores.
 - `figures/reconstruction.png`: scans and reconstructions of up to two subjects.
@@ -24,38 +24,18 @@ import numpy as np
 from longbrain_jax.cohort import ROLES
 from longbrain_jax.config import config_from_dict
 from longbrain_jax.engine.checkpoint import load_tree, save_tree
+from longbrain_jax.errors import InputError
 from longbrain_jax.files import atomic_file, write_tsv
+from longbrain_jax.fit.config import FitConfig
+from longbrain_jax.fit.evaluate import reconstruct_volumes
 from longbrain_jax.inr import spatiotemporal as st
+from longbrain_jax.inr.tokens import flat_weights
 from longbrain_jax.io.nifti import save_image
-
-
-def layer_tokens(layer: dict) -> np.ndarray:
-    """Tokens of one layer: (..., n_out, n_in + 1) rows [w[:, j], b[j]] per neuron j.
-
-    A WIRE layer has two linear maps; their tokens are stacked along the neuron axis.
-    A leading subject axis is kept.
-    """
-    if "freq" in layer:
-        return np.concatenate([layer_tokens(layer["freq"]), layer_tokens(layer["scale"])], axis=-2)
-    w, b = np.asarray(layer["w"]), np.asarray(layer["b"])
-    return np.concatenate([np.swapaxes(w, -1, -2), b[..., None]], axis=-1)
-
-
-def group_tokens(params: st.Params, group: str) -> list[np.ndarray]:
-    """Per-layer token arrays of one parameter group (`P_space`, `P_time`, `P_com`)."""
-    return [layer_tokens(layer) for layer in st.parameter_groups(params)[group]]
-
-
-def flat_weights(params: st.Params, group: str) -> np.ndarray:
-    """(N, n_params) flat weight table of a group for stacked cohort parameters."""
-    tokens = group_tokens(params, group)
-    n = tokens[0].shape[0] if tokens else jax.tree_util.tree_leaves(params)[0].shape[0]
-    return np.concatenate([t.reshape(n, -1) for t in tokens], axis=1) if tokens else np.zeros((n, 0), np.float32)
 
 
 def write_fit_outputs(out: Path, result, source, cfg) -> None:
     """Write params, weights, tables and the figure of a finished fit (see the module docstring)."""
-    save_tree(out / "params", result.params)
+    save_tree(out / "params", result.params, alone=True)  # process 0 writes the outputs
     with atomic_file(out / "weights.npz", overwrite=True) as tmp:
         np.savez(
             tmp,
@@ -85,7 +65,6 @@ def write_fit_outputs(out: Path, result, source, cfg) -> None:
 
 def reconstruction_figure(path: Path, result, source, cfg) -> Path:
     """Scans (top) and INR reconstructions (bottom) of up to two subjects, one per group."""
-    from longbrain_jax.fit.evaluate import reconstruct_volumes
     from longbrain_jax.report import save_figure, series_montage
 
     picks: list[int] = []
@@ -128,8 +107,6 @@ class FittedCohort:
 
 def load_fit(out: str | os.PathLike) -> FittedCohort:
     """Read the configuration, stacked parameters and subject table of a finished fit."""
-    from longbrain_jax.errors import InputError
-    from longbrain_jax.fit.cohort_fit import FitConfig
 
     out = Path(out)
     for name in ("config.json", "subjects.tsv", "params"):
@@ -158,7 +135,6 @@ def write_reconstructions(
 
     Files: `out_dir/sub-X/anat/sub-X_desc-inrAGE_T1w.nii.gz` with AGE like `072p5`.
     """
-    from longbrain_jax.fit.evaluate import reconstruct_volumes
 
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x[index]), fitted.params)
     volumes = reconstruct_volumes(params, ages, tuple(spatial_shape), fitted.cfg.inr, budget)

@@ -1,5 +1,5 @@
 """How many subjects a cohort fit loads and trains at once, and in what voxel blocks it
-scores them, planned from a memory budget (`engine.memory`).
+scores them, planned from a memory budget (`longbrain_jax.memory`).
 
 Three programs bound the memory of a fit:
 
@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longbrain_jax.engine.memory import MAX_BLOCK, MIN_BLOCK, Budget, Plan, Program, plan_batch
+from longbrain_jax.engine.training import init_state
 from longbrain_jax.fit.evaluate import abstract_params, cohort_scores
 from longbrain_jax.fit.sampling import SubjectData
-from longbrain_jax.fit.train import StageConfig, finetune_block, init_state, shared_block
+from longbrain_jax.fit.train import StageConfig, finetune_block, shared_block
 from longbrain_jax.inr import spatiotemporal as st
+from longbrain_jax.memory import MAX_BLOCK, MIN_BLOCK, Budget, Plan, Program, plan_batch
 
 HOST_SCAN_COPIES = 3
 
@@ -47,7 +48,7 @@ def abstract_data(n: int, t_max: int, num_voxels: int) -> SubjectData:
 
 
 def abstract_states(cfg: st.INRConfig, stage: StageConfig, n: int):
-    """`FitState` shapes of n subjects."""
+    """`TrainState` shapes of n subjects."""
     return jax.eval_shape(lambda p: jax.vmap(lambda q: init_state(q, stage.optimizer()))(p), abstract_params(cfg, n))
 
 

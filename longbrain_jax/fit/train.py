@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
+from longbrain_jax.config import check_literals
+from longbrain_jax.engine.training import TrainState, loss_step, step_key, train_chunk_steps
 from longbrain_jax.fit.sampling import SubjectData, sample_points
 from longbrain_jax.inr import spatiotemporal as st
-
-SHARED_STAGE, FINETUNE_STAGE = 0, 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +42,13 @@ class StageConfig:
     learning_rate: float
     sample_fraction: float
     weight_decay: float = 1e-4
-    schedule: str = "constant"
+    schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
 
     def __post_init__(self):
         if self.steps < 0 or self.learning_rate <= 0 or not 0 < self.sample_fraction <= 1:
             raise ValueError(f"need steps >= 0, learning_rate > 0, 0 < sample_fraction <= 1: {self}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        check_literals(self)
 
     def optimizer(self) -> optax.GradientTransformation:
         if self.schedule == "cosine":
@@ -96,26 +95,6 @@ class Sampling(NamedTuple):
     time_horizon: float = 0.0
 
 
-class FitState(NamedTuple):
-    """Per-subject training state (a leading subject axis in a cohort).
-
-    `alive` turns False at the first step whose loss or parameters are not finite;
-    that subject then keeps its last finite parameters, `diverged_at` holds the step
-    (-1 while alive) and `loss` is NaN. Other subjects are not touched.
-    """
-
-    params: st.Params
-    opt_state: optax.OptState
-    alive: Bool[Array, ""]
-    diverged_at: Int[Array, ""]
-    loss: Float[Array, ""]
-
-
-def subject_key(seed: Int[Array, ""], stage: int, subject: Int[Array, ""], step: Int[Array, ""]) -> Array:
-    """The PRNG key of one subject's draw at one step of one stage."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stage), subject), step)
-
-
 def sampled_loss(
     params: st.Params, data: SubjectData, key: Array, cfg: st.INRConfig, sampling: Sampling
 ) -> Float[Array, ""]:
@@ -147,52 +126,9 @@ def time_curvature(
     return jnp.mean(jnp.square((f[0] - 2.0 * f[1] + f[2]) / h**2)) * (data.num_train > 0)
 
 
-def _all_finite(tree) -> Bool[Array, ""]:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
-
-
-def guarded_update(
-    state: FitState, loss: Float[Array, ""], grads, tx: optax.GradientTransformation, step: Int[Array, ""]
-) -> FitState:
-    """Apply one optimiser update to `state` unless the loss or the new parameters are
-    not finite; then the subject keeps its last finite state and is marked diverged."""
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ok = state.alive & jnp.isfinite(loss) & _all_finite(params)
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-    return FitState(
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
-        alive=ok,
-        diverged_at=jnp.where(state.alive & ~ok, step, state.diverged_at).astype(jnp.int32),
-        loss=jnp.where(ok, loss, jnp.nan),
-    )
-
-
-def init_state(params: st.Params, tx: optax.GradientTransformation) -> FitState:
-    """Fresh training state of one subject starting from `params`."""
-    return FitState(params, tx.init(params), jnp.array(True), jnp.array(-1, jnp.int32), jnp.array(jnp.nan, jnp.float32))
-
-
-def finetune_step(
-    state: FitState,
-    data: SubjectData,
-    subject: Int[Array, ""],
-    seed: Int[Array, ""],
-    step: Int[Array, ""],
-    cfg: st.INRConfig,
-    sampling: Sampling,
-    tx: optax.GradientTransformation,
-) -> FitState:
-    """One AdamW step of one subject; a non-finite result freezes the subject (see `FitState`)."""
-    key = subject_key(seed, FINETUNE_STAGE, subject, step)
-    loss, grads = jax.value_and_grad(sampled_loss)(state.params, data, key, cfg, sampling)
-    return guarded_update(state, loss, grads, tx, step)
-
-
 @functools.partial(jax.jit, static_argnames=("num_steps", "cfg", "sampling", "stage"), donate_argnums=0)
 def finetune_block(
-    state: FitState,
+    state: TrainState,
     data: SubjectData,
     subjects: Int[Array, " n"],
     seed: Int[Array, ""],
@@ -202,20 +138,16 @@ def finetune_block(
     cfg: st.INRConfig,
     sampling: Sampling,
     stage: StageConfig,
-) -> FitState:
+) -> TrainState:
     """`num_steps` fine-tuning steps of a whole chunk of subjects in one compiled call.
 
     `state`, `data` and `subjects` (global subject indices, which key the draws) carry
     a leading subject axis; shard it over devices and the program runs partitioned.
     """
-    tx = stage.optimizer()
-    step_all = jax.vmap(finetune_step, in_axes=(0, 0, 0, None, None, None, None, None))
+    def loss_of(data_i):
+        return lambda p, key, step: (sampled_loss(p, data_i, key, cfg, sampling), None)
 
-    def body(s, i):
-        return step_all(s, data, subjects, seed, first_step + i, cfg, sampling, tx), None
-
-    state, _ = jax.lax.scan(body, state, jnp.arange(num_steps))
-    return state
+    return train_chunk_steps(state, loss_of, stage.optimizer(), seed, "finetune", subjects, first_step, num_steps, data)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "cfg", "sampling", "stage", "per_step"), donate_argnums=(0, 1))
@@ -237,20 +169,19 @@ def shared_block(
     tx = stage.optimizer()
     pool_size = pool.times.shape[0]
 
-    def loss_fn(p, step):
-        key = subject_key(seed, SHARED_STAGE, jnp.array(0), step)
+    def loss_fn(p, key, step):
         k_pick, k_points = jax.random.split(key)
         chosen = jax.random.choice(k_pick, pool_size, (per_step,), replace=per_step > pool_size)
         data = jax.tree_util.tree_map(lambda x: x[chosen], pool)
         keys = jax.random.split(k_points, per_step)
-        return jnp.mean(jax.vmap(sampled_loss, in_axes=(None, 0, 0, None, None))(p, data, keys, cfg, sampling))
+        loss = jnp.mean(jax.vmap(sampled_loss, in_axes=(None, 0, 0, None, None))(p, data, keys, cfg, sampling))
+        return loss, loss
 
     def body(carry, i):
-        p, o = carry
-        loss, grads = jax.value_and_grad(loss_fn)(p, first_step + i)
         # a non-finite step is skipped, not taken (theta* stays alive: `alive` is reset each step)
-        s = guarded_update(FitState(p, o, jnp.array(True), jnp.array(-1, jnp.int32), loss), loss, grads, tx, first_step + i)
-        return (s.params, s.opt_state), loss
+        fresh = TrainState(carry[0], carry[1], jnp.array(True), jnp.array(-1, jnp.int32), jnp.array(jnp.nan, jnp.float32))
+        state, loss = loss_step(fresh, loss_fn, tx, step_key(seed, "shared", jnp.array(0), first_step + i), first_step + i)
+        return (state.params, state.opt_state), loss
 
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(num_steps))
     return params, opt_state, losses

@@ -34,13 +34,14 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
 
 from longbrain_jax import metrics
 from longbrain_jax.cohort import ROLES, scan_roles
-from longbrain_jax.engine.memory import Budget, plan_host, within_budget
+from longbrain_jax.config import check_literals
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit.cohort_fit import FitConfig
 from longbrain_jax.fit.evaluate import DATA_RANGE
@@ -49,6 +50,7 @@ from longbrain_jax.latent import autoencoder as ae
 from longbrain_jax.latent import mrextrap
 from longbrain_jax.latent import segmenter as sg
 from longbrain_jax.latent.noder import NODERConfig
+from longbrain_jax.memory import Budget, plan_host, within_budget
 
 METHODS = tuple(FORECASTERS)
 HOST_COPIES_BASE = 8  # scans, labels, the segmenter's class probabilities (6 classes) of a scan
@@ -73,11 +75,11 @@ class ForecastConfig:
     """
 
     methods: tuple[str, ...] = METHODS
-    holdout: str = "interpolation_extrapolation"
+    holdout: Literal["extrapolation", "interpolation_extrapolation"] = "interpolation_extrapolation"
     autoencoder: ae.AutoencoderConfig = ae.AutoencoderConfig()
-    prior: str = "population"
+    prior: Literal["population", "group", "none"] = "population"
     noder: NODERConfig = NODERConfig()
-    noder_source: str = "last"
+    noder_source: Literal["last", "baseline"] = "last"
     inr: FitConfig = FitConfig()
     segmenter: sg.SegmenterConfig = sg.SegmenterConfig()
     curve: bool = True
@@ -87,12 +89,7 @@ class ForecastConfig:
         unknown = set(self.methods) - set(METHODS)
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
-        if self.holdout not in ("extrapolation", "interpolation_extrapolation"):
-            raise ValueError(f"holdout must be 'extrapolation' or 'interpolation_extrapolation', got {self.holdout!r}")
-        if self.noder_source not in ("last", "baseline"):
-            raise ValueError(f"noder_source must be 'last' or 'baseline', got {self.noder_source!r}")
-        if self.prior not in ("population", "group", "none"):
-            raise ValueError(f"prior must be 'population', 'group' or 'none', got {self.prior!r}")
+        check_literals(self)
 
 
 @dataclasses.dataclass
@@ -167,7 +164,7 @@ def train_models(source, known: np.ndarray, cfg: ForecastConfig, budget: Budget,
         bar = progress_bar(ae_cfg.steps, "autoencoder", enabled=show_progress, unit="step")
 
         def ae_progress(step, total, losses):
-            bar.update(1)
+            bar.update(step - bar.n)
             bar.set_postfix_str(f"L1 {float(losses.l1):.4f}")
 
         params, _ = ae.train_autoencoder(images, ae_cfg, progress=ae_progress)

@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from longbrain_jax.cohort import Cohort
-from longbrain_jax.engine.memory import Budget
 from longbrain_jax.latent import autoencoder as ae
 from longbrain_jax.latent import mrextrap, noder
+from longbrain_jax.memory import Budget
 
 
 class Forecast(NamedTuple):

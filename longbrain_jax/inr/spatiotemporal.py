@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from longbrain_jax.config import check_literals
 from longbrain_jax.inr import layers
 
 GROUPS = ("P_space", "P_time", "P_com")
@@ -55,9 +57,9 @@ class INRConfig:
     width: int = 512
     stream_layers: int = 5
     combined_layers: int = 3
-    spatial_activation: str = "wire"
-    temporal_activation: str = "relu"
-    combined_activation: str = "wire"
+    spatial_activation: Literal["wire", "sine", "relu"] = "wire"
+    temporal_activation: Literal["wire", "sine", "relu"] = "relu"
+    combined_activation: Literal["wire", "sine", "relu"] = "wire"
     w0: float = 10.0
     s0: float = 10.0
     fourier_features: int = 0
@@ -70,9 +72,7 @@ class INRConfig:
             raise ValueError(f"ndim must be 2 or 3, got {self.ndim}")
         if self.width < 1 or self.stream_layers < 1 or self.combined_layers < 0:
             raise ValueError("need width >= 1, stream_layers >= 1, combined_layers >= 0")
-        for name in ("spatial_activation", "temporal_activation", "combined_activation"):
-            if getattr(self, name) not in ("wire", "sine", "relu"):
-                raise ValueError(f"{name} must be 'wire', 'sine' or 'relu', got {getattr(self, name)!r}")
+        check_literals(self)
         if self.age_scale <= 0:
             raise ValueError(f"age_scale must be > 0, got {self.age_scale}")
 

@@ -22,6 +22,7 @@ from longbrain_jax.io.nifti import (
     save_displacement,
     save_image,
 )
+from longbrain_jax.io.transforms import load_transform, save_transform
 
 __all__ = [
     "BIDSDataset",
@@ -33,6 +34,7 @@ __all__ = [
     "derivative_path",
     "load_displacement",
     "load_image",
+    "load_transform",
     "normalise_intensity",
     "open_image",
     "read_bids",
@@ -40,6 +42,7 @@ __all__ = [
     "scan_bids",
     "save_displacement",
     "save_image",
+    "save_transform",
     "scan_path",
     "write_bids",
     "write_derivative",

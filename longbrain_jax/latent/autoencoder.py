@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,7 +51,8 @@ from jaxtyping import Array, Bool, Float
 from longbrain_jax.cnn import Conv
 from longbrain_jax.config import read_config, write_config
 from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
-from longbrain_jax.engine.memory import Budget, Program, plan_batch
+from longbrain_jax.engine.training import all_finite, repeat_steps, step_key
+from longbrain_jax.memory import Budget, Program, plan_batch
 
 
 # -- networks ---------------------------------------------------------------------------
@@ -361,12 +363,13 @@ def train_batch(cfg: AutoencoderConfig, shape: Sequence[int], budget: Budget, he
     shape = tuple(int(n) for n in shape)
     state = jax.eval_shape(lambda: _init_state(jax.random.key(0), cfg, shape))
 
-    def trace(b):
-        return train_step.trace(state, jax.ShapeDtypeStruct((b, *shape), jnp.float32), jax.random.key(0), jnp.bool_(True), cfg=cfg)
+    def trace(b):  # the scans are counted in held_bytes; a batch of b drawn from b scans
+        return train_block.trace(state, jax.ShapeDtypeStruct((b, *shape), jnp.float32), jnp.int32(0), jnp.int32(1),
+                                 cfg=dataclasses.replace(cfg, batch_size=b), max_steps=1)  # fmt: skip
 
     program = Program(trace, ("autoencoder-train", cfg, shape))
     return plan_batch("autoencoder: training", "scans per batch", budget, cfg.batch_size,
-                      lambda b, exact: program(b, exact) + held_bytes).sizes["scans per batch"]  # fmt: skip
+                      lambda b, exact: program(b, exact) + held_bytes, compile_bytes=program.compile_bytes).sizes["scans per batch"]  # fmt: skip
 
 
 def inference_batch(params_shapes, cfg: AutoencoderConfig, shape: Sequence[int], budget: Budget, upper: int = 16) -> int:
@@ -380,33 +383,55 @@ def inference_batch(params_shapes, cfg: AutoencoderConfig, shape: Sequence[int],
                       lambda b, exact: max(enc(b, exact), dec(b, exact))).sizes["scans per batch"]  # fmt: skip
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "max_steps"), donate_argnums=0)
+def train_block(
+    state: AutoencoderState, images: Float[Array, "M *s"], first_step: Array, num_steps: Array, *, cfg: AutoencoderConfig, max_steps: int
+) -> tuple[AutoencoderState, Losses]:
+    """`num_steps` (<= `max_steps`) training steps in one compiled loop (`engine.training.repeat_steps`):
+    each draws a batch of `images` (on the device) with the engine's key for the step
+    (`engine.training.step_key`); a step whose loss or new parameters are not finite is skipped.
+    Returns the state and every step's `Losses` (`max_steps` rows, zero past `num_steps`)."""
+
+    def body(state, i):
+        step = first_step + i
+        k_batch, k_noise = jax.random.split(step_key(jnp.int32(cfg.seed), "autoencoder", jnp.int32(0), step))
+        batch = images[jax.random.randint(k_batch, (cfg.batch_size,), 0, images.shape[0])]
+        new, losses = train_step(state, batch, k_noise, step >= cfg.adversarial_start, cfg=cfg)
+        ok = jnp.isfinite(losses.total) & all_finite(new.params)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state), losses
+
+    return repeat_steps(body, state, num_steps, max_steps)
+
+
 def train_autoencoder(
     images: np.ndarray,
     cfg: AutoencoderConfig,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: Callable[[int, int, Losses], None] | None = None,
+    steps_per_call: int = 50,
 ) -> tuple[dict, np.ndarray]:
     """Train on single scans; returns (params, loss history (steps, 6) in `Losses` order).
 
     **Arguments:**
 
     - `images`: (M, *spatial) float32 scans in about [-1, 1] (any scans: the model is
-      cross-sectional).
+      cross-sectional), held on the device.
     - `cfg`: see `AutoencoderConfig`; `cfg.ndim` must match the images.
     - `checkpoint_dir`: orbax checkpoints every `cfg.checkpoint_every` steps; with
       `resume`, training continues from the latest one and ends where an
-      uninterrupted run would (batches are drawn from `fold_in(seed, step)`).
-    - `progress`: called as `progress(step, steps, losses)` after every step.
+      uninterrupted run would (batches are drawn from the engine's per-step keys).
+    - `progress`: called as `progress(step, steps, losses)` after every block of
+      `steps_per_call` steps (compiled as one scan), with the block's last losses.
     """
     images = np.asarray(images, np.float32)
     if images.ndim != cfg.ndim + 1 or images.shape[0] < 1:
         raise ValueError(f"images must be (M, *spatial) with {cfg.ndim} spatial axes, got {images.shape}")
     shape = images.shape[1:]
-    root = jax.random.key(cfg.seed)
-    state = init_state(jax.random.fold_in(root, 0), cfg, shape)
+    state = init_state(jax.random.fold_in(jax.random.key(cfg.seed), 0), cfg, shape)
     ckpt = StateCheckpoints(checkpoint_dir) if checkpoint_dir is not None else None
     history = np.zeros((cfg.steps, len(Losses._fields)), np.float32)
+    block = max(1, math.gcd(steps_per_call, cfg.checkpoint_every)) if ckpt is not None else steps_per_call  # one program for both
     start = 0
     try:
         if ckpt is not None and resume and (latest := ckpt.latest_meta()) is not None:
@@ -414,16 +439,17 @@ def train_autoencoder(
             restored = ckpt.restore(step, {"state": state, "history": history})
             state, history, start = restored["state"], np.asarray(restored["history"]), int(meta["step"])
         data = jnp.asarray(images)
-        for step in range(start, cfg.steps):
-            key = jax.random.fold_in(root, step + 1)
-            k_batch, k_noise = jax.random.split(key)
-            batch = data[jax.random.randint(k_batch, (cfg.batch_size,), 0, images.shape[0])]
-            state, losses = train_step(state, batch, k_noise, jnp.asarray(step >= cfg.adversarial_start), cfg=cfg)
-            history[step] = np.asarray(jnp.stack(losses))
+        step = start
+        while step < cfg.steps:
+            k = min(block, cfg.steps - step)
+            state, losses = train_block(state, data, jnp.int32(step), jnp.int32(k), cfg=cfg, max_steps=steps_per_call)
+            losses = Losses(*(x[:k] for x in losses))
+            history[step : step + k] = np.asarray(jnp.stack(losses, axis=1))
+            step += k
             if progress is not None:
-                progress(step + 1, cfg.steps, losses)
-            if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-                ckpt.save(step + 1, {"state": state, "history": history}, {"step": step + 1})
+                progress(step, cfg.steps, Losses(*(x[-1] for x in losses)))
+            if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                ckpt.save(step, {"state": state, "history": history}, {"step": step})
     finally:
         if ckpt is not None:
             ckpt.close()

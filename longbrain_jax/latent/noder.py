@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import diffrax
 import flax.linen as nn
@@ -46,7 +46,9 @@ from jaxtyping import Array, Bool, Float
 
 from longbrain_jax import grid, metrics
 from longbrain_jax.cnn import Conv
-from longbrain_jax.engine.memory import Budget, Program, plan_batch
+from longbrain_jax.config import check_literals
+from longbrain_jax.engine.training import TrainState, init_state, train_chunk_steps
+from longbrain_jax.memory import Budget, Program, plan_batch
 
 SOLVERS = {"euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint, "ralston": diffrax.Ralston,
            "bosh3": diffrax.Bosh3, "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}  # fmt: skip
@@ -84,9 +86,9 @@ class NODERConfig:
     smoothing_sigma: float = 2.0
     time_scale: float = 100.0
     velocity_scale: float = 0.001
-    solver: str = "heun"
+    solver: Literal["euler", "heun", "midpoint", "ralston", "bosh3", "tsit5", "dopri5"] = "heun"
     step_years: float = 1.0
-    adjoint: str = "recursive"
+    adjoint: Literal["recursive", "backsolve", "forward"] = "recursive"
     ncc_window: int = 7
     smooth_weight: float = 0.05
     boundary_weight: float = 0.01
@@ -95,10 +97,7 @@ class NODERConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
-        if self.adjoint not in ADJOINTS:
-            raise ValueError(f"adjoint must be one of {sorted(ADJOINTS)}, got {self.adjoint!r}")
+        check_literals(self)
         if self.step_years <= 0 or self.iterations < 0 or self.velocity_factor < 1:
             raise ValueError(f"need step_years > 0, iterations >= 0, velocity_factor >= 1: {self}")
 
@@ -195,31 +194,30 @@ def _optimizer(cfg: NODERConfig) -> optax.GradientTransformation:
     return optax.amsgrad(cfg.learning_rate)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_steps"))
-def _train_block(params, opt_state, volumes, times, observed, *, cfg: NODERConfig, num_steps: int):
-    """`num_steps` AMSGrad steps for every subject (leading axis), vmapped."""
-    tx = _optimizer(cfg)
+def subject_loss_of(volumes, times, observed, cfg: NODERConfig):
+    """One subject's loss for the engine: `(params, key, step) -> (total, Terms)` (full batch: no draws)."""
 
-    def one_subject(p, s, v, t, o):
-        def loss(q):
-            terms = subject_loss(q, v, t, o, cfg)
-            return terms.total, terms
+    def loss(params, key, step):
+        terms = subject_loss(params, volumes, times, observed, cfg)
+        return terms.total, terms
 
-        def step(carry, _):
-            p, s = carry
-            (_, terms), grads = jax.value_and_grad(loss, has_aux=True)(p)
-            updates, s = tx.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), terms
-
-        (p, s), terms = jax.lax.scan(step, (p, s), None, length=num_steps)
-        return p, s, terms
-
-    return jax.vmap(one_subject)(params, opt_state, volumes, times, observed)
+    return loss
 
 
-def _states(keys: jax.Array, shape: tuple[int, ...], cfg: NODERConfig):
+@functools.partial(jax.jit, static_argnames=("cfg", "max_steps"))
+def _train_block(states: TrainState, volumes, times, observed, first_step, num_steps, *, cfg: NODERConfig, max_steps: int) -> tuple[TrainState, Terms]:
+    """`num_steps` (<= `max_steps`) AMSGrad steps for every subject (leading axis), through the
+    engine's guarded chunk step (a subject whose loss turns non-finite keeps its last finite
+    network); returns the states and each step's `Terms` (max_steps, n), zero past `num_steps`."""
+    subjects = jnp.arange(volumes.shape[0])
+    loss_of = lambda v, t, o: subject_loss_of(v, t, o, cfg)  # noqa: E731
+    return train_chunk_steps(states, loss_of, _optimizer(cfg), jnp.int32(cfg.seed), "noder", subjects, first_step, num_steps,
+                             volumes, times, observed, max_steps=max_steps)  # fmt: skip
+
+
+def _states(keys: jax.Array, shape: tuple[int, ...], cfg: NODERConfig) -> TrainState:
     params = jax.vmap(lambda k: init(k, shape, cfg))(keys)
-    return params, jax.vmap(_optimizer(cfg).init)(params)
+    return jax.vmap(lambda p: init_state(p, _optimizer(cfg)))(params)
 
 
 def subjects_per_program(cfg: NODERConfig, shape: tuple[int, ...], t_max: int, budget: Budget, upper: int, steps_per_call: int = 25) -> int:
@@ -227,9 +225,9 @@ def subjects_per_program(cfg: NODERConfig, shape: tuple[int, ...], t_max: int, b
     s = jax.ShapeDtypeStruct
 
     def trace(n):
-        params, opt_state = jax.eval_shape(lambda: _states(jax.random.split(jax.random.key(0), n), shape, cfg))
-        return _train_block.trace(params, opt_state, s((n, t_max, *shape), jnp.float32), s((n, t_max), jnp.float32),
-                                  s((n, t_max), jnp.bool_), cfg=cfg, num_steps=steps_per_call)  # fmt: skip
+        states = jax.eval_shape(lambda: _states(jax.random.split(jax.random.key(0), n), shape, cfg))
+        return _train_block.trace(states, s((n, t_max, *shape), jnp.float32), s((n, t_max), jnp.float32),
+                                  s((n, t_max), jnp.bool_), jnp.int32(0), jnp.int32(steps_per_call), cfg=cfg, max_steps=steps_per_call)  # fmt: skip
 
     program = Program(trace, ("noder", cfg, shape, t_max, steps_per_call))
     return plan_batch("NODER: training", "subjects per program", budget, upper, program).sizes["subjects per program"]
@@ -258,18 +256,18 @@ def fit_cohort(
     parts = []
     for start in range(0, n, group):
         sel = slice(start, min(start + group, n))
-        params, opt_state = jax.jit(_states, static_argnums=(1, 2))(keys[sel], shape, cfg)
+        states = jax.jit(_states, static_argnums=(1, 2))(keys[sel], shape, cfg)
         args = (jnp.asarray(volumes[sel], jnp.float32), jnp.asarray(times[sel], jnp.float32), jnp.asarray(observed[sel], bool))
         done = 0
         while done < cfg.iterations:
             k = min(steps_per_call, cfg.iterations - done)
-            params, opt_state, terms = _train_block(params, opt_state, *args, cfg=cfg, num_steps=k)
-            history[done : done + k, sel] = np.asarray(terms.total).T
+            states, terms = _train_block(states, *args, jnp.int32(done), jnp.int32(k), cfg=cfg, max_steps=steps_per_call)
+            history[done : done + k, sel] = np.asarray(terms.total)[:k]
             done += k
             if progress is not None:
                 progress(done, cfg.iterations, float(np.median(history[done - 1, : sel.stop])))
-        parts.append(jax.device_get(params))
-        del params, opt_state, args
+        parts.append(jax.device_get(states.params))
+        del states, args
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *parts), history
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -32,8 +33,10 @@ from jaxtyping import Array, Int
 
 from longbrain_jax import metrics
 from longbrain_jax.cnn import Conv
-from longbrain_jax.engine.memory import Budget, Program, plan_batch
+from longbrain_jax.config import check_literals
+from longbrain_jax.engine.training import TrainState, init_state, train_steps
 from longbrain_jax.latent.autoencoder import crop, pad_to_multiple, padded_shape
+from longbrain_jax.memory import Budget, Program, plan_batch
 from longbrain_jax.simulate.template import REGIONS
 
 CLASSES = ("background", "cortical_gm", "cerebral_wm", "lateral_ventricles", "hippocampus", "other")
@@ -89,12 +92,11 @@ class SegmenterConfig:
     batch_size: int = 8
     learning_rate: float = 2e-3
     dice_weight: float = 1.0
-    volumes: str = "soft"
+    volumes: Literal["soft", "hard"] = "soft"
     seed: int = 0
 
     def __post_init__(self):
-        if self.volumes not in ("soft", "hard"):
-            raise ValueError(f"volumes must be 'soft' (probability sums) or 'hard' (arg-max counts), got {self.volumes!r}")
+        check_literals(self)
         if self.steps < 0 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError(f"need steps >= 0, batch_size >= 1, learning_rate > 0: {self}")
 
@@ -125,23 +127,20 @@ def _init(key: jax.Array, channels: tuple[int, ...], padded: tuple[int, ...]) ->
     return UNet(channels).init(key, jnp.zeros((1, *padded, 1)))["params"]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _step(params, opt_state, images, classes, cfg: SegmenterConfig):
-    loss, grads = jax.value_and_grad(_loss)(params, images, classes, cfg)
-    updates, opt_state = optax.adam(cfg.learning_rate).update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-
 def train_batch(cfg: SegmenterConfig, shape: tuple[int, ...], budget: Budget, held_bytes: int = 0) -> int:
     """The training batch under `budget` (at most `cfg.batch_size`; `held_bytes`: its training data on the device)."""
     shape = tuple(int(n) for n in shape)
     params = jax.eval_shape(lambda: _init(jax.random.key(0), tuple(cfg.channels), padded_shape(shape, cfg.factor)))
-    opt_state = jax.eval_shape(lambda p: optax.adam(cfg.learning_rate).init(p), params)
+    state = jax.eval_shape(lambda p: init_state(p, optax.adam(cfg.learning_rate)), params)
     s = jax.ShapeDtypeStruct
-    program = Program(lambda b: _step.trace(params, opt_state, s((b, *shape), jnp.float32), s((b, *shape), jnp.int32), cfg),
-                      ("segmenter-train", cfg, shape))  # fmt: skip
+
+    def trace(b):  # the data is counted in held_bytes; a batch of b drawn from b scans
+        return train_block.trace(state, s((b, *shape), jnp.float32), s((b, *shape), jnp.int32), jnp.int32(0), jnp.int32(1),
+                                 cfg=dataclasses.replace(cfg, batch_size=b), max_steps=1)  # fmt: skip
+
+    program = Program(trace, ("segmenter-train", cfg, shape))
     return plan_batch("segmenter: training", "scans per batch", budget, cfg.batch_size,
-                      lambda b, exact: program(b, exact) + held_bytes).sizes["scans per batch"]  # fmt: skip
+                      lambda b, exact: program(b, exact) + held_bytes, compile_bytes=program.compile_bytes).sizes["scans per batch"]  # fmt: skip
 
 
 def inference_batch(cfg: SegmenterConfig, shape: tuple[int, ...], budget: Budget, upper: int = 16) -> int:
@@ -157,28 +156,48 @@ def _probabilities(params, images, cfg: SegmenterConfig):
     return jax.nn.softmax(_logits(params, images, cfg), -1)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "max_steps"), donate_argnums=0)
+def train_block(state: TrainState, images, classes, first_step, num_steps, *, cfg: SegmenterConfig, max_steps: int) -> tuple[TrainState, Array]:
+    """`num_steps` (<= `max_steps`) guarded Adam steps in one compiled loop, each on a batch of the
+    (device) data drawn with the engine's key for the step; returns the state and the steps' losses
+    (`max_steps`, zero past `num_steps`)."""
+
+    def loss(params, key, step):
+        idx = jax.random.randint(key, (cfg.batch_size,), 0, images.shape[0])
+        value = _loss(params, images[idx], classes[idx], cfg)
+        return value, value
+
+    return train_steps(state, loss, optax.adam(cfg.learning_rate), jnp.int32(cfg.seed), "segmenter", jnp.int32(0), first_step, num_steps,
+                       max_steps)
+
+
 def train_segmenter(
     images: np.ndarray, labels: np.ndarray, cfg: SegmenterConfig = SegmenterConfig(),
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None, steps_per_call: int = 50,
 ) -> tuple[dict, np.ndarray]:  # fmt: skip
-    """Train on scans (M, *spatial) and their aseg label maps (M, *spatial); returns (params, losses)."""
+    """Train on scans (M, *spatial) and their aseg label maps (M, *spatial); returns (params, losses).
+
+    Steps run `steps_per_call` at a time in one compiled scan (`train_block`); `progress(step,
+    steps, loss)` is called after each block.
+    """
     images = np.asarray(images, np.float32)
     classes = label_classes(labels)
     if images.shape != classes.shape:
         raise ValueError(f"images {images.shape} and labels {classes.shape} differ")
-    key = jax.random.key(cfg.seed)
     shape = images.shape[1:]
-    params = _init(jax.random.fold_in(key, 0), tuple(cfg.channels), padded_shape(shape, cfg.factor))
-    opt_state = optax.adam(cfg.learning_rate).init(params)
+    params = _init(jax.random.fold_in(jax.random.key(cfg.seed), 0), tuple(cfg.channels), padded_shape(shape, cfg.factor))
+    state = init_state(params, optax.adam(cfg.learning_rate))
     data_x, data_y = jnp.asarray(images), jnp.asarray(classes)
     losses = np.zeros(cfg.steps, np.float32)
-    for step in range(cfg.steps):
-        idx = jax.random.randint(jax.random.fold_in(key, step + 1), (cfg.batch_size,), 0, images.shape[0])
-        params, opt_state, loss = _step(params, opt_state, data_x[idx], data_y[idx], cfg)
-        losses[step] = float(loss)
+    step = 0
+    while step < cfg.steps:
+        k = min(steps_per_call, cfg.steps - step)
+        state, block = train_block(state, data_x, data_y, jnp.int32(step), jnp.int32(k), cfg=cfg, max_steps=steps_per_call)
+        losses[step : step + k] = np.asarray(block)[:k]
+        step += k
         if progress is not None:
-            progress(step + 1, cfg.steps, losses[step])
-    return jax.device_get(params), losses
+            progress(step, cfg.steps, float(losses[step - 1]))
+    return jax.device_get(state.params), losses
 
 
 def probabilities(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int | None = None) -> np.ndarray:

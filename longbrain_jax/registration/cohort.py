@@ -36,11 +36,11 @@ from longbrain_jax.config import config_to_dict, write_config
 from longbrain_jax.engine import sharding
 from longbrain_jax.engine.checkpoint import StateCheckpoints, save_tree
 from longbrain_jax.engine.chunks import ChunkProgram, load_chunks, run_in_chunks
-from longbrain_jax.engine.memory import MAX_BLOCK, MIN_BLOCK, Budget, Plan, Program, plan_batch, within_budget
 from longbrain_jax.engine.rundir import prepare_output_dir, run_size
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
+from longbrain_jax.memory import MAX_BLOCK, MIN_BLOCK, Budget, Plan, Program, plan_batch, within_budget
 from longbrain_jax.registration import network as net
 from longbrain_jax.registration.train import RegistrationConfig, init_states, registration_block
 from longbrain_jax.simulate.template import REGIONS
@@ -140,7 +140,8 @@ def register_cohort(
 
 def _register_into(out: Path, source, cfg: RegistrationConfig, extra_ages, mesh, progress, source_description: str, budget: Budget | None) -> Path:
     """`register_cohort` once its output folder is prepared."""
-    write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids), extra_ages=list(extra_ages))
+    if jax.process_index() == 0:
+        write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids), extra_ages=list(extra_ages))
     mesh = mesh or sharding.subject_mesh()
     work, t_max = out / "work", source.max_scans
     shape, devices = tuple(source.spatial_shape), mesh.devices.size
@@ -176,7 +177,7 @@ def _register_into(out: Path, source, cfg: RegistrationConfig, extra_ages, mesh,
     }
     joined = load_chunks(work, source.num_subjects, chunk, mesh, target)
     if jax.process_index() == 0:
-        save_tree(out / "params", joined["params"])
+        save_tree(out / "params", joined["params"], alone=True)
         write_registration_outputs(out, source, cfg, joined, extra_ages, progress, budget)
         shutil.rmtree(work, ignore_errors=True)
     return out

@@ -1,15 +1,16 @@
 """Registering a cohort: patch sampling and the vmapped, jit-compiled training program.
 
-The per-subject training state is `fit.train.FitState` (parameters, AdamW state, and
-divergence bookkeeping: a subject whose loss turns non-finite is frozen and reported),
-and draws are keyed by (seed, subject, step) as in cohort fitting, so the same
-sharding and checkpointing apply.
+Training goes through the engine (`engine.training`): the per-subject state is its
+`TrainState` (parameters, AdamW state, and divergence bookkeeping: a subject whose loss
+turns non-finite is frozen and reported), draws are keyed by (seed, "register", subject,
+step), and the same chunks, sharding and checkpoints apply as in cohort fitting.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +18,11 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int
 
-from longbrain_jax.fit.train import FitState, guarded_update, init_state
+from longbrain_jax.config import check_literals
+from longbrain_jax.engine.training import STAGES, TrainState, init_state, train_chunk_steps
 from longbrain_jax.grid import voxel_to_normalised
 from longbrain_jax.registration import network as net
 from longbrain_jax.registration.losses import LossConfig, subject_loss
-
-REGISTRATION_STAGE = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +61,14 @@ class RegistrationConfig:
     patches: int = 12
     patch_size: int = 12
     tissue_patches: bool = True
-    holdout: str = "none"
+    holdout: Literal["none", "extrapolation", "interpolation_extrapolation"] = "none"
     chunk_size: int | None = None
     steps_per_call: int = 50
     checkpoint_every: int = 500
     seed: int = 0
 
     def __post_init__(self):
+        check_literals(self)
         if self.steps < 0 or self.learning_rate <= 0 or self.patches < 1 or self.patch_size < 1:
             raise ValueError(f"need steps >= 0, learning_rate > 0, patches >= 1, patch_size >= 1: {self}")
         if (self.chunk_size or 1) < 1 or self.steps_per_call < 1 or self.checkpoint_every % self.steps_per_call:
@@ -105,23 +106,21 @@ def sample_patches(
     return voxel_to_normalised(index, spatial_shape)
 
 
-def registration_key(seed: Int[Array, ""], subject: Int[Array, ""], step: Int[Array, ""]) -> Array:
-    return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), REGISTRATION_STAGE), subject), step)
+def subject_loss_of(volumes, times, observed, cfg: RegistrationConfig):
+    """One subject's loss `(params, key, step) -> (total, terms)`: patches drawn on its baseline."""
 
+    def loss(params, key, step):
+        k_patch, k_time = jax.random.split(key)
+        patches = sample_patches(k_patch, volumes.shape[1:], cfg.patches, cfg.patch_size, image=volumes[0] if cfg.tissue_patches else None)
+        terms = subject_loss(params, volumes, times, observed, patches, k_time, cfg.network, cfg.loss)
+        return terms.total, None
 
-def registration_step(state: FitState, volumes, times, observed, subject, seed, step, cfg: RegistrationConfig) -> FitState:
-    """One AdamW step of one subject; a non-finite step freezes the subject."""
-    tx = cfg.optimizer()
-    k_patch, k_time = jax.random.split(registration_key(seed, subject, step))
-    patches = sample_patches(k_patch, volumes.shape[1:], cfg.patches, cfg.patch_size, image=volumes[0] if cfg.tissue_patches else None)
-    loss_fn = lambda p: subject_loss(p, volumes, times, observed, patches, k_time, cfg.network, cfg.loss).total  # noqa: E731
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    return guarded_update(state, loss, grads, tx, step)
+    return loss
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "cfg"), donate_argnums=0)
 def registration_block(
-    state: FitState,
+    state: TrainState,
     volumes: Float[Array, "n T *spatial"],
     times: Float[Array, "n T"],
     observed: Array,
@@ -131,27 +130,23 @@ def registration_block(
     *,
     num_steps: int,
     cfg: RegistrationConfig,
-) -> FitState:
+) -> TrainState:
     """`num_steps` steps for a chunk of subjects (leading axis; shard it over devices)."""
-    step_all = jax.vmap(registration_step, in_axes=(0, 0, 0, 0, 0, None, None, None))
-
-    def body(s, i):
-        return step_all(s, volumes, times, observed, subjects, seed, first_step + i, cfg), None
-
-    return jax.lax.scan(body, state, jnp.arange(num_steps))[0]
+    loss_of = lambda v, t, o: subject_loss_of(v, t, o, cfg)  # noqa: E731
+    return train_chunk_steps(state, loss_of, cfg.optimizer(), seed, "register", subjects, first_step, num_steps, volumes, times, observed)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def init_states(cfg: RegistrationConfig, n: int) -> FitState:
+def init_states(cfg: RegistrationConfig, n: int) -> TrainState:
     """Fresh states of `n` subjects, all from the same initial network (keyed by the seed)."""
-    params = net.init(jax.random.fold_in(jax.random.key(cfg.seed), REGISTRATION_STAGE), cfg.network)
+    params = net.init(jax.random.fold_in(jax.random.key(cfg.seed), STAGES["register"]), cfg.network)
     stacked = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), params)
     return jax.vmap(lambda p: init_state(p, cfg.optimizer()))(stacked)
 
 
 def register(
     volumes: np.ndarray, times: np.ndarray, observed: np.ndarray, cfg: RegistrationConfig, steps_per_call: int = 50
-) -> FitState:
+) -> TrainState:
     """Register every subject (leading axis) of an in-memory chunk; returns the final states."""
     n = volumes.shape[0]
     state = init_states(cfg, n)

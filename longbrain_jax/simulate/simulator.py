@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,8 @@ from longbrain_jax.grid import (
 )
 from longbrain_jax.io.bids import BIDSWriter, derivative_path
 from longbrain_jax.io.nifti import save_displacement, save_image
+from longbrain_jax.io.transforms import save_transform
+from longbrain_jax.memory import Budget, Program, plan_batch, within_budget
 from longbrain_jax.simulate.anatomy import AnatomyConfig, from_template, move, sample_anatomy, to_template
 from longbrain_jax.simulate.atrophy import (
     AgingFlow,
@@ -73,6 +76,8 @@ from longbrain_jax.simulate.template import (
 )
 
 PIPELINE = "simulator"
+#: File name (after `sub-X_ses-Y_`) of a follow-up's true misalignment, an ITK text transform (`io.transforms`).
+RIGID_TRUTH = "from-orig_to-baseline_mode-image_desc-truth_xfm.txt"
 GROUPS = ("healthy", "dementia")
 
 
@@ -90,7 +95,9 @@ class SimulationConfig:
     - `resolution_mm`: isotropic voxel size; `ndim`: 3 (volumes) or 2 (axial slice).
     - `field_factor`: deformation fields are computed this many times coarser.
     - `flow_step`: g per step of the tabulated aging flow.
-    - `chunk_size`: subjects generated together (bounds memory).
+    - `chunk_size`: most subjects generated together; None: as many as the memory budget
+      allows (`Simulator.chunk`: the compiled program, its outputs, and the previous
+      chunk's being written meanwhile). Results do not depend on it.
     - `batch`: how a chunk's subjects and scans are batched in the compiled program:
       'vmap' (vectorised; best on accelerators), 'map' (a compiled loop; on CPU about
       2x faster, as XLA's CPU gathers are slow when batched) or 'auto' (vmap on GPU /
@@ -110,7 +117,7 @@ class SimulationConfig:
     ndim: int = 3
     field_factor: int = 2
     flow_step: float = 1.0
-    chunk_size: int = 4
+    chunk_size: int | None = None
     batch: str = "auto"
     write_fields: bool = True
     compresslevel: int = 1
@@ -136,7 +143,7 @@ class SimulationConfig:
             raise ValueError(f"age_range must be increasing, got {self.age_range}")
         if min(self.regular_ages + self.age_range) < self.brain_age.onset_age:
             raise ValueError(f"scan ages must be >= the brain-age onset {self.brain_age.onset_age}")
-        if self.field_factor < 1 or self.chunk_size < 1:
+        if self.field_factor < 1 or (self.chunk_size or 1) < 1:
             raise ValueError("field_factor and chunk_size must be >= 1")
         if self.batch not in ("auto", "vmap", "map"):
             raise ValueError(f"batch must be 'auto', 'vmap' or 'map', got {self.batch!r}")
@@ -315,9 +322,23 @@ class Simulator:
         subjects = [arrays for _, chunk_arrays in self._chunks(plans) for arrays in chunk_arrays]
         return {k: np.stack([a[k] for a in subjects]) for k in subjects[0]}
 
+    def chunk(self, upper: int, budget: Budget | None = None) -> int:
+        """Subjects per compiled chunk under `budget` (at most `cfg.chunk_size` and `upper`): the
+        program's buffers, and on the host its outputs twice (those of the chunk being written
+        while the next runs)."""
+        t_max = self.cfg.max_scans
+        s = jax.ShapeDtypeStruct
+        def trace(n):  # the template's arrays are traced as they are (abstracted by jit)
+            return self._chunk.trace(self._arrays, s((n,), jnp.int32), s((n,), jnp.bool_), s((n, t_max), jnp.float32))
+
+        program = Program(trace, ("simulate", self.cfg, self.template.shape))
+        per_subject = 2 * t_max * math.prod(self.template.shape) * (4 + 4 + (4 + 4 * len(self.template.shape) if self.cfg.write_fields else 0))
+        upper = min(self.cfg.chunk_size or upper, upper)
+        return plan_batch("simulate", "subjects per chunk", budget or Budget.resolve(), upper, program, lambda n: per_subject * n).sizes["subjects per chunk"]
+
     def _chunks(self, plans: list[SubjectPlan]):
-        """Yield (chunk of plans, one dict of arrays per subject), `chunk_size` at a time."""
-        n, t_max = self.cfg.chunk_size, self.cfg.max_scans
+        """Yield (chunk of plans, one dict of arrays per subject), `chunk` subjects at a time."""
+        n, t_max = self.chunk(len(plans)), self.cfg.max_scans
         for start in range(0, len(plans), n):
             chunk = plans[start : start + n]
             out = self._run_chunk(chunk, n, t_max)
@@ -365,7 +386,8 @@ class Simulator:
                     f.result()
             self._write_volumes(deriv / "volumes.tsv", volume_rows)
             self._write_montage(deriv / "montage.png", shown, volume_rows)
-            (deriv / "README.md").write_text(_DERIVATIVES_README.format(resolution=cfg.resolution_mm, ndim=cfg.ndim))
+            rigid = _RIGID_README.format(name=RIGID_TRUTH) if self.misaligned else ""
+            (deriv / "README.md").write_text(_DERIVATIVES_README.format(resolution=cfg.resolution_mm, ndim=cfg.ndim, rigid=rigid))
         return Path(out)
 
     def _write_subject(self, writer: BIDSWriter, plan: SubjectPlan, arrays: dict[str, np.ndarray]) -> None:
@@ -406,6 +428,38 @@ class Simulator:
                     self.template.affine,
                     compresslevel=self.cfg.compresslevel,
                 )
+        if self.misaligned:
+            centre = self.template.affine[:3, : self.cfg.ndim] @ ((np.asarray(self.template.shape) - 1) / 2) + self.template.affine[:3, 3]
+            for i, ses in enumerate(sessions[1:], start=1):
+                anat = writer.path / "derivatives" / PIPELINE / f"sub-{plan.subject_id}" / f"ses-{ses}" / "anat"
+                save_transform(anat / f"sub-{plan.subject_id}_ses-{ses}_{RIGID_TRUTH}", self.rigid_truth(plan.anatomy_index, i), centre)
+
+    @property
+    def misaligned(self) -> bool:
+        """Whether follow-ups are rigidly misaligned (`ScannerConfig.rotation_deg` or `translation_mm`)."""
+        return self.cfg.scanner.rotation_deg > 0 or self.cfg.scanner.translation_mm > 0
+
+    def rigid_truth(self, anatomy_index: int, t: int) -> np.ndarray:
+        """(4, 4) RAS mm transform mapping baseline points to scan `t`'s points (the identity at t = 0).
+
+        The follow-up's misalignment R_t, drawn from the same keys as in `_subject`,
+        in the convention of `io.transforms` (`antsApplyTransforms -i scan_t -r scan_0`).
+        """
+        if t == 0 or not self.misaligned:
+            return np.eye(4)
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(self.cfg.seed), anatomy_index), 3), t)
+        rigid = sample_rigid(jax.random.split(key, 4)[0], self.field_shape, self.field_spacing_mm, self.cfg.scanner)
+        # scan_t(x) shows the anatomy at R_t(x), so the baseline point y is scan t's point R_t^-1(y); in voxels v:
+        # normalised c = v / h - 1, centred mm q = c / per_mm, R_t^-1(q) = R^T (q - s)
+        d, shape = self.cfg.ndim, self.template.shape
+        h = np.array([(n - 1) / 2 for n in shape])
+        k = 1.0 / (h * np.asarray(rigid.per_mm, np.float64))  # mm per voxel of q
+        rot, shift = np.asarray(rigid.rotation, np.float64), np.asarray(rigid.shift_mm, np.float64)
+        voxel = np.eye(4)
+        voxel[:d, :d] = (rot.T * k[None, :]) / k[:, None]
+        voxel[:d, 3] = h - voxel[:d, :d] @ h - (rot.T @ shift) / k
+        affine = np.asarray(self.template.affine, np.float64)
+        return affine @ voxel @ np.linalg.inv(affine)
 
     def _volume_rows(self, plan: SubjectPlan, arrays: dict[str, np.ndarray]) -> list[dict[str, object]]:
         rows = []
@@ -450,13 +504,15 @@ class Simulator:
             writer.writerows(rows)
 
 
+@within_budget
 def simulate_cohort(
     out: str | os.PathLike,
     cfg: SimulationConfig = SimulationConfig(),
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    budget: Budget | None = None,
 ) -> Path:
-    """Simulate and write a cohort (see `Simulator`)."""
+    """Simulate and write a cohort (see `Simulator`); chunks planned from `budget` (default: the current one)."""
     return Simulator(cfg).run(out, overwrite=overwrite, progress=progress)
 
 
@@ -483,7 +539,7 @@ Per scan, in `sub-X/ses-Y/anat/`, on the scan's own grid and affine
   ITK / ANTs convention (5D, intent vector, LPS mm). With ANTs,
   `antsApplyTransforms -i scan_t -r scan_0 -t this_file` resamples scan t onto the
   baseline.
-
+{rigid}
 `volumes.tsv`: per scan, brain age and each region's volume in mm^3, both the exact
 partial volume (`*_pv_mm3`, from the template's partial-volume maps carried through
 the deformation) and the label-map count (`*_label_mm3`). For a 2D slice, volumes
@@ -494,3 +550,11 @@ anatomy; paired subjects share it), size factor and brain-age drift parameters;
 `sessions.tsv` holds age and brain age.
 """
 
+_RIGID_README = """- `sub-X_ses-Y_{name}`
+  (follow-ups only, written with `--misalign`): the rigid misalignment of scan Y, an
+  ITK text transform (`AffineTransform_double_3_3`, LPS mm) mapping baseline points
+  to the scan's points, which is what resamples the scan onto the baseline:
+  `antsApplyTransforms -i scan_Y -r scan_0 -t this_file`. The convention and name of
+  the `from-orig_to-baseline` transforms `longbrain align` writes; the displacement
+  above includes it.
+"""

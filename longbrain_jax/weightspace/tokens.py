@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from longbrain_jax.fit.outputs import flat_weights, group_tokens
 from longbrain_jax.inr.spatiotemporal import GROUPS
+from longbrain_jax.inr.tokens import flat_weights, group_tokens
 
 # The stream combinations of the paper's Table 2.
 COMBINATIONS: tuple[tuple[str, ...], ...] = (

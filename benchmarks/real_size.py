@@ -1,0 +1,98 @@
+"""A cohort at real size through every command, as a user runs them, inside one memory budget.
+
+Simulates a 3D cohort (default 1.5 mm, 8 subjects x 4 scans, follow-ups misaligned by up
+to 5 degrees and 5 mm), then runs `longbrain align`, `fit`, `register`, `forecast` and
+`classify` on it as separate processes with `--memory-budget`, each with the default
+settings except network widths and step counts (given below, so that it ends in CPU
+hours). Prints each stage's wall time and the peak resident memory of its process
+(`ru_maxrss` of the child), against the budget.
+
+    python benchmarks/real_size.py --work /tmp/real --budget 16G
+    python benchmarks/real_size.py --work /tmp/real --resolution 3 --subjects 4   # a quick look
+
+Stages already done in WORK (their output folder exists) are skipped; pass `--fresh`
+to start over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_results  # noqa: E402
+
+LONGBRAIN = [sys.executable, "-m", "longbrain_jax.cli"]
+
+
+def stages(work: Path, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(stage, command line) in the order a user runs them; every command reads the aligned dataset."""
+    data, aligned = work / "bids", work / "aligned"
+    budget = ["--memory-budget", args.budget, "--quiet", "--seed", "0"]
+    scans = f"{args.scans},{args.scans}"
+    return [
+        ("simulate", ["simulate", data, "--subjects", args.subjects, "--scans", scans, "--resolution", args.resolution,
+                      "--dim", "3", "--misalign", "5", "5", *budget]),
+        ("align", ["align", data, aligned, "--transform", "rigid", *budget]),
+        ("fit", ["fit", aligned, work / "fit", "--width", "64", "--shared-steps", "100", "--steps", "100", *budget]),
+        ("register", ["register", aligned, work / "register", "--width", "64", "--steps", "200", *budget]),
+        ("forecast", ["forecast", aligned, work / "forecast", "--method", "last_observation,voxelwise_linear,mrextrap,noder",
+                      "--ae-channels", "8,16,32", "--ae-steps", "200", "--noder-iterations", "50", "--segmenter-steps", "100", "--no-curve", *budget]),
+        ("classify", ["classify", work / "fit", work / "classify", "--bids", aligned, "--folds", "2", "--repeats", "1",
+                      "--epochs", "20", "--sfcn-channels", "8,16,16,16,16", *budget]),
+    ]  # fmt: skip
+
+
+def run_stage(command: list) -> tuple[float, float]:
+    """Run one command in a child process: (wall seconds, the child's peak RSS in MiB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([*LONGBRAIN, *map(str, command)])
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"`longbrain {' '.join(map(str, command))}` failed with exit code {code}")
+    return seconds, usage.ru_maxrss / 1024.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/longbrain-real-size"))
+    parser.add_argument("--budget", default="16G")
+    parser.add_argument("--resolution", default="1.5")
+    parser.add_argument("--subjects", default="8")
+    parser.add_argument("--scans", default="4")
+    parser.add_argument("--only", default="", help="Comma-separated stages to run (default: all).")
+    parser.add_argument("--fresh", action="store_true", help="Delete WORK first.")
+    args = parser.parse_args()
+    if args.fresh and args.work.exists():
+        shutil.rmtree(args.work)
+    args.work.mkdir(parents=True, exist_ok=True)
+    only = set(filter(None, args.only.split(",")))
+    from longbrain_jax.memory import format_size, parse_size
+
+    budget_mib = parse_size(args.budget) / 2**20
+    record = {"budget_mib": budget_mib, "resolution_mm": float(args.resolution), "subjects": int(args.subjects),
+              "scans": int(args.scans), "cpus": os.cpu_count(), "stages": {}}  # fmt: skip
+    rows = []
+    for name, command in stages(args.work, args):
+        out = Path(command[2]) if name not in ("simulate",) else Path(command[1])
+        if (only and name not in only) or (not only and out.exists()):
+            continue
+        print(f"== {name}: longbrain {' '.join(map(str, command))}", flush=True)
+        seconds, peak = run_stage(command)
+        record["stages"][name] = {"seconds": round(seconds, 1), "peak_rss_mib": round(peak, 1),
+                                  "within_budget": peak <= budget_mib, "command": " ".join(map(str, command))}  # fmt: skip
+        rows.append((name, f"{seconds:8.1f} s  peak {format_size(peak * 2**20):>9}  "
+                           f"({100 * peak / budget_mib:5.1f}% of {args.budget})"))  # fmt: skip
+        print(f"{name}: {rows[-1][1]}", flush=True)  # each stage's figures as soon as it ends
+    print_results(f"Real size: 3D {args.resolution} mm, {args.subjects} subjects x {args.scans} scans", rows, record)
+
+
+if __name__ == "__main__":
+    main()
