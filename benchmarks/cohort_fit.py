@@ -37,8 +37,9 @@ import numpy as np  # noqa: E402
 from _common import peak_rss_mib, print_results  # noqa: E402
 
 from longbrain_jax.engine import sharding  # noqa: E402
+from longbrain_jax.engine.training import init_state  # noqa: E402
 from longbrain_jax.fit.sampling import prepare_subjects  # noqa: E402
-from longbrain_jax.fit.train import Sampling, StageConfig, finetune_block, init_state  # noqa: E402
+from longbrain_jax.fit.train import Sampling, StageConfig, finetune_block  # noqa: E402
 from longbrain_jax.inr import INRConfig  # noqa: E402
 from longbrain_jax.inr import spatiotemporal as st  # noqa: E402
 

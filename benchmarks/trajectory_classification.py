@@ -48,7 +48,7 @@ def oracle_row(cohort, results: dict, cfg: ClassifyConfig) -> dict:
     import numpy as np
 
     from longbrain_jax import metrics
-    from longbrain_jax.classification import _scores, labels_of, standardise
+    from longbrain_jax.classification import _scores, standardise
     from longbrain_jax.classifier import predict_proba, train_classifier
     from longbrain_jax.simulate import REGIONS
     from longbrain_jax.weightspace.models import LinearClassifier
@@ -63,7 +63,7 @@ def oracle_row(cohort, results: dict, cfg: ClassifyConfig) -> dict:
     ids = list(cohort.subject_ids)
     train = np.array([ids.index(s) for s in results["train"]])
     test = np.array([ids.index(s) for s in results["test"]])
-    y = labels_of(cohort.groups)
+    y = cfg.groups.labels(cohort.groups)
     x = standardise(feats, train)
     trained = train_classifier(LinearClassifier(), x[train], y[train], cfg.baseline, jax.random.key(cfg.seed))
     return {"method": "oracle logistic", "streams": "true volume rates", **_scores(y[test], predict_proba(LinearClassifier(), trained.variables, x[test])),

@@ -100,8 +100,9 @@ def _eval_loss(params, state, xb, yb, *, model):
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, yb))
 
 
-def train_batch(model: nn.Module, row_shape: tuple[int, ...], cfg: TrainConfig, budget: Budget, steps: int = 1) -> int:
-    """The training batch of `model` on inputs of `row_shape` under `budget` (at most `cfg.batch_size`)."""
+def train_batch(model: nn.Module, row_shape: tuple[int, ...], cfg: TrainConfig, budget: Budget, steps: int = 1, held_bytes: int = 0) -> int:
+    """The training batch of `model` on inputs of `row_shape` under `budget` (at most `cfg.batch_size`;
+    `held_bytes`: the training inputs placed on the device beside it)."""
     s = jax.ShapeDtypeStruct
     variables = jax.eval_shape(lambda: _init(jax.random.key(0), jnp.zeros((1, *row_shape), jnp.float32), model=model))
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
@@ -113,7 +114,8 @@ def train_batch(model: nn.Module, row_shape: tuple[int, ...], cfg: TrainConfig, 
                                  jax.random.key(0), model=model, schedule=schedule)  # fmt: skip
 
     program = Program(trace, ("classifier", model, row_shape, schedule))
-    return plan_batch(f"classifier: {type(model).__name__}", "subjects per batch", budget, cfg.batch_size, program).sizes["subjects per batch"]
+    return plan_batch(f"classifier: {type(model).__name__}", "subjects per batch", budget, cfg.batch_size,
+                      lambda b, exact: program(b, exact) + held_bytes, compile_bytes=program.compile_bytes).sizes["subjects per batch"]  # fmt: skip
 
 
 def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, key: jax.Array, budget: Budget | None = None) -> Trained:
@@ -121,7 +123,8 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
 
     The batch is `cfg.batch_size` unless `budget` (default `Budget.resolve()`) holds less (warned).
     """
-    batch = train_batch(model, tuple(x.shape[1:]), cfg, budget or Budget.resolve())
+    held = x.nbytes if isinstance(x, np.ndarray) else 0  # an array is placed on the device whole; a RowStore streams
+    batch = train_batch(model, tuple(x.shape[1:]), cfg, budget or Budget.resolve(), held_bytes=held)
     if batch < cfg.batch_size:
         warnings.warn(f"{type(model).__name__}: a batch of {cfg.batch_size} does not fit the memory budget; training with {batch}", stacklevel=2)
         cfg = dataclasses.replace(cfg, batch_size=batch)

@@ -97,6 +97,42 @@ def memory_budget_option(fn: Callable) -> Callable:
     )(fn)  # fmt: skip
 
 
+def config_option(fn: Callable) -> Callable:
+    return click.option(
+        "--config", "config_file", type=click.Path(path_type=Path), default=None, metavar="RUN/config.json",
+        help="Rerun the run that wrote this config.json (or its folder); options given here override it.",
+    )(fn)  # fmt: skip
+
+
+def _rerun(cls: type, cfg, fields: dict[str, tuple[str, ...]]):
+    """`cfg` as the options built it; with `--config`, the recorded configuration with the fields of
+    the options given on this command line (`fields`: option name -> the config fields it sets) taken from `cfg`."""
+    from click.core import ParameterSource
+
+    from longbrain_jax.config import field_value, read_config, with_overrides
+
+    ctx = click.get_current_context()
+    path = ctx.params.get("config_file")
+    if path is None:
+        return cfg
+    recorded = read_config(cls, path / "config.json" if path.is_dir() else path)
+    given = [name for name in fields if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    try:
+        return with_overrides(recorded, {f: field_value(cfg, f) for name in given for f in fields[name]})
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
+#: `fit`'s options and the `FitConfig` fields each sets (for `--config` reruns).
+FIT_FIELDS = {
+    "width": ("inr.width",), "stream_layers": ("inr.stream_layers",), "combined_layers": ("inr.combined_layers",),
+    "activations": ("inr.spatial_activation", "inr.temporal_activation", "inr.combined_activation"), "w0": ("inr.w0",),
+    "shared_steps": ("shared.steps",), "shared_lr": ("shared.learning_rate",), "shared_fraction": ("shared.sample_fraction",),
+    "steps": ("finetune.steps",), "lr": ("finetune.learning_rate",), "fraction": ("finetune.sample_fraction",),
+    "schedule": ("finetune.schedule",), "holdout": ("holdout",), "chunk_size": ("chunk_size",), "seed": ("seed",),
+}  # fmt: skip
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="longbrain_jax")
 def main() -> None:
@@ -241,8 +277,9 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--distributed", is_flag=True, help="Call jax.distributed.initialize() first (multi-host runs).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_option
 @_input_errors_exit_2
-def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, shared_steps, shared_lr, shared_fraction, steps, lr, fraction, schedule, holdout, chunk_size, memory_budget, align_transform, seed, reconstruct_ages, common_grid, group_column, resume, overwrite, distributed, quiet) -> None:
+def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, shared_steps, shared_lr, shared_fraction, steps, lr, fraction, schedule, holdout, chunk_size, memory_budget, align_transform, seed, reconstruct_ages, common_grid, group_column, resume, overwrite, distributed, quiet, config_file) -> None:
     """Fit one spatiotemporal INR per subject of BIDS_DIR (all at once) and write them to OUT."""
     import jax
     import numpy as np
@@ -271,6 +308,7 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    cfg = _rerun(FitConfig, cfg, FIT_FIELDS)
     _show_memory_plans(not quiet)
     bar = _FitBar(cfg, dataset.num_subjects, enabled=not quiet)
     result = fit_cohort(dataset, out, cfg, resume=resume, overwrite=overwrite, progress=bar, source_description=str(bids_dir),

@@ -512,7 +512,8 @@ def plan_batch(
             f"({format_size(in_use)} already in use), more than the {format_size(budget.bytes)} budget ({budget.source}); "
             "raise --memory-budget or lower the sizes (network width, image resolution)"
         )
-    lo, hi = smallest, upper  # peak(lo) fits; find the largest n that fits
+    # measured at `upper` first, so the search below interpolates (a `Program` compiles only beyond what it measured)
+    lo, hi = smallest, upper if peak(upper, True) <= budget.bytes else upper - 1  # peak(lo) fits; the largest n that fits
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if peak(mid, True) <= budget.bytes:

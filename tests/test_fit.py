@@ -1,6 +1,7 @@
 """Cohort fitting: sampling, vmapped == looped, sharded == unsharded, resume == uninterrupted, divergence."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -219,6 +220,22 @@ def test_fit_cli_on_a_bids_dataset(tmp_path):
     assert (tmp_path / "out" / "reconstructions" / "sub-00" / "anat" / "sub-00_desc-inr080p0_T1w.nii.gz").exists()
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "already exists" in again.output
+    # a rerun from the run's config.json, with no option repeated, reproduces the run
+    rerun = CliRunner().invoke(main, ["fit", str(tmp_path / "bids"), str(tmp_path / "rerun"), "--config", str(tmp_path / "out"), "--quiet"])
+    assert rerun.exit_code == 0, rerun.output
+    recorded = [json.loads((tmp_path / d / "config.json").read_text())["config"] for d in ("out", "rerun")]
+    assert recorded[0] == recorded[1]
+    first, second = (np.load(tmp_path / d / "weights.npz") for d in ("out", "rerun"))
+    for group in ("P_space", "P_time", "P_com"):
+        np.testing.assert_array_equal(first[group], second[group])
+    # options given beside --config override it
+    changed = CliRunner().invoke(main, ["fit", str(tmp_path / "bids"), str(tmp_path / "changed"), "--config", str(tmp_path / "out" / "config.json"),
+                                        "--steps", "2", "--quiet"])  # fmt: skip
+    assert changed.exit_code == 0, changed.output
+    changed_cfg = json.loads((tmp_path / "changed" / "config.json").read_text())["config"]
+    assert changed_cfg["finetune"]["steps"] == 2 and changed_cfg["inr"]["width"] == 8 and changed_cfg["holdout"] == "extrapolation"
+    wrong = CliRunner().invoke(main, ["fit", str(tmp_path / "bids"), str(tmp_path / "w"), "--config", str(tmp_path / "bids" / "participants.tsv")])
+    assert wrong.exit_code == 2 and "participants.tsv" in wrong.output
     missing = CliRunner().invoke(main, ["fit", str(tmp_path / "nope"), str(tmp_path / "o2")])
     assert missing.exit_code == 2 and "dataset folder not found" in missing.output
 

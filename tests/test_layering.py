@@ -81,23 +81,49 @@ def test_no_upward_import_and_no_method_reaches_into_another():
     assert not wrong, "\n".join(sorted(wrong))
 
 
+def _components(graph: dict[str, set[str]]) -> list[set[str]]:
+    """Strongly connected components of `graph` with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
 def test_no_import_cycle():
+    """No cycle among modules (a package's `__init__` re-exporting its modules aside), and none across
+    units even counting that importing `a.b.c` first runs the packages `a` and `a.b`."""
     graph = _graph()
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    cycles = []
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                cycles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
-            elif nxt not in state:
-                visit(nxt, [*path, nxt])
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node, [node])
-    # a package's __init__ importing its own modules, which import the package's siblings, is not a cycle to fix
-    cycles = [c for c in cycles if not all(part.startswith(c.split(" -> ")[0]) for part in c.split(" -> "))]
-    assert not cycles, "\n".join(cycles)
+    packages = {m for m in graph if (PACKAGE.parent / m.replace(".", "/") / "__init__.py").exists()}
+    modules = {m: {d for d in deps if d not in packages} for m, deps in graph.items() if m not in packages}
+    cycles = [sorted(c) for c in _components(modules)]
+    assert not cycles, f"import cycles: {cycles}"
+    implicit = {m: set(deps) for m, deps in graph.items()}
+    for m, deps in graph.items():
+        for d in deps:
+            parts = d.split(".")
+            implicit[m] |= {".".join(parts[:k]) for k in range(2, len(parts)) if ".".join(parts[:k]) in graph}
+    across = [sorted(c) for c in _components(implicit) if len({_unit(m) for m in c} - {"__init__"}) > 1]
+    assert not across, f"import cycles across units: {across}"

@@ -43,7 +43,7 @@ from longbrain_jax import metrics
 from longbrain_jax.cohort import ROLES, scan_roles
 from longbrain_jax.config import check_literals
 from longbrain_jax.errors import InputError
-from longbrain_jax.fit.cohort_fit import FitConfig
+from longbrain_jax.fit.config import FitConfig
 from longbrain_jax.fit.evaluate import DATA_RANGE
 from longbrain_jax.forecast.forecasters import FORECASTERS, Chunk, Context, Forecast, MRExtrapModel
 from longbrain_jax.latent import autoencoder as ae

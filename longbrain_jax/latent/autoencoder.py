@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -431,7 +430,7 @@ def train_autoencoder(
     state = init_state(jax.random.fold_in(jax.random.key(cfg.seed), 0), cfg, shape)
     ckpt = StateCheckpoints(checkpoint_dir) if checkpoint_dir is not None else None
     history = np.zeros((cfg.steps, len(Losses._fields)), np.float32)
-    block = max(1, math.gcd(steps_per_call, cfg.checkpoint_every)) if ckpt is not None else steps_per_call  # one program for both
+
     start = 0
     try:
         if ckpt is not None and resume and (latest := ckpt.latest_meta()) is not None:
@@ -441,7 +440,9 @@ def train_autoencoder(
         data = jnp.asarray(images)
         step = start
         while step < cfg.steps:
-            k = min(block, cfg.steps - step)
+            k = min(steps_per_call, cfg.steps - step)  # blocks end on checkpoints; one program serves every length
+            if ckpt is not None:
+                k = min(k, cfg.checkpoint_every - step % cfg.checkpoint_every)
             state, losses = train_block(state, data, jnp.int32(step), jnp.int32(k), cfg=cfg, max_steps=steps_per_call)
             losses = Losses(*(x[:k] for x in losses))
             history[step : step + k] = np.asarray(jnp.stack(losses, axis=1))
