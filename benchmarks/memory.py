@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -125,7 +126,11 @@ def run_stage(stage: str, bids: str, work: str, budget_text: str, register_subje
     collector, sampler = _Plans(), _Sampler()
     logger = logging.getLogger("longbrain_jax.memory")
     logger.addHandler(collector)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG if os.environ.get("LONGBRAIN_MEMORY_DEBUG") else logging.INFO)
+    if os.environ.get("LONGBRAIN_MEMORY_DEBUG"):
+        debug = logging.StreamHandler(sys.stderr)
+        debug.setLevel(logging.DEBUG)
+        logger.addHandler(debug)
     logger.propagate = False
     budget = Budget.resolve(budget_text)
     data = scan_bids(bids, LoadConfig(label_pipeline="simulator"))

@@ -330,6 +330,7 @@ def compile_measured(traced: jax.stages.Traced, resident_arguments: bool = False
     stats = compiled.memory_analysis()
     del compiled
     release_memory()
+    logger.debug("compiled %s: footprint %s (resident before %s)", getattr(traced, "fun_name", "a program"), format_size(footprint), format_size(before))
     if stats is None:  # a backend without buffer statistics
         return jaxpr_bound(traced), footprint
     arguments = 0 if resident_arguments else stats.argument_size_in_bytes

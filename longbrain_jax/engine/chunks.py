@@ -98,6 +98,9 @@ def run_in_chunks(
                     ckpt.save(program.offset + c * program.steps + step, state, {"stage": program.stage, "chunk": c, "step": step})
                 if progress is not None:
                     progress({"stage": program.stage, "chunk": c, "chunks": len(starts), "step": step, "total": program.steps, **program.status(state, len(ids))})
+            # training runs asynchronously: wait for it, so what `finish` plans from (memory in use) is not
+            # still growing with the last block's temporaries
+            state = jax.block_until_ready(state)
             save_tree(work / f"chunk-{c:05d}", program.finish(state, data, len(ids)))
             del state, data
             release_memory()
