@@ -34,8 +34,8 @@ from longbrain_jax.forecast import ForecastConfig, results_markdown, run_forecas
 from longbrain_jax.inr import INRConfig  # noqa: E402
 from longbrain_jax.io import LoadConfig, read_bids  # noqa: E402
 from longbrain_jax.latent.autoencoder import AutoencoderConfig  # noqa: E402
-from longbrain_jax.latent.noder import NODERConfig  # noqa: E402
-from longbrain_jax.latent.segmenter import SCORED, SegmenterConfig  # noqa: E402
+from longbrain_jax.noder import NODERConfig  # noqa: E402
+from longbrain_jax.segmenter import SCORED, SegmenterConfig  # noqa: E402
 from longbrain_jax.simulate import SimulationConfig, simulate_cohort  # noqa: E402
 from longbrain_jax.simulate.simulator import PIPELINE  # noqa: E402
 

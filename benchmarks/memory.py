@@ -160,8 +160,8 @@ def run_stage(stage: str, bids: str, work: str, budget_text: str, register_subje
     elif stage == "forecast":
         from longbrain_jax.forecast import ForecastConfig, run_forecasting
         from longbrain_jax.latent.autoencoder import AutoencoderConfig
-        from longbrain_jax.latent.noder import NODERConfig
-        from longbrain_jax.latent.segmenter import SegmenterConfig
+        from longbrain_jax.noder import NODERConfig
+        from longbrain_jax.segmenter import SegmenterConfig
 
         cfg = ForecastConfig(methods=("last_observation", "mrextrap", "noder"),
                              autoencoder=AutoencoderConfig(ndim=ndim, channels=(16, 32, 64), steps=5, adversarial_start=2),

@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 
+from longbrain_jax import segmenter as sg
 from longbrain_jax.cohort import scan_roles
 from longbrain_jax.forecast import forecasters as fc
 from longbrain_jax.io import LoadConfig, read_bids
-from longbrain_jax.latent import segmenter as sg
-from longbrain_jax.latent.noder import NODERConfig
+from longbrain_jax.noder import NODERConfig
 from longbrain_jax.simulate import SimulationConfig, simulate_cohort
 from longbrain_jax.simulate.simulator import PIPELINE
 

@@ -3,8 +3,9 @@
 Simulates a 3D cohort (default 1.5 mm, 8 subjects x 4 scans, follow-ups misaligned by up
 to 5 degrees and 5 mm), then runs `longbrain align`, `fit`, `register`, `forecast` and
 `classify` on it as separate processes with `--memory-budget`, each with the default
-settings except network widths and step counts (given below, so that it ends in CPU
-hours). Prints each stage's wall time and the peak resident memory of its process
+settings except network widths and step counts (given below, so that it ends in about an
+hour on 2 CPU cores: peak memory is set by the planned chunk and block sizes, not by the
+number of steps). Prints each stage's wall time and the peak resident memory of its process
 (`ru_maxrss` of the child), against the budget.
 
     python benchmarks/real_size.py --work /tmp/real --budget 16G
@@ -39,12 +40,13 @@ def stages(work: Path, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ("simulate", ["simulate", data, "--subjects", args.subjects, "--scans", scans, "--resolution", args.resolution,
                       "--dim", "3", "--misalign", "5", "5", *budget]),
         ("align", ["align", data, aligned, "--transform", "rigid", *budget]),
-        ("fit", ["fit", aligned, work / "fit", "--width", "64", "--shared-steps", "100", "--steps", "100", *budget]),
-        ("register", ["register", aligned, work / "register", "--width", "64", "--steps", "200", *budget]),
+        ("fit", ["fit", aligned, work / "fit", "--width", "64", "--shared-steps", "50", "--steps", "50", *budget]),
+        ("register", ["register", aligned, work / "register", "--width", "64", "--steps", "100", *budget]),
         ("forecast", ["forecast", aligned, work / "forecast", "--method", "last_observation,voxelwise_linear,mrextrap,noder",
-                      "--ae-channels", "8,16,32", "--ae-steps", "200", "--noder-iterations", "50", "--segmenter-steps", "100", "--no-curve", *budget]),
+                      "--ae-channels", "8,16,32", "--ae-steps", "60", "--adversarial-start", "30", "--noder-iterations", "20",
+                      "--segmenter-steps", "40", "--no-curve", *budget]),
         ("classify", ["classify", work / "fit", work / "classify", "--bids", aligned, "--folds", "2", "--repeats", "1",
-                      "--epochs", "20", "--sfcn-channels", "8,16,16,16,16", *budget]),
+                      "--epochs", "5", "--sfcn-channels", "8,16,16,16,16", *budget]),
     ]  # fmt: skip
 
 

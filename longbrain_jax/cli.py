@@ -115,12 +115,23 @@ def _rerun(cls: type, cfg, fields: dict[str, tuple[str, ...]]):
     path = ctx.params.get("config_file")
     if path is None:
         return cfg
-    recorded = read_config(cls, path / "config.json" if path.is_dir() else path)
+    recorded = read_config(cls, _config_file(path))
     given = [name for name in fields if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
     try:
         return with_overrides(recorded, {f: field_value(cfg, f) for name in given for f in fields[name]})
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+
+
+def _config_file(path: Path) -> Path:
+    """The config.json that `--config PATH` names: the file, RUN/config.json, or (for a written
+    dataset: simulate, align) the one config.json under RUN/derivatives/."""
+    if not path.is_dir():
+        return path
+    found = [path / "config.json"] if (path / "config.json").is_file() else sorted(path.glob("derivatives/*/config.json"))
+    if len(found) != 1:
+        raise InputError(path, "holds no config.json of a run" if not found else f"holds {len(found)} configurations; name one of {[str(f) for f in found]}")
+    return found[0]
 
 
 #: `fit`'s options and the `FitConfig` fields each sets (for `--config` reruns).
@@ -130,6 +141,47 @@ FIT_FIELDS = {
     "shared_steps": ("shared.steps",), "shared_lr": ("shared.learning_rate",), "shared_fraction": ("shared.sample_fraction",),
     "steps": ("finetune.steps",), "lr": ("finetune.learning_rate",), "fraction": ("finetune.sample_fraction",),
     "schedule": ("finetune.schedule",), "holdout": ("holdout",), "chunk_size": ("chunk_size",), "seed": ("seed",),
+}  # fmt: skip
+
+#: The same for `simulate` (`SimulationConfig`).
+SIMULATE_FIELDS = {
+    "subjects": ("num_subjects",), "sampling": ("sampling",), "ages": ("regular_ages",), "scans": ("scans_per_subject",),
+    "resolution": ("resolution_mm",), "dim": ("ndim",), "paired": ("paired",), "seed": ("seed",), "chunk_size": ("chunk_size",),
+    "no_fields": ("write_fields",), "mtl_atrophy": ("atrophy.disease_mtl_pct_per_year",), "snr": ("scanner.snr",),
+    "misalign": ("scanner.rotation_deg", "scanner.translation_mm"),
+}  # fmt: skip
+
+#: The same for `register` (`RegistrationConfig`).
+REGISTER_FIELDS = {
+    "width": ("network.width",), "hidden_layers": ("network.hidden_layers",), "time_features": ("network.time_features",),
+    "w0": ("network.w0",), "time_scale": ("network.time_scale",), "steps": ("steps",), "lr": ("learning_rate",),
+    "schedule": ("cosine_decay",), "patches": ("patches",), "patch_size": ("patch_size",),
+    "losses": ("loss.identity", "loss.spatial", "loss.temporal", "loss.monotonic"), "curvature": ("loss.curvature",),
+    "extrapolate_years": ("loss.extrapolate_years",), "chunk_size": ("chunk_size",), "seed": ("seed",),
+}  # fmt: skip
+
+#: The same for `forecast` (`ForecastConfig`).
+FORECAST_FIELDS = {
+    "methods": ("methods",), "holdout": ("holdout",), "ae_channels": ("autoencoder.channels",), "ae_steps": ("autoencoder.steps",),
+    "adversarial_start": ("autoencoder.adversarial_start",), "prior": ("prior",), "noder_iterations": ("noder.iterations",),
+    "inr_width": ("inr.inr.width",), "inr_steps": ("inr.finetune.steps",), "inr_time_curvature": ("inr.time_curvature",),
+    "segmenter_steps": ("segmenter.steps",), "segmenter_volumes": ("segmenter.volumes",), "no_curve": ("curve",),
+    "seed": ("seed", "autoencoder.seed", "noder.seed", "inr.seed", "segmenter.seed"),
+}  # fmt: skip
+
+#: The same for `classify` (`ClassifyConfig`).
+CLASSIFY_FIELDS = {
+    "token_widths": ("token_widths",), "head_width": ("head_width",), "tokens": ("tokens",),
+    "epochs": ("encoder.epochs", "baseline.epochs", "sfcn.epochs"), "lr": ("encoder.learning_rate",),
+    "sfcn_channels": ("sfcn_channels",), "streams": ("combinations",), "negative": ("groups.negative",),
+    "positive": ("groups.positive",), "folds": ("folds",), "repeats": ("repeats",), "seed": ("seed",),
+}  # fmt: skip
+
+#: The same for `align` (`AlignConfig`).
+ALIGN_FIELDS = {
+    "transform": ("transform",), "metric": ("metric",), "to_template": ("to_template",),
+    "template_resolution": ("template_resolution_mm",), "iterations": ("iterations",), "samples": ("samples",),
+    "chunk_size": ("chunk_size",), "seed": ("seed",),
 }  # fmt: skip
 
 
@@ -185,8 +237,9 @@ def demo(out: Path, subjects: int, resolution: float, dim: str, seed: int, quick
 @click.option("--no-fields", is_flag=True, help="Skip the |J| and displacement ground truth (smaller output).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_option
 @_input_errors_exit_2
-def simulate(out: Path, subjects, sampling, ages, scans, resolution, dim, paired, seed, mtl_atrophy, snr, misalign, chunk_size, memory_budget, no_fields, overwrite, quiet) -> None:
+def simulate(out: Path, subjects, sampling, ages, scans, resolution, dim, paired, seed, mtl_atrophy, snr, misalign, chunk_size, memory_budget, no_fields, overwrite, quiet, config_file) -> None:
     """Simulate a longitudinal cohort with ground truth and write it as BIDS to OUT."""
     from longbrain_jax.progress import LazyBar
     from longbrain_jax.simulate import AtrophyConfig, ScannerConfig, SimulationConfig, simulate_cohort
@@ -208,6 +261,7 @@ def simulate(out: Path, subjects, sampling, ages, scans, resolution, dim, paired
         )
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    cfg = _rerun(SimulationConfig, cfg, SIMULATE_FIELDS)
     bar = LazyBar("simulating", enabled=not quiet, unit="subject")
     _show_memory_plans(not quiet)
     simulate_cohort(out, cfg, overwrite=overwrite, progress=bar, budget=_budget(memory_budget))
@@ -354,9 +408,10 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@config_option
 @_input_errors_exit_2
 def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, epochs, lr, sfcn_channels, streams, negative, positive, group_column, common_grid, folds, repeats,
-             fit_width, fit_steps, fit_fraction, memory_budget, seed, overwrite, quiet) -> None:  # fmt: skip
+             fit_width, fit_steps, fit_fraction, memory_budget, seed, overwrite, quiet, config_file) -> None:  # fmt: skip
     """Classify healthy vs dementia-like trajectories from INR weights (and SFCN on the scans).
 
     SOURCE is the folder of a finished `longbrain fit`, or a BIDS dataset, which is
@@ -386,6 +441,7 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    cfg = _rerun(ClassifyConfig, cfg, CLASSIFY_FIELDS)
     if not (source / "params").exists():
         dataset = scan_bids(source, load)
         fit_out = out.with_name(out.name + "-fit")
@@ -443,9 +499,10 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
 @common_grid_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_option
 @_input_errors_exit_2
 def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale, steps, lr, schedule, patches, patch_size, losses, curvature,
-             extrapolate_years, extra_ages, chunk_size, memory_budget, align_transform, seed, group_column, common_grid, resume, overwrite, quiet) -> None:  # fmt: skip
+             extrapolate_years, extra_ages, chunk_size, memory_budget, align_transform, seed, group_column, common_grid, resume, overwrite, quiet, config_file) -> None:  # fmt: skip
     """Register each subject's scans into a continuous-time deformation (|J| maps, fields, labels)."""
     from longbrain_jax.io import LoadConfig, scan_bids
     from longbrain_jax.progress import progress_bar
@@ -460,10 +517,11 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
         cfg = RegistrationConfig(
             network=DisplacementConfig(ndim=dataset.ndim, width=width, hidden_layers=hidden_layers, time_features=time_features, w0=w0, time_scale=time_scale),
             loss=LossConfig(*weights, extrapolate_years=extrapolate_years, curvature=curvature), steps=steps, learning_rate=lr, cosine_decay=schedule == "cosine", patches=patches, patch_size=patch_size,
-            chunk_size=chunk_size, checkpoint_every=max(50, (steps // 4) // 50 * 50), seed=seed,
+            chunk_size=chunk_size, seed=seed,
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    cfg = _rerun(RegistrationConfig, cfg, REGISTER_FIELDS)
     bars: dict = {}
 
     def progress(event: dict) -> None:
@@ -518,10 +576,11 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
 @memory_budget_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
+@config_option
 @_input_errors_exit_2
 def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, ae_channels, ae_steps, adversarial_start, prior, noder_iterations,
              inr_width, inr_steps, inr_time_curvature, segmenter_steps, segmenter_bids, segmenter_volumes, no_curve, seed, group_column,
-             common_grid, memory_budget, align_transform, overwrite, quiet) -> None:  # fmt: skip
+             common_grid, memory_budget, align_transform, overwrite, quiet, config_file) -> None:  # fmt: skip
     """Forecast held-out scans with MRExtrap, NODER, the spatiotemporal INR and two baselines; score them."""
     import tempfile
 
@@ -538,8 +597,8 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
     from longbrain_jax.inr import INRConfig
     from longbrain_jax.io import LoadConfig, scan_bids
     from longbrain_jax.latent.autoencoder import AutoencoderConfig
-    from longbrain_jax.latent.noder import NODERConfig
-    from longbrain_jax.latent.segmenter import SegmenterConfig
+    from longbrain_jax.noder import NODERConfig
+    from longbrain_jax.segmenter import SegmenterConfig
 
     check_writable(out, overwrite)
     chosen = METHODS if methods == "all" else tuple(m.strip() for m in methods.split(",") if m.strip())
@@ -570,6 +629,11 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    cfg = _rerun(ForecastConfig, cfg, FORECAST_FIELDS)
+    if cfg.autoencoder.ndim != dataset.ndim or cfg.inr.inr.ndim != dataset.ndim:  # a recorded run of other data: ndim follows this one
+        from longbrain_jax.config import with_overrides
+
+        cfg = with_overrides(cfg, {"autoencoder.ndim": dataset.ndim, "inr.inr.ndim": dataset.ndim})
     progress = None if quiet else (lambda what: click.echo(f"running {what}", err=True))
     model = None
     if autoencoder_dir is not None:
@@ -644,8 +708,9 @@ def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, workers: int,
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @memory_budget_option
+@config_option
 @_input_errors_exit_2
-def align(bids_dir, out, transform, metric, to_template, template_resolution, iterations, samples, chunk_size, memory_budget, seed, overwrite, quiet) -> None:  # fmt: skip
+def align(bids_dir, out, transform, metric, to_template, template_resolution, iterations, samples, chunk_size, memory_budget, seed, overwrite, quiet, config_file) -> None:  # fmt: skip
     """Align every follow-up to its baseline (rigid / affine) and write the aligned dataset to OUT."""
     from longbrain_jax.align import AlignConfig, align_dataset
     from longbrain_jax.progress import progress_bar
@@ -658,6 +723,7 @@ def align(bids_dir, out, transform, metric, to_template, template_resolution, it
                           chunk_size=chunk_size, seed=seed)  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    cfg = _rerun(AlignConfig, cfg, ALIGN_FIELDS)
     bars: dict = {}
     names = {"align": ("aligning follow-ups", "pair"), "template": ("registering to the template", "subject"), "write": ("writing", "subject")}
 

@@ -29,3 +29,21 @@ def lecun_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> Flo
 
 
 Conv = functools.partial(nn.Conv, kernel_init=lecun_normal)
+
+
+# -- any grid through a network that halves it: pad up, crop back ---------------------------
+def padded_shape(shape: Sequence[int], factor: int) -> tuple[int, ...]:
+    """`shape` rounded up to a multiple of `factor` per axis."""
+    return tuple(-(-n // factor) * factor for n in shape)
+
+
+def pad_to_multiple(images: Float[Array, "B *s"], factor: int) -> Float[Array, "B *p 1"]:
+    """Edge-pad the spatial axes up to a multiple of `factor` and add a channel axis."""
+    shape = images.shape[1:]
+    pad = [(0, 0)] + [(0, p - n) for n, p in zip(shape, padded_shape(shape, factor), strict=True)]
+    return jnp.pad(images, pad, mode="edge")[..., None]
+
+
+def crop(images: Float[Array, "B *p C"], shape: Sequence[int]) -> Float[Array, "B *s C"]:
+    """The first `shape` voxels of each spatial axis (undoes `pad_to_multiple`, channels kept)."""
+    return images[(slice(None), *(slice(0, n) for n in shape))]

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from longbrain_jax import metrics
+from longbrain_jax.atlas import REGIONS
 from longbrain_jax.classification import ClassifyConfig, results_table, run_classification
 from longbrain_jax.classifier import TrainConfig
 from longbrain_jax.cohort import Cohort, stratified_kfold, train_test_split
@@ -34,14 +35,14 @@ from longbrain_jax.inr import INRConfig
 from longbrain_jax.io import IntensityNorm, LoadConfig, load_displacement, load_image, read_bids
 from longbrain_jax.io.bids import derivative_path
 from longbrain_jax.latent.autoencoder import AutoencoderConfig
-from longbrain_jax.latent.noder import NODERConfig
-from longbrain_jax.latent.segmenter import SegmenterConfig
+from longbrain_jax.noder import NODERConfig
 from longbrain_jax.progress import progress_bar
 from longbrain_jax.registration import DisplacementConfig, RegistrationConfig
 from longbrain_jax.registration.cohort import register_cohort
 from longbrain_jax.registration.evaluate import evaluate_against_truth, summarise
 from longbrain_jax.report import markdown_table, save_figure, series_montage
-from longbrain_jax.simulate import REGIONS, SimulationConfig, Simulator
+from longbrain_jax.segmenter import SegmenterConfig
+from longbrain_jax.simulate import SimulationConfig, Simulator
 from longbrain_jax.simulate.simulator import PIPELINE
 
 SHOWN = ("hippocampus", "lateral_ventricles")

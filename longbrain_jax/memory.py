@@ -350,6 +350,7 @@ class Cost(NamedTuple):
 _MEASURED: dict = {}
 _COMPILE: dict = {}
 _POINTS: dict = {}  # memo -> {batch size: XLA's buffers at that size}
+_BOUNDS: dict = {}  # memo -> {batch size: the jaxpr bound at that size}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,11 +396,19 @@ class Program:
             if exact:
                 cost_a, cost_b = (self._measure(n) for n in self.sizes)
             else:  # the bound counts arguments: an overestimate where they are resident
-                cost_a, cost_b = (jaxpr_bound(self.trace(n)) for n in self.sizes)
+                cost_a, cost_b = (self._bound(n) for n in self.sizes)
             (a, b) = self.sizes
             per_item = max(0, (cost_b - cost_a) // (b - a))
             _MEASURED[memo] = Cost(max(0, cost_a - per_item * a), per_item)
         return _MEASURED[memo]
+
+    def _bound(self, n: int) -> int:
+        """`jaxpr_bound` at batch n, from one trace (tracing costs the same at any n, and a
+        large ODE or network program takes seconds to trace)."""
+        bounds = _BOUNDS.setdefault(self._memo(False), {})
+        if n not in bounds:
+            bounds[n] = jaxpr_bound(self.trace(n))
+        return bounds[n]
 
     def compile_bytes(self, exact: bool = True) -> int:
         """Host memory compiling the program takes: measured with the exact cost, else `COMPILE_ALLOWANCE`."""
@@ -409,9 +418,9 @@ class Program:
         return _COMPILE[self._memo(True)]
 
     def __call__(self, n: int, exact: bool = True) -> int:
+        if not exact:  # the bound where it is asked: one trace, no line through two
+            return self._bound(n)
         line = self.cost(exact)
-        if not exact:
-            return line(n)
         if n > max(_POINTS[self._memo(True)]):
             self._measure(n)  # beyond what was measured: measure there (see the class docstring)
         points = sorted(_POINTS[self._memo(True)].items())
@@ -489,10 +498,13 @@ def plan_batch(
       `device_cost.compile_bytes` for a `Program`, else 0). On the CPU it adds to the peak.
 
     If the bound fits at `upper`, nothing is compiled; otherwise the largest fitting n is
-    searched with exact costs. Raises `MemoryError` naming the stage if even a batch of
+    searched with exact costs, and memory in use is read again after the compilations
+    that measured them (measured: compiling a registration program left 180-340 MiB
+    resident that the run then starts from). Raises `MemoryError` naming the stage if even a batch of
     `multiple` (or 1) does not fit.
     """
-    in_use = budget.in_use() if in_use is None else in_use
+    measure_in_use = in_use is None
+    in_use = budget.in_use() if measure_in_use else in_use
     if compile_bytes is None:
         compile_bytes = getattr(device_cost, "compile_bytes", lambda exact: 0)
 
@@ -507,6 +519,9 @@ def plan_batch(
         logger.info(plan.describe(), extra={"plan": plan})
         return plan
     smallest = min(multiple, upper)
+    peak(smallest, True), peak(upper, True)  # measure the program's costs where the search needs them (compiles)
+    if measure_in_use:  # what compiling left resident stays for the run (freed heap the allocator keeps): count it
+        in_use = max(in_use, budget.in_use())
     if peak(smallest, True) > budget.bytes:
         raise MemoryError(
             f"{stage}: even {smallest} {what} need {format_size(peak(smallest, True))} "

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, Num
 
 from longbrain_jax.grid import separable_filter
 
@@ -99,15 +99,28 @@ def local_ncc(
 
 
 # -- segmentation -------------------------------------------------------------------
-def dice(a: Int[Array, "*s"], b: Int[Array, "*s"], label_ids: Sequence[int]) -> Float[Array, " L"]:
-    """Dice overlap per label in `label_ids`; NaN where the label is absent from both."""
-    ids = jnp.asarray(label_ids)
-    in_a = a[..., None] == ids
-    in_b = b[..., None] == ids
-    axes = tuple(range(a.ndim))
-    inter = jnp.sum(in_a & in_b, axis=axes)
-    total = jnp.sum(in_a, axis=axes) + jnp.sum(in_b, axis=axes)
+def overlap_counts(a: Int[Array, "*s"], b: Int[Array, "*s"], structures: Sequence[int | Sequence[int]]) -> Int[Array, "L 2"]:
+    """Per structure, |A & B| and |A| + |B| in voxels: the sums Dice is made of, to pool over scans or chunks.
+
+    A structure is one label id, or a sequence of ids taken together as one region
+    (e.g. the left and right hippocampus)."""
+    groups = [jnp.atleast_1d(jnp.asarray(s)) for s in structures]
+    in_a = jnp.stack([jnp.isin(a, g) for g in groups], axis=-1)
+    in_b = jnp.stack([jnp.isin(b, g) for g in groups], axis=-1)
+    axes = tuple(range(jnp.ndim(a)))
+    return jnp.stack([jnp.sum(in_a & in_b, axis=axes), jnp.sum(in_a, axis=axes) + jnp.sum(in_b, axis=axes)], axis=-1)
+
+
+def dice_from_counts(counts: Num[Array, "L 2"]) -> Float[Array, " L"]:
+    """Dice per structure from `overlap_counts` (summed over any scans); NaN where absent from both."""
+    counts = jnp.asarray(counts)
+    inter, total = counts[..., 0], counts[..., 1]
     return jnp.where(total > 0, 2.0 * inter / jnp.maximum(total, 1), jnp.nan)
+
+
+def dice(a: Int[Array, "*s"], b: Int[Array, "*s"], structures: Sequence[int | Sequence[int]]) -> Float[Array, " L"]:
+    """Dice overlap per structure (a label id, or a sequence of ids as one region); NaN where absent from both."""
+    return dice_from_counts(overlap_counts(a, b, structures))
 
 
 def voxel_volume(affine: Float[Array, "4 4"]) -> Float[Array, ""]:

@@ -39,6 +39,13 @@ def pytest_unconfigure(config):
         shutil.rmtree(config.jax_cache_dir, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The `slow` tests (minutes each) first, so that pytest-xdist's workers do not end on one of them
+    alone (with `--maxschedchunk 2` in pyproject.toml a worker is handed two tests at a time, so the
+    slow ones spread over both workers rather than queueing on the first)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

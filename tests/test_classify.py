@@ -112,6 +112,7 @@ def test_paired_split_keeps_anatomies_apart(key):
     assert abs(int(y[train].sum()) - len(train) / 2) <= 1
 
 
+@pytest.mark.slow  # a whole command
 def test_experiment_runs_every_method_and_writes_a_report(tmp_path):
     cohort = blob_cohort(12)
     cohort = dataclasses.replace(cohort, metadata=tuple({"pair_id": f"{i // 2}"} for i in range(12)))
@@ -130,6 +131,7 @@ def test_experiment_runs_every_method_and_writes_a_report(tmp_path):
     assert "P_time" in report.read_text() and (tmp_path / "cls" / "confusion.png").exists()
 
 
+@pytest.mark.slow  # a whole command
 def test_classify_cli_on_a_fit(tmp_path):
     """A dataset that names its groups as a clinic does, in its own column, with a third group left out."""
     from longbrain_jax.io import write_bids

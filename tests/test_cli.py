@@ -38,6 +38,7 @@ def test_bad_input_is_one_line_exit_2_no_traceback(dataset):  # noqa: F811
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a whole command
 def test_demo_runs_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", str(out), "--subjects", "2", "--resolution", "4", "--quick", "--quiet"]
@@ -58,3 +59,67 @@ def test_demo_runs_and_refuses_to_overwrite(tmp_path):
 @pytest.mark.parametrize("args", [["demo", "--subjects", "1"], ["inspect"]])
 def test_usage_errors_exit_2(args, tmp_path):
     assert CliRunner().invoke(main, args).exit_code == 2
+
+
+class _Rerun(Exception):
+    """Raised by the `_rerun` spy once a command has its configuration: nothing is computed."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+
+@pytest.mark.parametrize("command", ["simulate", "align", "register", "forecast", "classify"])
+def test_every_command_reruns_a_recorded_config_with_the_options_given(command, tmp_path, monkeypatch):
+    """`--config RUN` (a folder, its config.json, or a dataset's derivatives/*/config.json) gives the recorded
+    configuration with only the options on the command line replaced; another command's config is refused."""
+    from click.testing import CliRunner
+
+    from longbrain_jax import cli
+    from longbrain_jax.align import AlignConfig
+    from longbrain_jax.classification import ClassifyConfig
+    from longbrain_jax.config import with_overrides, write_config
+    from longbrain_jax.forecast import ForecastConfig
+    from longbrain_jax.groups import GroupMap
+    from longbrain_jax.registration import RegistrationConfig
+    from longbrain_jax.simulate import SimulationConfig
+    from tests.awkward import AwkwardConfig, make_awkward
+
+    data = make_awkward(tmp_path / "bids", AwkwardConfig(followup_grids=False, oblique_deg=0.0, flip=False, permute=False)).root
+    fitted = tmp_path / "fit"  # classify's SOURCE: only its params/ folder is looked for before the config
+    (fitted / "params").mkdir(parents=True)
+    # (recorded config, where it is written, arguments, option given, the fields that option sets)
+    cases = {
+        "simulate": (SimulationConfig(num_subjects=7, ndim=2, resolution_mm=3.0, seed=4), "derivatives/simulator/config.json",
+                     [str(tmp_path / "out")], ["--snr", "12"], {"scanner.snr": 12.0}),
+        "align": (AlignConfig(transform="affine", samples=4096, iterations=(3, 2, 1), seed=2), "derivatives/longbrain-align/config.json",
+                  [str(data), str(tmp_path / "out")], ["--metric", "mi"], {"metric": "mi"}),
+        "register": (RegistrationConfig(steps=321, learning_rate=1e-3, patches=5), "config.json",
+                     [str(data), str(tmp_path / "out")], ["--losses", "1,2,3,4"],
+                     {"loss.identity": 1.0, "loss.spatial": 2.0, "loss.temporal": 3.0, "loss.monotonic": 4.0}),
+        "forecast": (ForecastConfig(methods=("mrextrap",), prior="none", curve=False), "config.json",
+                     [str(data), str(tmp_path / "out")], ["--seed", "9"],
+                     {"seed": 9, "autoencoder.seed": 9, "noder.seed": 9, "inr.seed": 9, "segmenter.seed": 9}),
+        "classify": (ClassifyConfig(head_width=32, folds=3, groups=GroupMap(("Nondemented",), ("Demented",))), "config.json",
+                     [str(fitted), str(tmp_path / "out")], ["--epochs", "7"], {"encoder.epochs": 7, "baseline.epochs": 7, "sfcn.epochs": 7}),
+    }  # fmt: skip
+    recorded, where, arguments, given, fields = cases[command]
+    if command in ("register", "forecast"):  # the data's dimensionality, as a run on this dataset records it
+        recorded = with_overrides(recorded, {"network.ndim": 2} if command == "register" else {"autoencoder.ndim": 2, "inr.inr.ndim": 2})
+    run = tmp_path / "run"
+    (run / where).parent.mkdir(parents=True)
+    write_config(recorded, run / where)
+    real = cli._rerun
+
+    def spy(cls, cfg, mapping):
+        raise _Rerun(real(cls, cfg, mapping))
+
+    monkeypatch.setattr(cli, "_rerun", spy)
+    for pointer in (run, run / where):  # the run's folder or its file
+        result = CliRunner().invoke(cli.main, [command, *arguments, "--config", str(pointer), *given, "--quiet"])
+        assert isinstance(result.exception, _Rerun), result.output
+        assert result.exception.cfg == with_overrides(recorded, fields)
+    other = tmp_path / "other"
+    other.mkdir()
+    write_config(RegistrationConfig() if command != "register" else SimulationConfig(), other / "config.json")
+    result = CliRunner().invoke(cli.main, [command, *arguments, "--config", str(other), "--quiet"])
+    assert result.exit_code == 2 and "not the" in result.output and "config.json" in result.output, result.output

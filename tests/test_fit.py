@@ -207,6 +207,7 @@ def test_tiny_cohort_reaches_stated_psnr(tmp_path):
     assert result.median("ssim", "train") >= 0.9, result.ssim
 
 
+@pytest.mark.slow  # a whole command
 def test_fit_cli_on_a_bids_dataset(tmp_path):
     from longbrain_jax.io import write_bids
 

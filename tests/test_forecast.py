@@ -1,16 +1,18 @@
 """Forecasting: MRExtrap's closed forms, NODER's ODE, the autoencoder, the segmenter, the forecasters."""
 
 import dataclasses
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from longbrain_jax import noder
+from longbrain_jax import segmenter as sg
 from longbrain_jax.forecast import forecasters as fc
 from longbrain_jax.latent import autoencoder as ae
-from longbrain_jax.latent import mrextrap, noder
-from longbrain_jax.latent import segmenter as sg
+from longbrain_jax.latent import mrextrap
 
 
 def _latent_data(key, n=5, t=4, dims=3):
@@ -65,7 +67,7 @@ def test_voxelwise_linear_is_exact_on_linear_data_and_last_observation_carries_f
 
 # -- NODER -----------------------------------------------------------------------------------------
 TINY = noder.NODERConfig(encoder_channels=(2,), latent_size=4, hidden=8, velocity_factor=3, smoothing_sigma=0.5,
-                         step_years=0.5, iterations=50, learning_rate=2e-2, time_scale=10.0, velocity_scale=0.01)  # fmt: skip
+                         step_years=0.5, iterations=50, learning_rate=2e-2, time_scale=10.0, velocity_scale=0.01, solver="euler")  # fmt: skip
 
 
 @jax.jit
@@ -83,6 +85,7 @@ def _discs(shape=(16, 16), radii=(3.0, 4.0, 5.0)):
     return np.stack([np.tanh(rad - r) for rad in radii]).astype(np.float32)
 
 
+@pytest.mark.slow  # minutes of compiling on 2 CPU cores
 def test_noder_gradients_match_finite_differences(key):
     volumes, times, observed = jnp.asarray(_discs()), jnp.array([0.0, 1.0, 2.0]), jnp.array([True, True, True])
     with jax.enable_x64(True):
@@ -103,6 +106,7 @@ def test_noder_gradients_match_finite_differences(key):
         np.testing.assert_allclose(tangent, fd, rtol=1e-5)
 
 
+@pytest.mark.slow  # minutes of compiling on 2 CPU cores
 def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_the_loop():
     volumes = _discs()[None].repeat(2, 0)
     volumes[1] = volumes[1, :, ::-1]
@@ -145,6 +149,7 @@ AE = ae.AutoencoderConfig(ndim=2, channels=(8, 16), latent_channels=2, groups=4,
                           adversarial_start=30, checkpoint_every=10)  # fmt: skip
 
 
+@pytest.mark.slow  # minutes of compiling on 2 CPU cores
 def test_autoencoder_shapes_training_and_resume(tmp_path):
     images = np.concatenate([_discs((15, 13), radii=(2.0, 3.0, 4.0, 5.0)), -_discs((15, 13), radii=(2.0, 3.0, 4.0, 5.0))])
     params, history = ae.train_autoencoder(images, AE)
@@ -173,6 +178,7 @@ def test_autoencoder_shapes_training_and_resume(tmp_path):
     np.testing.assert_allclose(ae.encode_scans(loaded, images, cfg), z, rtol=1e-6)
 
 
+@pytest.mark.slow  # minutes of compiling on 2 CPU cores
 def test_segmenter_reaches_dice_on_tiny_simulated_scans():
     from longbrain_jax.simulate import SimulationConfig, Simulator
 
@@ -201,12 +207,14 @@ def test_segmenter_reaches_dice_on_tiny_simulated_scans():
         sg.SegmenterConfig(volumes="counts")
 
 
+@pytest.mark.slow  # a whole command
 def test_forecast_command_scores_every_method_and_rejects_cohorts_without_held_out_scans(tmp_path):
     from click.testing import CliRunner
 
     from longbrain_jax.cli import main
     from longbrain_jax.io import load_image
     from longbrain_jax.simulate import SimulationConfig, simulate_cohort
+    from tests.awkward import SHORT, make_awkward
 
     sim = SimulationConfig(num_subjects=3, resolution_mm=4.0, ndim=2, chunk_size=3, sampling="regular")
     bids = simulate_cohort(tmp_path / "bids", sim)
@@ -227,13 +235,15 @@ def test_forecast_command_scores_every_method_and_rejects_cohorts_without_held_o
     assert carried.exists()  # the last known scan's labels, carried forward
     report = (tmp_path / "out/report.md").read_text()
     assert "| mrextrap | extrapolation |" in report and "Linearity of MRExtrap's latent space" in report
-    # the saved autoencoder is reused by a second run, whose segmenter trains on another labelled dataset
-    short = simulate_cohort(tmp_path / "short", dataclasses.replace(sim, regular_ages=(50.0, 60.0), seed=7))
+    # the saved autoencoder is reused by a second run, whose segmenter trains on a labelled dataset given
+    # apart (here a copy of the same cohort: what matters is that its labels are read from there)
+    labelled = shutil.copytree(bids, tmp_path / "labelled")
     again = CliRunner().invoke(main, [*args[:2], str(tmp_path / "again"), "--method", "mrextrap", "--autoencoder", str(tmp_path / "out/autoencoder"),
-                                      "--segmenter-steps", "5", "--segmenter-bids", str(short), "--no-curve", "--quiet"])  # fmt: skip
+                                      "--segmenter-steps", "5", "--segmenter-bids", str(labelled), "--no-curve", "--quiet"])  # fmt: skip
     assert again.exit_code == 0, again.output
     assert "volume_error_pct_hippocampus" in (tmp_path / "again" / "scores.tsv").read_text()
     unlabelled = CliRunner().invoke(main, [*args[:2], str(tmp_path / "out3"), "--segmenter-bids", str(tmp_path / "out"), "--quiet"])
     assert unlabelled.exit_code == 2 and "no label maps" in unlabelled.output
+    short = make_awkward(tmp_path / "short", SHORT).root  # no subject with 3 scans
     bad = CliRunner().invoke(main, ["forecast", str(short), str(tmp_path / "out2"), "--quiet"])
     assert bad.exit_code == 2 and "no held-out scans" in bad.output

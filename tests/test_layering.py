@@ -14,12 +14,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "longbrain_jax"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "files", "config", "memory", "grid", "metrics", "groups", "progress", "report", "cnn"}),  # base
+    frozenset({"errors", "files", "config", "memory", "grid", "metrics", "groups", "progress", "report", "cnn", "atlas"}),  # base
     frozenset({"cohort"}),  # the data model
     frozenset({"io"}),  # reading and writing datasets
     frozenset({"simulate"}),  # the ground-truth cohorts (and the template's anatomy)
     frozenset({"engine"}),  # chunked, planned, sharded, checkpointed training over subjects
-    frozenset({"inr", "fit", "registration", "latent", "weightspace", "baselines", "classifier", "align"}),  # methods
+    frozenset({"inr", "fit", "registration", "latent", "noder", "segmenter", "weightspace", "baselines", "classifier", "align"}),  # methods
     frozenset({"forecast", "classification"}),  # experiments that compare methods
     frozenset({"demo", "cli"}),  # entry points
 )

@@ -50,6 +50,11 @@ def test_dice_per_label():
     d = metrics.dice(a, b, [1, 2, 3])
     np.testing.assert_allclose(d[:2], [2 * 2 / (4 + 2), 2 * 2 / (2 + 4)], rtol=1e-6)
     assert np.isnan(d[2])
+    # a structure of several labels is their union; counts summed over scans pool the Dice
+    union = float(metrics.dice(a, b, [(1, 2)])[0])
+    assert union == pytest.approx(2 * 4 / (6 + 6))
+    counts = metrics.overlap_counts(a[:1], b[:1], [1, (1, 2)]) + metrics.overlap_counts(a[1:], b[1:], [1, (1, 2)])
+    np.testing.assert_allclose(metrics.dice_from_counts(counts), metrics.dice(a, b, [1, (1, 2)]), rtol=1e-6)
 
 
 def test_regional_volumes_use_the_affine():

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from longbrain_jax.registration import (
     DisplacementConfig,
@@ -87,6 +88,7 @@ def test_curvature_term_is_the_mean_squared_second_difference_in_time(key):
         LossConfig(curvature_step_years=0.0)
 
 
+@pytest.mark.slow  # minutes of compiling on 2 CPU cores
 def test_vmapped_registration_equals_per_subject_loop(key):
     cfg = RegistrationConfig(network=CFG, steps=3, learning_rate=1e-3, patches=2, patch_size=4)
     subjects = [_toy_subject(k) for k in jax.random.split(key, 3)]
@@ -106,6 +108,7 @@ def test_patches_are_voxel_centres_inside_the_image(key):
     assert float(jnp.min(patches)) >= -1 - 1e-6 and float(jnp.max(patches)) <= 1 + 1e-6
 
 
+@pytest.mark.slow  # minutes of compiling on 2 CPU cores
 def test_a_known_2d_deformation_is_recovered():
     from longbrain_jax import grid
     from longbrain_jax.registration import register
@@ -136,6 +139,7 @@ def test_a_known_2d_deformation_is_recovered():
         assert float(jnp.min(det)) > 0  # no folding
 
 
+@pytest.mark.slow  # a whole command
 def test_register_cli_writes_fields_and_refuses_to_overwrite(tmp_path):
     from click.testing import CliRunner
 
@@ -163,6 +167,7 @@ def test_register_cli_writes_fields_and_refuses_to_overwrite(tmp_path):
     assert again.exit_code == 2 and "already exists" in again.output
 
 
+@pytest.mark.slow  # minutes of compiling on 2 CPU cores
 def test_evaluation_against_the_simulators_truth(tmp_path):
     from longbrain_jax.cohort import scan_roles
     from longbrain_jax.io import LoadConfig, read_bids, scan_bids

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from longbrain_jax import grid, metrics
+from longbrain_jax.atlas import REGIONS
 from longbrain_jax.cli import main
 from longbrain_jax.io import LoadConfig, load_displacement, load_image, read_bids, write_bids
 from longbrain_jax.io.bids import derivative_path
@@ -24,7 +25,7 @@ from longbrain_jax.simulate.atrophy import (
     solve_poisson_dirichlet,
 )
 from longbrain_jax.simulate.brain_age import BrainAgeConfig, brain_age, brain_age_rate, sample_drift
-from longbrain_jax.simulate.template import REGIONS, load_template
+from longbrain_jax.simulate.template import load_template
 
 # Tolerances on the log-volume change since baseline, relative to the prescribed change,
 # at the test's 4 mm (see benchmarks/RESULTS.md for the 2 mm figures):

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from longbrain_jax import metrics
+from longbrain_jax import segmenter as sg
 from longbrain_jax.cohort import ROLES, scan_roles
 from longbrain_jax.config import check_literals
 from longbrain_jax.errors import InputError
@@ -48,9 +49,8 @@ from longbrain_jax.fit.evaluate import DATA_RANGE
 from longbrain_jax.forecast.forecasters import FORECASTERS, Chunk, Context, Forecast, MRExtrapModel
 from longbrain_jax.latent import autoencoder as ae
 from longbrain_jax.latent import mrextrap
-from longbrain_jax.latent import segmenter as sg
-from longbrain_jax.latent.noder import NODERConfig
 from longbrain_jax.memory import Budget, plan_host, within_budget
+from longbrain_jax.noder import NODERConfig
 
 METHODS = tuple(FORECASTERS)
 HOST_COPIES_BASE = 8  # scans, labels, the segmenter's class probabilities (6 classes) of a scan
@@ -237,12 +237,6 @@ def score(chunk: Chunk, roles: np.ndarray, forecasts: dict[str, Forecast], seg_p
     return rows
 
 
-def _dice_counts(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """(len(SCORED), 2) intersection and summed sizes per scored class, to pool Dice over chunks."""
-    ids = [sg.CLASSES.index(name) for name in sg.SCORED]
-    return np.array([[np.sum((pred == c) & (true == c)), np.sum(pred == c) + np.sum(true == c)] for c in ids], np.float64)
-
-
 def _curve_errors(chunk: Chunk, roles: np.ndarray, states: dict, cfg: ForecastConfig, seg_params) -> dict[tuple[str, int], list[float]]:
     """Mean volume error (%) of each extrapolated scan, per (cheap method or the segmenter's reference, scans used)."""
     target = roles == ROLES.index("extrapolation")
@@ -347,7 +341,7 @@ def run_forecasting(
         rows += score(this, roles, forecasts, seg_params, cfg.segmenter)
         held = roles >= 2
         if seg_params is not None and cohort.labels is not None and held.any():
-            dice += _dice_counts(sg.segment(seg_params, cohort.volumes[held], cfg.segmenter), sg.label_classes(cohort.labels[held]))
+            dice += np.asarray(metrics.overlap_counts(sg.segment(seg_params, cohort.volumes[held], cfg.segmenter), sg.label_classes(cohort.labels[held]), sg.SCORED_IDS), np.float64)
         if cfg.curve:
             for key, errors in _curve_errors(this, roles, states, cfg, seg_params).items():
                 curve.setdefault(key, []).extend(errors)
@@ -361,7 +355,7 @@ def run_forecasting(
             figure = {"subject": cohort.subject_ids[k], "ages": cohort.ages[k, slots], "roles": roles[k, slots],
                       "truth": cohort.volumes[k, slots], "predictions": {m: f.images[k, slots] for m, f in forecasts.items()}}  # fmt: skip
         del cohort, forecasts, this
-    seg_dice = {name: float(2 * i / s) if s > 0 else float("nan") for name, (i, s) in zip(sg.SCORED, dice, strict=True)} if dice.any() else {}
+    seg_dice = dict(zip(sg.SCORED, map(float, metrics.dice_from_counts(dice)), strict=True)) if dice.any() else {}
     order = [m for m in cfg.methods if FORECASTERS[m].cheap] + ["segmenter on the true scan"]
     curve_rows = [{"method": m, "scans_used": k, "subjects": len(e), "volume_error_pct": float(np.mean(e))}
                   for (m, k), e in sorted(curve.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1]))]  # fmt: skip

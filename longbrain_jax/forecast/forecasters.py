@@ -13,7 +13,7 @@ baseline, always known). A `Forecast` holds a prediction in every slot of the ch
 - `mrextrap`: encode the known scans, a line per subject in latent space
   (`latent.mrextrap`, with a population slope prior by default, estimated from the
   other subjects), decode at the target.
-- `noder`: a neural ODE on deformations per subject (`latent.noder`) fitted to the
+- `noder`: a neural ODE on deformations per subject (`longbrain_jax.noder`) fitted to the
   known scans; predicts the most recent known scan (or, as the paper, the baseline)
   warped by the flow from its time to the target, and its carried label map.
 - `inr`: the cohort-fitting INR (`fit.fit_cohort`) trained on the known scans,
@@ -34,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from longbrain_jax import noder
 from longbrain_jax.cohort import Cohort
 from longbrain_jax.latent import autoencoder as ae
-from longbrain_jax.latent import mrextrap, noder
+from longbrain_jax.latent import mrextrap
 from longbrain_jax.memory import Budget
 
 

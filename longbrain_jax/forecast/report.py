@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from longbrain_jax import segmenter as sg
 from longbrain_jax.cohort import ROLES
 from longbrain_jax.config import write_config
 from longbrain_jax.files import atomic_dir, write_tsv
 from longbrain_jax.forecast.experiment import ForecastConfig, ForecastResult
 from longbrain_jax.latent import autoencoder as ae
-from longbrain_jax.latent import segmenter as sg
 from longbrain_jax.report import markdown_table, save_figure
 
 SUMMARY_HEADER = ["method", "held out", "scans", "SSIM", "PSNR dB", "MAE", "Dice", "hippo %", "ventr %", "GM %", "WM %", "folding", "s/subject"]

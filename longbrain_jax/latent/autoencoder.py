@@ -47,7 +47,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float
 
-from longbrain_jax.cnn import Conv
+from longbrain_jax.cnn import Conv, crop, pad_to_multiple, padded_shape
 from longbrain_jax.config import read_config, write_config
 from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
 from longbrain_jax.engine.training import all_finite, repeat_steps, step_key
@@ -206,26 +206,9 @@ def _modules(cfg: AutoencoderConfig):
     )
 
 
-def padded_shape(shape: Sequence[int], factor: int) -> tuple[int, ...]:
-    """`shape` rounded up to a multiple of `factor` per axis."""
-    return tuple(-(-n // factor) * factor for n in shape)
-
-
 def latent_shape(shape: Sequence[int], cfg: AutoencoderConfig) -> tuple[int, ...]:
     """(*latent_spatial, latent_channels) of an image of spatial `shape`."""
     return (*(n // cfg.factor for n in padded_shape(shape, cfg.factor)), cfg.latent_channels)
-
-
-def pad_to_multiple(images: Float[Array, "B *s"], factor: int) -> Float[Array, "B *p 1"]:
-    """Edge-pad the spatial axes up to a multiple of `factor` and add a channel axis."""
-    shape = images.shape[1:]
-    pad = [(0, 0)] + [(0, p - n) for n, p in zip(shape, padded_shape(shape, factor), strict=True)]
-    return jnp.pad(images, pad, mode="edge")[..., None]
-
-
-def crop(images: Float[Array, "B *p C"], shape: Sequence[int]) -> Float[Array, "B *s C"]:
-    """The first `shape` voxels of each spatial axis (undoes `pad_to_multiple`, channels kept)."""
-    return images[(slice(None), *(slice(0, n) for n in shape))]
 
 
 def init(key: jax.Array, cfg: AutoencoderConfig, shape: Sequence[int]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from longbrain_jax import grid
+from longbrain_jax.atlas import REGIONS
 from longbrain_jax.cohort import scan_roles
 from longbrain_jax.config import config_to_dict, write_config
 from longbrain_jax.engine import sharding
@@ -43,7 +44,6 @@ from longbrain_jax.io.nifti import save_displacement, save_image
 from longbrain_jax.memory import MAX_BLOCK, MIN_BLOCK, Budget, Plan, Program, plan_batch, within_budget
 from longbrain_jax.registration import network as net
 from longbrain_jax.registration.train import RegistrationConfig, init_states, registration_block
-from longbrain_jax.simulate.template import REGIONS
 
 
 def _prepare(cohort, ids, n, t_max, holdout):
@@ -160,7 +160,7 @@ def _register_into(out: Path, source, cfg: RegistrationConfig, extra_ages, mesh,
         return {"loss": float(np.nanmedian(loss)) if np.isfinite(loss).any() else float("nan")}
 
     program = ChunkProgram(
-        stage="register", steps=cfg.steps, steps_per_call=cfg.steps_per_call, checkpoint_every=cfg.checkpoint_every, offset=0,
+        stage="register", steps=cfg.steps, steps_per_call=cfg.steps_per_call, checkpoint_every=cfg.checkpoint_interval, offset=0,
         prepare=lambda cohort, ids, n: _prepare(cohort, ids, n, t_max, cfg.holdout), init=lambda n: init_states(cfg, n),
         block=block, finish=finish, status=status,
     )  # fmt: skip

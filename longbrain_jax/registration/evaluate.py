@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from longbrain_jax import grid, metrics
+from longbrain_jax.atlas import REGIONS
 from longbrain_jax.cohort import ROLES, scan_roles
 from longbrain_jax.engine.checkpoint import load_tree
 from longbrain_jax.io import LoadConfig, load_image, read_bids
@@ -35,7 +36,6 @@ from longbrain_jax.registration import network as net
 from longbrain_jax.registration.cohort import subject_fields
 from longbrain_jax.registration.train import RegistrationConfig
 from longbrain_jax.simulate.simulator import PIPELINE
-from longbrain_jax.simulate.template import REGIONS
 
 STRUCTURES = ("hippocampus", "lateral_ventricles", "cortical_gm", "cerebral_wm")
 
@@ -93,21 +93,14 @@ def score_fields(field, cohort, bids_root: str | os.PathLike, holdout: str) -> l
                    "folding": float(np.mean(np.asarray(det)[brain] <= 0))}  # fmt: skip
             for name in STRUCTURES:
                 ids = REGIONS[name]
-                row[f"dice_{name}"] = _dice(carried, base_labels, ids)
-                row[f"dice_unregistered_{name}"] = _dice(labels, base_labels, ids)
-                row[f"dice_truth_{name}"] = _dice(by_truth, base_labels, ids)
+                row[f"dice_{name}"] = float(metrics.dice(carried, base_labels, [ids])[0])
+                row[f"dice_unregistered_{name}"] = float(metrics.dice(labels, base_labels, [ids])[0])
+                row[f"dice_truth_{name}"] = float(metrics.dice(by_truth, base_labels, [ids])[0])
                 region = np.isin(np.asarray(base_labels), ids)
                 row[f"jac_error_{name}"] = float(np.mean(np.abs(np.asarray(det) - true_det)[region])) if region.any() else float("nan")
                 row[f"jac_change_{name}"] = float(np.mean(np.abs(true_det - 1.0)[region])) if region.any() else float("nan")
             rows.append(row)
     return rows
-
-
-def _dice(a: jnp.ndarray, b: jnp.ndarray, ids) -> float:
-    """Dice of the union of `ids` (a structure made of several labels)."""
-    ina, inb = jnp.isin(a, jnp.asarray(ids)), jnp.isin(b, jnp.asarray(ids))
-    total = float(jnp.sum(ina) + jnp.sum(inb))
-    return 2.0 * float(jnp.sum(ina & inb)) / total if total > 0 else float("nan")
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:

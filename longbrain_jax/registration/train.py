@@ -48,7 +48,8 @@ class RegistrationConfig:
       fitting ("none", "extrapolation", "interpolation_extrapolation").
     - `chunk_size`: most subjects trained together; None: as many as the memory budget
       allows (`registration.cohort.plan_chunk`).
-    - `steps_per_call`, `checkpoint_every`: as in cohort fitting.
+    - `steps_per_call`, `checkpoint_every`: as in cohort fitting; `checkpoint_every` None
+      checkpoints about every quarter of `steps`, in whole blocks (`checkpoint_interval`).
     - `seed`: PRNG seed of every draw.
     """
 
@@ -64,15 +65,21 @@ class RegistrationConfig:
     holdout: Literal["none", "extrapolation", "interpolation_extrapolation"] = "none"
     chunk_size: int | None = None
     steps_per_call: int = 50
-    checkpoint_every: int = 500
+    checkpoint_every: int | None = None
     seed: int = 0
 
     def __post_init__(self):
         check_literals(self)
         if self.steps < 0 or self.learning_rate <= 0 or self.patches < 1 or self.patch_size < 1:
             raise ValueError(f"need steps >= 0, learning_rate > 0, patches >= 1, patch_size >= 1: {self}")
-        if (self.chunk_size or 1) < 1 or self.steps_per_call < 1 or self.checkpoint_every % self.steps_per_call:
+        if (self.chunk_size or 1) < 1 or self.steps_per_call < 1 or (self.checkpoint_every or self.steps_per_call) % self.steps_per_call:
             raise ValueError("chunk_size >= 1, and checkpoint_every a multiple of steps_per_call, are needed")
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Steps between checkpoints: `checkpoint_every`, or about a quarter of `steps` in whole blocks."""
+        block = self.steps_per_call
+        return self.checkpoint_every or max(block, (self.steps // 4) // block * block)
 
     def optimizer(self) -> optax.GradientTransformation:
         lr = optax.cosine_decay_schedule(self.learning_rate, max(self.steps, 1), alpha=0.01) if self.cosine_decay else self.learning_rate

@@ -46,7 +46,7 @@ import numpy as np
 import scipy.fft
 from jaxtyping import Array, Float
 
-from longbrain_jax.simulate.template import REGIONS
+from longbrain_jax.atlas import REGIONS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 from scipy import ndimage
 
+from longbrain_jax.atlas import REGIONS
 from longbrain_jax.grid import (
     corner_sum,
     flat_voxel_index,
@@ -36,19 +37,6 @@ from longbrain_jax.grid import (
     normalised_to_voxel,
     resample,
 )
-
-#: FreeSurfer aseg label groups used for volumes and aging rates.
-REGIONS: dict[str, tuple[int, ...]] = {
-    "hippocampus": (17, 53),
-    "amygdala": (18, 54),
-    "lateral_ventricles": (4, 43, 5, 44),
-    "cortical_gm": tuple(range(1000, 1036)) + tuple(range(2000, 2036)),
-    "cerebral_wm": (2, 41),
-    "subcortical_gm": (10, 11, 12, 13, 26, 49, 50, 51, 52, 58),
-    "cerebellum": (7, 8, 46, 47),
-    "brainstem": (16,),
-}
-
 
 #: Label groups whose partial-volume fractions decide warped labels (REGIONS, then the rest).
 LABEL_GROUPS: tuple[str, ...] = (*REGIONS, "other", "background")

@@ -32,16 +32,16 @@ import optax
 from jaxtyping import Array, Int
 
 from longbrain_jax import metrics
-from longbrain_jax.cnn import Conv
+from longbrain_jax.atlas import REGIONS
+from longbrain_jax.cnn import Conv, crop, pad_to_multiple, padded_shape
 from longbrain_jax.config import check_literals
 from longbrain_jax.engine.training import TrainState, init_state, train_steps
-from longbrain_jax.latent.autoencoder import crop, pad_to_multiple, padded_shape
 from longbrain_jax.memory import Budget, Program, plan_batch
-from longbrain_jax.simulate.template import REGIONS
 
 CLASSES = ("background", "cortical_gm", "cerebral_wm", "lateral_ventricles", "hippocampus", "other")
 #: the classes whose volumes forecasts are scored on
 SCORED = ("hippocampus", "lateral_ventricles", "cortical_gm", "cerebral_wm")
+SCORED_IDS = tuple(CLASSES.index(name) for name in SCORED)  # their class ids
 
 
 def label_classes(labels: np.ndarray) -> np.ndarray:
@@ -219,17 +219,17 @@ def segmented_volumes(params: dict, images: np.ndarray, affine: np.ndarray, cfg:
     prob = probabilities(params, images, cfg)
     if cfg.volumes == "hard":
         return class_volumes(np.argmax(prob, -1), affine)
-    ids = [CLASSES.index(name) for name in SCORED]
+    ids = list(SCORED_IDS)
     return prob[..., ids].sum(axis=tuple(range(1, prob.ndim - 1))) * float(metrics.voxel_volume(jnp.asarray(affine)))
 
 
 def class_volumes(classes: Int[Array, "M *s"], affine: np.ndarray) -> np.ndarray:
     """Volumes (M, len(SCORED)) in mm^3 of the `SCORED` classes in class maps (M, *spatial) on `affine`'s grid."""
-    ids = [CLASSES.index(name) for name in SCORED]
+    ids = list(SCORED_IDS)
     return np.asarray(jax.vmap(lambda c: metrics.regional_volumes(c, affine, ids))(jnp.asarray(classes)))
 
 
 def class_dice(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     """Dice per `SCORED` class between class maps of the same shape (all scans pooled; NaN if absent from both)."""
-    dice = metrics.dice(jnp.asarray(pred), jnp.asarray(true), [CLASSES.index(name) for name in SCORED])
+    dice = metrics.dice(jnp.asarray(pred), jnp.asarray(true), SCORED_IDS)
     return {name: float(d) for name, d in zip(SCORED, dice, strict=True)}
