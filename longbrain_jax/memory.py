@@ -519,7 +519,8 @@ def plan_batch(
         logger.info(plan.describe(), extra={"plan": plan})
         return plan
     smallest = min(multiple, upper)
-    peak(smallest, True), peak(upper, True)  # measure the program's costs where the search needs them (compiles)
+    for n in (smallest, upper):  # measure the program where the search needs it (compiles), so the search interpolates
+        peak(n, True)
     if measure_in_use:  # what compiling left resident stays for the run (freed heap the allocator keeps): count it
         in_use = max(in_use, budget.in_use())
     if peak(smallest, True) > budget.bytes:
@@ -528,7 +529,6 @@ def plan_batch(
             f"({format_size(in_use)} already in use), more than the {format_size(budget.bytes)} budget ({budget.source}); "
             "raise --memory-budget or lower the sizes (network width, image resolution)"
         )
-    # measured at `upper` first, so the search below interpolates (a `Program` compiles only beyond what it measured)
     lo, hi = smallest, upper if peak(upper, True) <= budget.bytes else upper - 1  # peak(lo) fits; the largest n that fits
     while lo < hi:
         mid = (lo + hi + 1) // 2
