@@ -155,7 +155,9 @@ def run_stage(stage: str, bids: str, work: str, budget_text: str, register_subje
         from longbrain_jax.registration import DisplacementConfig, RegistrationConfig
         from longbrain_jax.registration.cohort import register_cohort
 
-        cfg = RegistrationConfig(network=DisplacementConfig(ndim=ndim, width=64), steps=10, steps_per_call=10, checkpoint_every=10)
+        # 3D: the narrowest network (each |J| map evaluates the network's Jacobian at every voxel of every scan)
+        network = DisplacementConfig(ndim=ndim, width=64) if ndim == 2 else DisplacementConfig(ndim=ndim, width=32, time_features=16)
+        cfg = RegistrationConfig(network=network, steps=10, steps_per_call=10, checkpoint_every=10)
         register_cohort(data.subset(range(min(register_subjects, data.num_subjects))), out, cfg, budget=budget)
     elif stage == "forecast":
         from longbrain_jax.forecast import ForecastConfig, run_forecasting

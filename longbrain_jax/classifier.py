@@ -4,6 +4,9 @@ AdamW with a one-cycle learning-rate schedule, mini-batches, cross-entropy, a he
 validation share of the training set, and the parameters of the epoch with the best
 validation loss kept (not the last). Works for any flax module called as
 `model.apply(variables, x, train=...)` with optional batch-norm statistics and dropout.
+Each step is the engine's guarded step (`engine.training.guarded_update`): a step whose
+loss or parameters are not finite is skipped and the classifier keeps its last finite
+state (`Trained.diverged_at`); an epoch runs as one compiled scan over its batches.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import optax
 
 from longbrain_jax.cohort import train_test_split
+from longbrain_jax.engine.training import TrainState, guarded_update, init_state
 from longbrain_jax.memory import Budget, Program, plan_batch
 
 
@@ -48,12 +52,14 @@ class TrainConfig:
 
 
 class Trained(NamedTuple):
-    """A trained classifier: its variables, the best epoch and the loss history."""
+    """A trained classifier: its variables, the best epoch, the loss history (NaN from an epoch
+    whose steps diverged) and the first step whose loss or parameters were not finite (-1: none)."""
 
     variables: Any
     best_epoch: int
     train_loss: np.ndarray  # (epochs,)
     val_loss: np.ndarray  # (epochs,) NaN without validation
+    diverged_at: int = -1
 
 
 def _optimizer(total_steps: int, peak_lr: float, weight_decay: float) -> optax.GradientTransformation:
@@ -73,25 +79,28 @@ def _init(key, x, *, model):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "schedule"))
-def _train_step(params, state, opt_state, xb, yb, wb, key, *, model, schedule):
-    """One AdamW step; compiled once per (model, schedule, shapes), so repeated folds reuse it."""
-    tx = _optimizer(*schedule)
-    (loss, new_state), grads = jax.value_and_grad(functools.partial(_loss, model), has_aux=True)(params, state, xb, yb, wb, key)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_state, opt_state, loss
+def _train_step(train: TrainState, state, xb, yb, wb, key, step, *, model, schedule) -> tuple[TrainState, Any]:
+    """One guarded AdamW step (`engine.training.guarded_update`) of the parameters in `train`, with the
+    model's other variables (`state`: batch-norm statistics) kept with them; compiled once per
+    (model, schedule, shapes), so repeated folds reuse it."""
+    (loss, new_state), grads = jax.value_and_grad(functools.partial(_loss, model), has_aux=True)(train.params, state, xb, yb, wb, key)
+    train = guarded_update(train, loss, grads, _optimizer(*schedule), step)
+    return train, jax.tree_util.tree_map(lambda new, old: jnp.where(train.alive, new, old), new_state, state)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "schedule"))  # not donated: the best epoch's parameters are kept
-def _train_epoch(params, state, opt_state, x, y, batches, weights, keys, *, model, schedule):
-    """One epoch in one compiled scan over its batches (rows `batches` (S, B) of `x`, on the device)."""
+def _train_epoch(train: TrainState, state, x, y, batches, weights, keys, first_step, *, model, schedule):
+    """One epoch in one compiled scan over its batches (rows `batches` (S, B) of `x`, on the device);
+    returns the state, the model's other variables and each step's loss (S,)."""
 
     def body(carry, inputs):
-        idx, w, key = inputs
-        p, s, o, loss = _train_step.__wrapped__(*carry, x[idx], y[idx], w, key, model=model, schedule=schedule)
-        return (p, s, o), loss
+        idx, w, key, step = inputs
+        train, state = _train_step.__wrapped__(*carry, x[idx], y[idx], w, key, step, model=model, schedule=schedule)
+        return (train, state), train.loss
 
-    (params, state, opt_state), losses = jax.lax.scan(body, (params, state, opt_state), (batches, weights, keys))
-    return params, state, opt_state, losses
+    steps = first_step + jnp.arange(len(batches), dtype=jnp.int32)
+    (train, state), losses = jax.lax.scan(body, (train, state), (batches, weights, keys, steps))
+    return train, state, losses
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -107,11 +116,11 @@ def train_batch(model: nn.Module, row_shape: tuple[int, ...], cfg: TrainConfig, 
     variables = jax.eval_shape(lambda: _init(jax.random.key(0), jnp.zeros((1, *row_shape), jnp.float32), model=model))
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     schedule = (max(steps, 1), cfg.learning_rate, cfg.weight_decay)
-    opt_state = jax.eval_shape(lambda p: _optimizer(*schedule).init(p), params)
+    train = jax.eval_shape(lambda p: init_state(p, _optimizer(*schedule)), params)
 
     def trace(b):
-        return _train_step.trace(params, state, opt_state, s((b, *row_shape), jnp.float32), s((b,), jnp.int32), s((b,), jnp.float32),
-                                 jax.random.key(0), model=model, schedule=schedule)  # fmt: skip
+        return _train_step.trace(train, state, s((b, *row_shape), jnp.float32), s((b,), jnp.int32), s((b,), jnp.float32),
+                                 jax.random.key(0), jnp.int32(0), model=model, schedule=schedule)  # fmt: skip
 
     program = Program(trace, ("classifier", model, row_shape, schedule))
     return plan_batch(f"classifier: {type(model).__name__}", "subjects per batch", budget, cfg.batch_size,
@@ -137,12 +146,12 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     steps_per_epoch = max(1, -(-len(fit_idx) // cfg.batch_size))
     schedule = (cfg.epochs * steps_per_epoch, cfg.learning_rate, cfg.weight_decay)
-    opt_state = _optimizer(*schedule).init(params)
+    train = init_state(params, _optimizer(*schedule))
 
     on_device = isinstance(x, np.ndarray)  # a RowStore is fed from the host, a batch at a time
     data = (jnp.asarray(x), jnp.asarray(y)) if on_device else None
     train_hist, val_hist = [], []
-    best, best_epoch, best_loss = (params, state), cfg.epochs - 1, np.inf
+    best, best_epoch, best_loss = (train.params, state), cfg.epochs - 1, np.inf
     for epoch in range(cfg.epochs):
         k_epoch = jax.random.fold_in(k_epochs, epoch)
         order = fit_idx[np.asarray(jax.random.permutation(k_epoch, len(fit_idx)))]
@@ -150,16 +159,18 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
         batches = np.r_[order, np.full(pad, order[0])].reshape(steps_per_epoch, cfg.batch_size)
         weights = np.r_[np.ones(len(order)), np.zeros(pad)].astype(np.float32).reshape(batches.shape)
         keys = jax.vmap(lambda b, k=k_epoch: jax.random.fold_in(k, b + 1))(jnp.arange(steps_per_epoch))
+        first = jnp.int32(epoch * steps_per_epoch)
         if on_device:
-            params, state, opt_state, losses = _train_epoch(params, state, opt_state, *data, jnp.asarray(batches), jnp.asarray(weights), keys,
-                                                            model=model, schedule=schedule)  # fmt: skip
+            train, state, losses = _train_epoch(train, state, *data, jnp.asarray(batches), jnp.asarray(weights), keys, first,
+                                                model=model, schedule=schedule)  # fmt: skip
         else:
             losses = []
             for b in range(steps_per_epoch):
-                params, state, opt_state, loss = _train_step(params, state, opt_state, jnp.asarray(x[batches[b]]), jnp.asarray(y[batches[b]]),
-                                                             jnp.asarray(weights[b]), keys[b], model=model, schedule=schedule)  # fmt: skip
-                losses.append(loss)
+                train, state = _train_step(train, state, jnp.asarray(x[batches[b]]), jnp.asarray(y[batches[b]]), jnp.asarray(weights[b]), keys[b],
+                                           first + b, model=model, schedule=schedule)  # fmt: skip
+                losses.append(train.loss)
         train_hist.append(float(np.mean(np.asarray(losses))))
+        params = train.params
         if len(val_idx):
             parts = [(len(b), float(_eval_loss(params, state, jnp.asarray(x[b]), jnp.asarray(y[b]), model=model)))
                      for b in np.array_split(val_idx, -(-len(val_idx) // cfg.batch_size))]  # fmt: skip
@@ -170,7 +181,10 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
         else:
             val_hist.append(float("nan"))
             best, best_epoch = (params, state), epoch
-    return Trained({"params": best[0], **best[1]}, best_epoch, np.array(train_hist), np.array(val_hist))
+    diverged_at = int(train.diverged_at)
+    if diverged_at >= 0:
+        warnings.warn(f"{type(model).__name__}: training diverged at step {diverged_at}; the last finite parameters are kept", stacklevel=2)
+    return Trained({"params": best[0], **best[1]}, best_epoch, np.array(train_hist), np.array(val_hist), diverged_at)
 
 
 def predict_proba(model: nn.Module, variables: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:

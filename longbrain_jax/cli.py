@@ -104,23 +104,73 @@ def config_option(fn: Callable) -> Callable:
     )(fn)  # fmt: skip
 
 
-def _rerun(cls: type, cfg, fields: dict[str, tuple[str, ...]]):
-    """`cfg` as the options built it; with `--config`, the recorded configuration with the fields of
-    the options given on this command line (`fields`: option name -> the config fields it sets) taken from `cfg`."""
+class ConfigOption(click.Option):
+    """An option that sets fields of a configuration (`config`: "module:Class"; `fields`: dotted paths,
+    default the option's name). The configuration is the only place its default lives: the
+    option has none of its own, `--help` shows the configuration's, and the option replaces its
+    fields only when it is given (`_configure`). `parse` turns the option's value into one value
+    per field; `shown` replaces the default `--help` shows when the field's value reads badly."""
+
+    def __init__(self, *decls, config: str, fields: tuple[str, ...] = (), parse: Callable | None = None, shown: str | None = None, **kwargs):
+        super().__init__(*decls, default=None, **kwargs)
+        self.config, self.fields, self.parse, self.shown = config, fields or (self.name,), parse, shown
+
+    def field_values(self, value) -> dict:
+        values = self.parse(value) if self.parse else (value,) * len(self.fields)
+        return dict(zip(self.fields, values, strict=True))
+
+    def get_help_record(self, ctx):
+        record = super().get_help_record(ctx)
+        if record is None or self.is_flag:
+            return record
+        return record[0], f"{record[1]}  [default: {self.shown or self.default_text()}]".strip()
+
+    def default_text(self) -> str:
+        """The configuration's default of the option's fields, as it is written on the command line."""
+        from longbrain_jax.config import field_value
+
+        defaults = _config_class(self.config)()
+        values = [_as_text(field_value(defaults, f)) for f in self.fields]
+        return values[0] if len(set(values)) == 1 else ",".join(values)  # one value that sets several fields, or one per field
+
+
+def _as_text(value) -> str:
+    return ",".join(_as_text(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def _config_class(name: str) -> type:
+    import importlib
+
+    module, _, cls = name.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def config_field(*decls, config: str, **kwargs) -> Callable:
+    """`click.option` for a `ConfigOption`."""
+    return click.option(*decls, cls=ConfigOption, config=config, **kwargs)
+
+
+def _configure(cls: type, base, rerun: bool = True):
+    """The command's configuration: `base` (the configuration's defaults with what the data fixes, e.g.
+    `ndim`), or with `--config` (and `rerun`) the recorded one, with the fields of the `ConfigOption`s
+    of `cls` given on this command line replaced."""
     from click.core import ParameterSource
 
-    from longbrain_jax.config import field_value, read_config, with_overrides
+    from longbrain_jax.config import read_config, with_overrides
 
     ctx = click.get_current_context()
-    path = ctx.params.get("config_file")
-    if path is None:
-        return cfg
-    recorded = read_config(cls, _config_file(path))
-    given = [name for name in fields if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    path = ctx.params.get("config_file") if rerun else None
+    cfg = base if path is None else read_config(cls, _config_file(path))
+    name = f"{cls.__module__}:{cls.__qualname__}"
+    overrides: dict = {}
+    for param in ctx.command.params:
+        given = ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+        if isinstance(param, ConfigOption) and _config_class(param.config) is cls and given:
+            overrides.update(param.field_values(ctx.params[param.name]))
     try:
-        return with_overrides(recorded, {f: field_value(cfg, f) for name in given for f in fields[name]})
+        return with_overrides(cfg, overrides)
     except ValueError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.UsageError(f"{name.rpartition(':')[2]}: {e}") from None
 
 
 def _config_file(path: Path) -> Path:
@@ -134,55 +184,59 @@ def _config_file(path: Path) -> Path:
     return found[0]
 
 
-#: `fit`'s options and the `FitConfig` fields each sets (for `--config` reruns).
-FIT_FIELDS = {
-    "width": ("inr.width",), "stream_layers": ("inr.stream_layers",), "combined_layers": ("inr.combined_layers",),
-    "activations": ("inr.spatial_activation", "inr.temporal_activation", "inr.combined_activation"), "w0": ("inr.w0",),
-    "shared_steps": ("shared.steps",), "shared_lr": ("shared.learning_rate",), "shared_fraction": ("shared.sample_fraction",),
-    "steps": ("finetune.steps",), "lr": ("finetune.learning_rate",), "fraction": ("finetune.sample_fraction",),
-    "schedule": ("finetune.schedule",), "holdout": ("holdout",), "chunk_size": ("chunk_size",), "seed": ("seed",),
-}  # fmt: skip
+def _forecasters(text: str) -> tuple[str, ...]:
+    from longbrain_jax.forecast import METHODS
 
-#: The same for `simulate` (`SimulationConfig`).
-SIMULATE_FIELDS = {
-    "subjects": ("num_subjects",), "sampling": ("sampling",), "ages": ("regular_ages",), "scans": ("scans_per_subject",),
-    "resolution": ("resolution_mm",), "dim": ("ndim",), "paired": ("paired",), "seed": ("seed",), "chunk_size": ("chunk_size",),
-    "no_fields": ("write_fields",), "mtl_atrophy": ("atrophy.disease_mtl_pct_per_year",), "snr": ("scanner.snr",),
-    "misalign": ("scanner.rotation_deg", "scanner.translation_mm"),
-}  # fmt: skip
+    return METHODS if text.strip() == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
 
-#: The same for `register` (`RegistrationConfig`).
-REGISTER_FIELDS = {
-    "width": ("network.width",), "hidden_layers": ("network.hidden_layers",), "time_features": ("network.time_features",),
-    "w0": ("network.w0",), "time_scale": ("network.time_scale",), "steps": ("steps",), "lr": ("learning_rate",),
-    "schedule": ("cosine_decay",), "patches": ("patches",), "patch_size": ("patch_size",),
-    "losses": ("loss.identity", "loss.spatial", "loss.temporal", "loss.monotonic"), "curvature": ("loss.curvature",),
-    "extrapolate_years": ("loss.extrapolate_years",), "chunk_size": ("chunk_size",), "seed": ("seed",),
-}  # fmt: skip
 
-#: The same for `forecast` (`ForecastConfig`).
-FORECAST_FIELDS = {
-    "methods": ("methods",), "holdout": ("holdout",), "ae_channels": ("autoencoder.channels",), "ae_steps": ("autoencoder.steps",),
-    "adversarial_start": ("autoencoder.adversarial_start",), "prior": ("prior",), "noder_iterations": ("noder.iterations",),
-    "inr_width": ("inr.inr.width",), "inr_steps": ("inr.finetune.steps",), "inr_time_curvature": ("inr.time_curvature",),
-    "segmenter_steps": ("segmenter.steps",), "segmenter_volumes": ("segmenter.volumes",), "no_curve": ("curve",),
-    "seed": ("seed", "autoencoder.seed", "noder.seed", "inr.seed", "segmenter.seed"),
-}  # fmt: skip
+def _iterations(text: str) -> tuple[int, ...] | None:
+    """`--iterations`: per pyramid level, or one count for every level; empty: the metric's default."""
+    from longbrain_jax.align import AlignConfig
 
-#: The same for `classify` (`ClassifyConfig`).
-CLASSIFY_FIELDS = {
-    "token_widths": ("token_widths",), "head_width": ("head_width",), "tokens": ("tokens",),
-    "epochs": ("encoder.epochs", "baseline.epochs", "sfcn.epochs"), "lr": ("encoder.learning_rate",),
-    "sfcn_channels": ("sfcn_channels",), "streams": ("combinations",), "negative": ("groups.negative",),
-    "positive": ("groups.positive",), "folds": ("folds",), "repeats": ("repeats",), "seed": ("seed",),
-}  # fmt: skip
+    counts = tuple(int(n) for n in _floats(text, "--iterations"))
+    return (counts * len(AlignConfig().smoothing_sigmas) if len(counts) == 1 else counts) or None
 
-#: The same for `align` (`AlignConfig`).
-ALIGN_FIELDS = {
-    "transform": ("transform",), "metric": ("metric",), "to_template": ("to_template",),
-    "template_resolution": ("template_resolution_mm",), "iterations": ("iterations",), "samples": ("samples",),
-    "chunk_size": ("chunk_size",), "seed": ("seed",),
-}  # fmt: skip
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _ints(what: str, count: int | None = None) -> Callable[[str], tuple]:
+    """A `parse` for a comma-separated list of integers, as the one value of one field (`count`: how many it needs)."""
+
+    def parse(text: str) -> tuple:
+        values = tuple(int(v) for v in _floats(text, what))
+        if count is not None and len(values) != count:
+            raise click.BadParameter(f"{what} needs {count} integers, got {text!r}")
+        return (values,)
+
+    return parse
+
+
+def _split(what: str, count: int) -> Callable[[str], tuple]:
+    """A `parse` for `count` comma-separated values, one per field."""
+
+    def parse(text: str) -> tuple:
+        values = tuple(v.strip() for v in text.split(","))
+        if len(values) != count:
+            raise click.BadParameter(f"{what} needs {count} comma-separated values, got {text!r}")
+        return values
+
+    return parse
+
+
+FIT = "longbrain_jax.fit.config:FitConfig"
+SIMULATE = "longbrain_jax.simulate.simulator:SimulationConfig"
+REGISTER = "longbrain_jax.registration.train:RegistrationConfig"
+FORECAST = "longbrain_jax.forecast.experiment:ForecastConfig"
+CLASSIFY = "longbrain_jax.classification:ClassifyConfig"
+ALIGN = "longbrain_jax.align.config:AlignConfig"
+LOAD = "longbrain_jax.io.bids:LoadConfig"
+DEMO = "longbrain_jax.demo:DemoConfig"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -194,74 +248,56 @@ def main() -> None:
 
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path), default="longbrain-demo")
-@click.option("--subjects", default=8, show_default=True, help="Subjects in the demo cohort.")
-@click.option("--resolution", default=3.0, show_default=True, help="Voxel size in mm.")
-@click.option("--dim", type=click.Choice(["2", "3"]), default="2", show_default=True, help="2D axial slice or 3D volumes.")
-@click.option("--seed", default=0, show_default=True)
+@config_field("--subjects", type=int, config=DEMO, fields=("simulation.num_subjects",), help="Subjects in the demo cohort.")
+@config_field("--resolution", type=float, config=DEMO, fields=("simulation.resolution_mm",), help="Voxel size in mm.")
+@config_field("--dim", type=click.Choice(["2", "3"]), config=DEMO, fields=("simulation.ndim",), parse=lambda d: (int(d),),
+              help="2D axial slice or 3D volumes.")
+@config_field("--seed", type=int, config=DEMO, fields=("simulation.seed", "seed"))
 @click.option("--quick", is_flag=True, help="Every stage with few steps: checks an installation; the figures mean nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def demo(out: Path, subjects: int, resolution: float, dim: str, seed: int, quick: bool, overwrite: bool, quiet: bool) -> None:
+def demo(out: Path, quick: bool, overwrite: bool, quiet: bool, **settings) -> None:
     """Simulate a small cohort, run what the library does on it, write OUT/report.md."""
     from longbrain_jax.demo import DemoConfig, run_demo
 
-    if subjects < 2:
+    cfg = _configure(DemoConfig, DemoConfig().quick() if quick else DemoConfig())
+    if cfg.simulation.num_subjects < 2:
         raise click.BadParameter("need --subjects >= 2 (one per group)")
-    base = DemoConfig().quick() if quick else DemoConfig()
-    try:
-        simulation = dataclasses.replace(
-            base.simulation, num_subjects=subjects, resolution_mm=resolution, ndim=int(dim), seed=seed, chunk_size=min(subjects, 8)
-        )
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    report = run_demo(out, dataclasses.replace(base, simulation=simulation, seed=seed), overwrite=overwrite, quiet=quiet)
+    cfg = dataclasses.replace(cfg, simulation=dataclasses.replace(cfg.simulation, chunk_size=min(cfg.simulation.num_subjects, 8)))
+    report = run_demo(out, cfg, overwrite=overwrite, quiet=quiet)
     click.echo(f"wrote {report}")
 
 
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--subjects", default=20, show_default=True, help="Anatomies (doubled with --paired).")
-@click.option("--sampling", type=click.Choice(["regular", "irregular"]), default="irregular", show_default=True)
-@click.option("--ages", default="50,58,67,75", show_default=True, help="Scan ages for --sampling regular.")
-@click.option("--scans", default="3,5", show_default=True, help="Min,max scans for --sampling irregular.")
-@click.option("--resolution", default=2.0, show_default=True, help="Voxel size in mm.")
-@click.option("--dim", type=click.Choice(["2", "3"]), default="3", show_default=True, help="3D volumes or a 2D axial slice.")
-@click.option("--paired", is_flag=True, help="Write each anatomy as a healthy and a dementia-like subject.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--mtl-atrophy", default=0.0, show_default=True, help="Extra hippocampus/amygdala %/yr for dementia-like (e.g. -2).")
-@click.option("--snr", default=30.0, show_default=True, help="White-matter SNR of the Rician noise.")
-@click.option("--misalign", nargs=2, type=float, default=(0.0, 0.0), show_default=True, help="Max rotation (deg) and shift (mm) of follow-ups.")
-@click.option("--chunk-size", default=None, type=int, help="Most subjects generated together (default: as many as the memory budget allows).")
+@config_field("--subjects", type=int, config=SIMULATE, fields=("num_subjects",), help="Anatomies (doubled with --paired).")
+@config_field("--sampling", type=click.Choice(["regular", "irregular"]), config=SIMULATE)
+@config_field("--ages", config=SIMULATE, fields=("regular_ages",), parse=lambda t: (_floats(t, "--ages"),), help="Scan ages for --sampling regular.")
+@config_field("--scans", config=SIMULATE, fields=("scans_per_subject",), parse=_ints("--scans", 2), help="Min,max scans for --sampling irregular.")
+@config_field("--resolution", type=float, config=SIMULATE, fields=("resolution_mm",), help="Voxel size in mm.")
+@config_field("--dim", type=click.Choice(["2", "3"]), config=SIMULATE, fields=("ndim",), parse=lambda d: (int(d),), help="3D volumes or a 2D axial slice.")
+@config_field("--paired", is_flag=True, config=SIMULATE, help="Write each anatomy as a healthy and a dementia-like subject.")
+@config_field("--seed", type=int, config=SIMULATE)
+@config_field("--mtl-atrophy", type=float, config=SIMULATE, fields=("atrophy.disease_mtl_pct_per_year",),
+              help="Extra hippocampus/amygdala %/yr for dementia-like (e.g. -2).")
+@config_field("--snr", type=float, config=SIMULATE, fields=("scanner.snr",), help="White-matter SNR of the Rician noise.")
+@config_field("--misalign", nargs=2, type=float, config=SIMULATE, fields=("scanner.rotation_deg", "scanner.translation_mm"), parse=tuple,
+              help="Max rotation (deg) and shift (mm) of follow-ups.")
+@config_field("--chunk-size", type=int, config=SIMULATE, shown="as many as the memory budget allows", help="Most subjects generated together.")
 @memory_budget_option
-@click.option("--no-fields", is_flag=True, help="Skip the |J| and displacement ground truth (smaller output).")
+@config_field("--no-fields", is_flag=True, config=SIMULATE, fields=("write_fields",), parse=lambda v: (not v,),
+              help="Skip the |J| and displacement ground truth (smaller output).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_option
 @_input_errors_exit_2
-def simulate(out: Path, subjects, sampling, ages, scans, resolution, dim, paired, seed, mtl_atrophy, snr, misalign, chunk_size, memory_budget, no_fields, overwrite, quiet, config_file) -> None:
+def simulate(out: Path, memory_budget, overwrite, quiet, config_file, **settings) -> None:
     """Simulate a longitudinal cohort with ground truth and write it as BIDS to OUT."""
     from longbrain_jax.progress import LazyBar
-    from longbrain_jax.simulate import AtrophyConfig, ScannerConfig, SimulationConfig, simulate_cohort
+    from longbrain_jax.simulate import SimulationConfig, simulate_cohort
 
-    try:
-        cfg = SimulationConfig(
-            num_subjects=subjects,
-            sampling=sampling,
-            regular_ages=tuple(float(a) for a in ages.split(",")),
-            scans_per_subject=tuple(int(n) for n in scans.split(",")),
-            resolution_mm=resolution,
-            ndim=int(dim),
-            paired=paired,
-            seed=seed,
-            chunk_size=chunk_size,
-            write_fields=not no_fields,
-            atrophy=AtrophyConfig(disease_mtl_pct_per_year=mtl_atrophy),
-            scanner=ScannerConfig(snr=snr, rotation_deg=misalign[0], translation_mm=misalign[1]),
-        )
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    cfg = _rerun(SimulationConfig, cfg, SIMULATE_FIELDS)
+    cfg = _configure(SimulationConfig, SimulationConfig())
     bar = LazyBar("simulating", enabled=not quiet, unit="subject")
     _show_memory_plans(not quiet)
     simulate_cohort(out, cfg, overwrite=overwrite, progress=bar, budget=_budget(memory_budget))
@@ -297,33 +333,27 @@ class _FitBar:
             self.bar.close()
 
 
-def _floats(text: str, what: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
 @main.command()
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--width", default=512, show_default=True, help="Hidden width of the INR.")
-@click.option("--stream-layers", default=5, show_default=True, help="Layers per stream (input layer included).")
-@click.option("--combined-layers", default=3, show_default=True, help="Layers after the streams merge.")
-@click.option("--activations", default="wire,relu,wire", show_default=True, help="Spatial,temporal,combined layer kinds (wire|sine|relu).")
-@click.option("--w0", default=10.0, show_default=True, help="Frequency of sine/WIRE layers.")
-@click.option("--shared-steps", default=250, show_default=True, help="Steps of the shared initialisation theta*.")
-@click.option("--shared-lr", default=1e-4, show_default=True)
-@click.option("--shared-fraction", default=0.001, show_default=True, help="Voxels per scan drawn per theta* step.")
-@click.option("--steps", default=100, show_default=True, help="Per-subject fine-tuning steps.")
-@click.option("--lr", default=1e-3, show_default=True, help="Per-subject learning rate (AdamW).")
-@click.option("--fraction", default=0.01, show_default=True, help="Voxels per scan drawn per fine-tuning step.")
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True)
-@click.option("--holdout", type=click.Choice(["none", "extrapolation", "interpolation_extrapolation"]), default="none", show_default=True, help="Scans held out and scored.")
-@click.option("--chunk-size", default=None, type=int, help="Most subjects trained together (default: as many as the memory budget allows).")
+@config_field("--width", type=int, config=FIT, fields=("inr.width",), help="Hidden width of the INR.")
+@config_field("--stream-layers", type=int, config=FIT, fields=("inr.stream_layers",), help="Layers per stream (input layer included).")
+@config_field("--combined-layers", type=int, config=FIT, fields=("inr.combined_layers",), help="Layers after the streams merge.")
+@config_field("--activations", config=FIT, fields=("inr.spatial_activation", "inr.temporal_activation", "inr.combined_activation"),
+              parse=_split("--activations", 3), help="Spatial,temporal,combined layer kinds (wire|sine|relu).")
+@config_field("--w0", type=float, config=FIT, fields=("inr.w0",), help="Frequency of sine/WIRE layers.")
+@config_field("--shared-steps", type=int, config=FIT, fields=("shared.steps",), help="Steps of the shared initialisation theta*.")
+@config_field("--shared-lr", type=float, config=FIT, fields=("shared.learning_rate",))
+@config_field("--shared-fraction", type=float, config=FIT, fields=("shared.sample_fraction",), help="Voxels per scan drawn per theta* step.")
+@config_field("--steps", type=int, config=FIT, fields=("finetune.steps",), help="Per-subject fine-tuning steps.")
+@config_field("--lr", type=float, config=FIT, fields=("finetune.learning_rate",), help="Per-subject learning rate (AdamW).")
+@config_field("--fraction", type=float, config=FIT, fields=("finetune.sample_fraction",), help="Voxels per scan drawn per fine-tuning step.")
+@config_field("--schedule", type=click.Choice(["constant", "cosine"]), config=FIT, fields=("finetune.schedule",))
+@config_field("--holdout", type=click.Choice(["none", "extrapolation", "interpolation_extrapolation"]), config=FIT, help="Scans held out and scored.")
+@config_field("--chunk-size", type=int, config=FIT, shown="as many as the memory budget allows", help="Most subjects trained together.")
 @align_option
 @memory_budget_option
-@click.option("--seed", default=0, show_default=True)
+@config_field("--seed", type=int, config=FIT)
 @click.option("--reconstruct-ages", default="", help="Also write every subject's reconstruction at these ages (e.g. 80,85).")
 @click.option("--common-grid", is_flag=True, help="Resample every subject onto the first subject's grid.")
 @group_column_option
@@ -333,36 +363,21 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_option
 @_input_errors_exit_2
-def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, shared_steps, shared_lr, shared_fraction, steps, lr, fraction, schedule, holdout, chunk_size, memory_budget, align_transform, seed, reconstruct_ages, common_grid, group_column, resume, overwrite, distributed, quiet, config_file) -> None:
+def fit(bids_dir, out, memory_budget, align_transform, reconstruct_ages, common_grid, group_column, resume, overwrite, distributed, quiet, config_file, **settings) -> None:
     """Fit one spatiotemporal INR per subject of BIDS_DIR (all at once) and write them to OUT."""
     import jax
     import numpy as np
 
     from longbrain_jax.cohort import ROLES
-    from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, load_fit, write_reconstructions
-    from longbrain_jax.inr import INRConfig
+    from longbrain_jax.config import with_overrides
+    from longbrain_jax.fit import FitConfig, fit_cohort, load_fit, write_reconstructions
     from longbrain_jax.io import LoadConfig, scan_bids
 
     if distributed:
         jax.distributed.initialize()
-    kinds = activations.split(",")
-    if len(kinds) != 3:
-        raise click.BadParameter("--activations needs three kinds: spatial,temporal,combined")
     ages = _floats(reconstruct_ages, "--reconstruct-ages")
     dataset = _aligned(scan_bids(bids_dir, LoadConfig(common_grid=common_grid, labels=False, group_column=group_column)), align_transform)
-    try:
-        cfg = FitConfig(
-            inr=INRConfig(
-                ndim=dataset.ndim, width=width, stream_layers=stream_layers, combined_layers=combined_layers,
-                spatial_activation=kinds[0], temporal_activation=kinds[1], combined_activation=kinds[2], w0=w0,
-            ),
-            shared=StageConfig(shared_steps, shared_lr, shared_fraction),
-            finetune=StageConfig(steps, lr, fraction, schedule=schedule),
-            holdout=holdout, chunk_size=chunk_size, seed=seed,
-        )  # fmt: skip
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    cfg = _rerun(FitConfig, cfg, FIT_FIELDS)
+    cfg = with_overrides(_configure(FitConfig, FitConfig()), {"inr.ndim": dataset.ndim})  # the data's, also on a rerun of other data
     _show_memory_plans(not quiet)
     bar = _FitBar(cfg, dataset.num_subjects, enabled=not quiet)
     result = fit_cohort(dataset, out, cfg, resume=resume, overwrite=overwrite, progress=bar, source_description=str(bids_dir),
@@ -385,33 +400,33 @@ def fit(bids_dir, out, width, stream_layers, combined_layers, activations, w0, s
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--bids", "bids_dir", type=click.Path(path_type=Path), default=None, help="Scans for SFCN (default: the dataset the fit read).")
 @click.option("--no-sfcn", is_flag=True, help="Skip the image-space SFCN baseline.")
-@click.option("--token-widths", default="512,1024,2048", show_default=True, help="Per-token MLP widths of the encoder.")
-@click.option("--head-width", default=1024, show_default=True)
-@click.option("--tokens", type=click.Choice(["raw", "standardised"]), default="raw", show_default=True,
+@config_field("--token-widths", config=CLASSIFY, parse=_ints("--token-widths"), help="Per-token MLP widths of the encoder.")
+@config_field("--head-width", type=int, config=CLASSIFY)
+@config_field("--tokens", type=click.Choice(["raw", "standardised"]), config=CLASSIFY,
               help="Encoder input: raw weights (the paper) or each entry z-scored over the training subjects.")
-@click.option("--epochs", default=100, show_default=True, help="Epochs of every classifier.")
-@click.option("--lr", default=1e-4, show_default=True, help="Peak one-cycle learning rate of the encoder.")
-@click.option("--sfcn-channels", default="32,64,128,256,256", show_default=True)
-@click.option("--streams", default="", help="Stream combinations, e.g. P_time,P_space+P_com (default: the paper's six).")
-@click.option("--negative", default="healthy", show_default=True, metavar="NAMES",
+@config_field("--epochs", type=int, config=CLASSIFY, fields=("encoder.epochs", "baseline.epochs", "sfcn.epochs"), help="Epochs of every classifier.")
+@config_field("--lr", type=float, config=CLASSIFY, fields=("encoder.learning_rate",), help="Peak one-cycle learning rate of the encoder.")
+@config_field("--sfcn-channels", config=CLASSIFY, parse=_ints("--sfcn-channels", 5))
+@config_field("--streams", config=CLASSIFY, fields=("combinations",), parse=lambda t: (tuple(tuple(c.split("+")) for c in t.split(",")),),
+              shown="the paper's six", help="Stream combinations, e.g. P_time,P_space+P_com.")
+@config_field("--negative", config=CLASSIFY, fields=("groups.negative",), metavar="NAMES",
               help="Group names of the reference class, comma-separated (e.g. Nondemented,CN).")
-@click.option("--positive", default="dementia", show_default=True, metavar="NAMES",
+@config_field("--positive", config=CLASSIFY, fields=("groups.positive",), metavar="NAMES",
               help="Group names of the other class (e.g. Demented,AD); subjects of other groups are left out.")
 @group_column_option
 @common_grid_option
-@click.option("--folds", default=0, show_default=True, help="Repeated stratified k-fold by anatomy (0: off).")
-@click.option("--repeats", default=1, show_default=True)
-@click.option("--fit-width", default=512, show_default=True, help="INR width when SOURCE is a BIDS dataset (fitted first).")
-@click.option("--fit-steps", default=100, show_default=True, help="Fine-tuning steps when SOURCE is a BIDS dataset.")
-@click.option("--fit-fraction", default=0.01, show_default=True, help="Voxels per scan per step when SOURCE is a BIDS dataset.")
+@config_field("--folds", type=int, config=CLASSIFY, help="Repeated stratified k-fold by anatomy (0: off).")
+@config_field("--repeats", type=int, config=CLASSIFY)
+@config_field("--fit-width", type=int, config=FIT, fields=("inr.width",), help="INR width when SOURCE is a BIDS dataset (fitted first).")
+@config_field("--fit-steps", type=int, config=FIT, fields=("finetune.steps",), help="Fine-tuning steps when SOURCE is a BIDS dataset.")
+@config_field("--fit-fraction", type=float, config=FIT, fields=("finetune.sample_fraction",), help="Voxels per scan per step when SOURCE is a BIDS dataset.")
 @memory_budget_option
-@click.option("--seed", default=0, show_default=True)
+@config_field("--seed", type=int, config=CLASSIFY)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @config_option
 @_input_errors_exit_2
-def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, epochs, lr, sfcn_channels, streams, negative, positive, group_column, common_grid, folds, repeats,
-             fit_width, fit_steps, fit_fraction, memory_budget, seed, overwrite, quiet, config_file) -> None:  # fmt: skip
+def classify(source, out, bids_dir, no_sfcn, group_column, common_grid, memory_budget, overwrite, quiet, config_file, **settings) -> None:
     """Classify healthy vs dementia-like trajectories from INR weights (and SFCN on the scans).
 
     SOURCE is the folder of a finished `longbrain fit`, or a BIDS dataset, which is
@@ -420,32 +435,18 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
     import json
 
     from longbrain_jax.classification import ClassifyConfig, results_table, run_classification, write_classification
-    from longbrain_jax.classifier import TrainConfig
+    from longbrain_jax.config import with_overrides
     from longbrain_jax.files import check_writable
-    from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, load_fit
-    from longbrain_jax.groups import GroupMap
-    from longbrain_jax.inr import INRConfig
+    from longbrain_jax.fit import FitConfig, fit_cohort, load_fit
     from longbrain_jax.io import LoadConfig, scan_bids
 
     check_writable(out, overwrite)
     load = LoadConfig(group_column=group_column, common_grid=common_grid)
-    widths = tuple(int(w) for w in _floats(token_widths, "--token-widths"))
-    channels = tuple(int(c) for c in _floats(sfcn_channels, "--sfcn-channels"))
-    try:
-        cfg = ClassifyConfig(
-            token_widths=widths, head_width=head_width, tokens=tokens, encoder=TrainConfig(epochs=epochs, learning_rate=lr),
-            baseline=TrainConfig(epochs=epochs, learning_rate=1e-3), sfcn_channels=channels,
-            sfcn=TrainConfig(epochs=epochs, learning_rate=1e-3), folds=folds, repeats=repeats, seed=seed,
-            groups=GroupMap(negative, positive),
-            **({"combinations": tuple(tuple(c.split("+")) for c in streams.split(","))} if streams else {}),
-        )  # fmt: skip
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    cfg = _rerun(ClassifyConfig, cfg, CLASSIFY_FIELDS)
+    cfg = _configure(ClassifyConfig, ClassifyConfig())
     if not (source / "params").exists():
         dataset = scan_bids(source, load)
         fit_out = out.with_name(out.name + "-fit")
-        fit_cfg = FitConfig(inr=INRConfig(ndim=dataset.ndim, width=fit_width), finetune=StageConfig(fit_steps, 1e-3, fit_fraction), seed=seed)
+        fit_cfg = with_overrides(_configure(FitConfig, FitConfig(), rerun=False), {"inr.ndim": dataset.ndim, "seed": cfg.seed})
         bar = _FitBar(fit_cfg, dataset.num_subjects, enabled=not quiet)
         _show_memory_plans(not quiet)
         fit_cohort(dataset, fit_out, fit_cfg, overwrite=overwrite, progress=bar, source_description=str(source), budget=_budget(memory_budget))
@@ -474,26 +475,29 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
 @main.command()
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--width", default=256, show_default=True, help="First-layer width of the displacement INR.")
-@click.option("--hidden-layers", default=4, show_default=True, help="SIREN layers after the first (each gets g(t)).")
-@click.option("--time-features", default=64, show_default=True)
-@click.option("--w0", default=30.0, show_default=True, help="SIREN frequency.")
-@click.option("--time-scale", default=1.0, show_default=True, help="Years per unit of the time input (about 10 for decades of follow-up).")
-@click.option("--steps", default=2000, show_default=True, help="AdamW steps per subject.")
-@click.option("--lr", default=4e-5, show_default=True)
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="cosine", show_default=True,
-              help="Learning rate: constant (the paper) or cosine decay to 1% over the steps.")
-@click.option("--patches", default=12, show_default=True, help="Patches per step.")
-@click.option("--patch-size", default=12, show_default=True, help="Patch edge in voxels.")
-@click.option("--losses", default="100,0.1,0.01,0.001", show_default=True, help="Weights: identity, spatial, temporal, monotonic.")
-@click.option("--curvature", default=0.0, show_default=True,
+@config_field("--width", type=int, config=REGISTER, fields=("network.width",), help="First-layer width of the displacement INR.")
+@config_field("--hidden-layers", type=int, config=REGISTER, fields=("network.hidden_layers",), help="SIREN layers after the first (each gets g(t)).")
+@config_field("--time-features", type=int, config=REGISTER, fields=("network.time_features",))
+@config_field("--w0", type=float, config=REGISTER, fields=("network.w0",), help="SIREN frequency.")
+@config_field("--time-scale", type=float, config=REGISTER, fields=("network.time_scale",),
+              help="Years per unit of the time input (about 10 for decades of follow-up).")
+@config_field("--steps", type=int, config=REGISTER, help="AdamW steps per subject.")
+@config_field("--lr", type=float, config=REGISTER, fields=("learning_rate",))
+@config_field("--schedule", type=click.Choice(["constant", "cosine"]), config=REGISTER, fields=("cosine_decay",), parse=lambda v: (v == "cosine",),
+              shown="cosine", help="Learning rate: constant (the paper) or cosine decay to 1% over the steps.")
+@config_field("--patches", type=int, config=REGISTER, help="Patches per step.")
+@config_field("--patch-size", type=int, config=REGISTER, help="Patch edge in voxels.")
+@config_field("--losses", config=REGISTER, fields=("loss.identity", "loss.spatial", "loss.temporal", "loss.monotonic"),
+              parse=lambda t: tuple(map(float, _split("--losses", 4)(t))), help="Weights: identity, spatial, temporal, monotonic.")
+@config_field("--curvature", type=float, config=REGISTER, fields=("loss.curvature",),
               help="Weight of the temporal curvature term (ours; straight paths in t between and past the scans).")
-@click.option("--extrapolate-years", default=2.0, show_default=True, help="How far past the last scan the regularisers reach.")
+@config_field("--extrapolate-years", type=float, config=REGISTER, fields=("loss.extrapolate_years",),
+              help="How far past the last scan the regularisers reach.")
 @click.option("--extra-ages", default="", help="Also write fields at these ages (e.g. 80,81,82).")
-@click.option("--chunk-size", default=None, type=int, help="Most subjects registered together (default: as many as the memory budget allows).")
+@config_field("--chunk-size", type=int, config=REGISTER, shown="as many as the memory budget allows", help="Most subjects registered together.")
 @align_option
 @memory_budget_option
-@click.option("--seed", default=0, show_default=True)
+@config_field("--seed", type=int, config=REGISTER)
 @click.option("--resume", is_flag=True, help="Continue a killed run in OUT from its last checkpoint.")
 @group_column_option
 @common_grid_option
@@ -501,27 +505,17 @@ def classify(source, out, bids_dir, no_sfcn, token_widths, head_width, tokens, e
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_option
 @_input_errors_exit_2
-def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale, steps, lr, schedule, patches, patch_size, losses, curvature,
-             extrapolate_years, extra_ages, chunk_size, memory_budget, align_transform, seed, group_column, common_grid, resume, overwrite, quiet, config_file) -> None:  # fmt: skip
+def register(bids_dir, out, extra_ages, memory_budget, align_transform, group_column, common_grid, resume, overwrite, quiet, config_file, **settings) -> None:
     """Register each subject's scans into a continuous-time deformation (|J| maps, fields, labels)."""
+    from longbrain_jax.config import with_overrides
     from longbrain_jax.io import LoadConfig, scan_bids
     from longbrain_jax.progress import progress_bar
-    from longbrain_jax.registration import DisplacementConfig, LossConfig, RegistrationConfig
+    from longbrain_jax.registration import RegistrationConfig
     from longbrain_jax.registration.cohort import register_cohort
 
-    weights = _floats(losses, "--losses")
-    if len(weights) != 4:
-        raise click.BadParameter("--losses needs four weights: identity, spatial, temporal, monotonic")
+    cfg = _configure(RegistrationConfig, RegistrationConfig())
     dataset = _aligned(scan_bids(bids_dir, LoadConfig(group_column=group_column, common_grid=common_grid)), align_transform)
-    try:
-        cfg = RegistrationConfig(
-            network=DisplacementConfig(ndim=dataset.ndim, width=width, hidden_layers=hidden_layers, time_features=time_features, w0=w0, time_scale=time_scale),
-            loss=LossConfig(*weights, extrapolate_years=extrapolate_years, curvature=curvature), steps=steps, learning_rate=lr, cosine_decay=schedule == "cosine", patches=patches, patch_size=patch_size,
-            chunk_size=chunk_size, seed=seed,
-        )  # fmt: skip
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    cfg = _rerun(RegistrationConfig, cfg, REGISTER_FIELDS)
+    cfg = with_overrides(cfg, {"network.ndim": dataset.ndim})  # the data's, also on a rerun of other data
     bars: dict = {}
 
     def progress(event: dict) -> None:
@@ -546,30 +540,32 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
 @main.command()
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--method", "methods", default="all", show_default=True,
+@config_field("--method", "methods", config=FORECAST, parse=lambda t: (_forecasters(t),), shown="all",
               help="Forecasters, comma-separated: last_observation, voxelwise_linear, mrextrap, noder, inr, or all.")
-@click.option("--holdout", type=click.Choice(["extrapolation", "interpolation_extrapolation"]), default="interpolation_extrapolation", show_default=True)
+@config_field("--holdout", type=click.Choice(["extrapolation", "interpolation_extrapolation"]), config=FORECAST)
 @click.option("--labels", "label_pipeline", default="simulator", show_default=True,
               help="derivatives pipeline with the label maps (regional volumes and Dice); ignored if the dataset has none.")
 @click.option("--autoencoder", "autoencoder_dir", type=click.Path(path_type=Path), default=None,
               help="A trained autoencoder (OUT/autoencoder of an earlier run) instead of training one.")
-@click.option("--ae-channels", default="32,64,128", show_default=True, help="Autoencoder channels per level (latent 2**(levels-1) coarser).")
-@click.option("--ae-steps", default=5000, show_default=True, help="Autoencoder training steps.")
-@click.option("--adversarial-start", default=2000, show_default=True, help="Step at which the adversarial loss is switched on.")
-@click.option("--prior", type=click.Choice(["population", "group", "none"]), default="population", show_default=True, help="MRExtrap's slope prior.")
-@click.option("--noder-iterations", default=300, show_default=True)
-@click.option("--inr-width", default=128, show_default=True, help="Width of the spatiotemporal INR (paper: 512).")
-@click.option("--inr-steps", default=1000, show_default=True, help="Fine-tuning steps of the spatiotemporal INR.")
-@click.option("--inr-time-curvature", default=0.01, show_default=True,
+@config_field("--ae-channels", config=FORECAST, fields=("autoencoder.channels",), parse=_ints("--ae-channels"),
+              help="Autoencoder channels per level (latent 2**(levels-1) coarser).")
+@config_field("--ae-steps", type=int, config=FORECAST, fields=("autoencoder.steps",), help="Autoencoder training steps.")
+@config_field("--adversarial-start", type=int, config=FORECAST, fields=("autoencoder.adversarial_start",),
+              help="Step at which the adversarial loss is switched on.")
+@config_field("--prior", type=click.Choice(["population", "group", "none"]), config=FORECAST, help="MRExtrap's slope prior.")
+@config_field("--noder-iterations", type=int, config=FORECAST, fields=("noder.iterations",))
+@config_field("--inr-width", type=int, config=FORECAST, fields=("inr.inr.width",), help="Width of the spatiotemporal INR (paper: 512).")
+@config_field("--inr-steps", type=int, config=FORECAST, fields=("inr.finetune.steps",), help="Fine-tuning steps of the spatiotemporal INR.")
+@config_field("--inr-time-curvature", type=float, config=FORECAST, fields=("inr.time_curvature",),
               help="Weight of the INR's temporal curvature penalty (straighter trajectories past the last scan).")
-@click.option("--segmenter-steps", default=1500, show_default=True)
+@config_field("--segmenter-steps", type=int, config=FORECAST, fields=("segmenter.steps",))
 @click.option("--segmenter-bids", type=click.Path(path_type=Path), default=None,
               help="A labelled dataset (e.g. `longbrain simulate` with another seed) to train the volume-measuring U-Net on, "
                    "instead of the known scans.")
-@click.option("--segmenter-volumes", type=click.Choice(["soft", "hard"]), default="soft", show_default=True,
+@config_field("--segmenter-volumes", type=click.Choice(["soft", "hard"]), config=FORECAST, fields=("segmenter.volumes",),
               help="Regional volumes as sums of class probabilities (soft) or arg-max label counts (hard).")
-@click.option("--no-curve", is_flag=True, help="Skip error against the number of scans used.")
-@click.option("--seed", default=0, show_default=True)
+@config_field("--no-curve", is_flag=True, config=FORECAST, fields=("curve",), parse=lambda v: (not v,), help="Skip error against the number of scans used.")
+@config_field("--seed", type=int, config=FORECAST, fields=("seed", "autoencoder.seed", "noder.seed", "inr.seed", "segmenter.seed"))
 @group_column_option
 @common_grid_option
 @align_option
@@ -578,30 +574,25 @@ def register(bids_dir, out, width, hidden_layers, time_features, w0, time_scale,
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @config_option
 @_input_errors_exit_2
-def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, ae_channels, ae_steps, adversarial_start, prior, noder_iterations,
-             inr_width, inr_steps, inr_time_curvature, segmenter_steps, segmenter_bids, segmenter_volumes, no_curve, seed, group_column,
-             common_grid, memory_budget, align_transform, overwrite, quiet, config_file) -> None:  # fmt: skip
+def forecast(bids_dir, out, label_pipeline, autoencoder_dir, segmenter_bids, group_column, common_grid, memory_budget, align_transform, overwrite, quiet,
+             config_file, **settings) -> None:  # fmt: skip
     """Forecast held-out scans with MRExtrap, NODER, the spatiotemporal INR and two baselines; score them."""
     import tempfile
 
+    from longbrain_jax.config import with_overrides
     from longbrain_jax.files import check_writable
-    from longbrain_jax.fit import FitConfig, StageConfig
     from longbrain_jax.forecast import (
-        METHODS,
         ForecastConfig,
         MRExtrapModel,
         results_markdown,
         run_forecasting,
         write_forecasting,
     )
-    from longbrain_jax.inr import INRConfig
     from longbrain_jax.io import LoadConfig, scan_bids
-    from longbrain_jax.latent.autoencoder import AutoencoderConfig
-    from longbrain_jax.noder import NODERConfig
-    from longbrain_jax.segmenter import SegmenterConfig
 
     check_writable(out, overwrite)
-    chosen = METHODS if methods == "all" else tuple(m.strip() for m in methods.split(",") if m.strip())
+    cfg = _configure(ForecastConfig, ForecastConfig())
+    holdout, prior = cfg.holdout, cfg.prior
     if not Path(bids_dir, "derivatives", label_pipeline).is_dir():
         label_pipeline = None
     dataset = _aligned(scan_bids(bids_dir, LoadConfig(label_pipeline=label_pipeline, group_column=group_column, common_grid=common_grid)), align_transform)
@@ -617,23 +608,7 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
         segmenter_dataset = scan_bids(segmenter_bids, LoadConfig(label_pipeline=seg_pipeline))
         if segmenter_dataset.spatial_shape != dataset.spatial_shape:
             raise InputError(segmenter_bids, f"grid {segmenter_dataset.spatial_shape} differs from the dataset's {dataset.spatial_shape}")
-    try:
-        cfg = ForecastConfig(
-            methods=chosen, holdout=holdout, prior=prior,
-            autoencoder=AutoencoderConfig(ndim=dataset.ndim, channels=tuple(int(c) for c in _floats(ae_channels, "--ae-channels")),
-                                          steps=ae_steps, adversarial_start=adversarial_start, seed=seed),
-            noder=NODERConfig(iterations=noder_iterations, seed=seed),
-            inr=FitConfig(inr=INRConfig(ndim=dataset.ndim, width=inr_width), finetune=StageConfig(steps=inr_steps, learning_rate=1e-3, sample_fraction=0.05),
-                          seed=seed, time_curvature=inr_time_curvature),
-            segmenter=SegmenterConfig(steps=segmenter_steps, volumes=segmenter_volumes, seed=seed), curve=not no_curve, seed=seed,
-        )  # fmt: skip
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    cfg = _rerun(ForecastConfig, cfg, FORECAST_FIELDS)
-    if cfg.autoencoder.ndim != dataset.ndim or cfg.inr.inr.ndim != dataset.ndim:  # a recorded run of other data: ndim follows this one
-        from longbrain_jax.config import with_overrides
-
-        cfg = with_overrides(cfg, {"autoencoder.ndim": dataset.ndim, "inr.inr.ndim": dataset.ndim})
+    cfg = with_overrides(cfg, {"autoencoder.ndim": dataset.ndim, "inr.inr.ndim": dataset.ndim})  # the data's, also on a rerun of other data
     progress = None if quiet else (lambda what: click.echo(f"running {what}", err=True))
     model = None
     if autoencoder_dir is not None:
@@ -661,11 +636,11 @@ def forecast(bids_dir, out, methods, holdout, label_pipeline, autoencoder_dir, a
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.option("--common-grid", is_flag=True, help="Resample every subject onto the first subject's grid.")
 @click.option("--no-normalise", is_flag=True, help="Keep raw intensities.")
-@click.option("--workers", default=2, show_default=True, help="Threads reading images.")
+@config_field("--workers", type=int, config=LOAD, help="Threads reading images.")
 @group_column_option
 @memory_budget_option
 @_input_errors_exit_2
-def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, workers: int, group_column: str | None, memory_budget: str | None) -> None:
+def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, group_column: str | None, memory_budget: str | None, **settings) -> None:
     """Validate and summarise a longitudinal BIDS dataset (every image is read once, in chunks of subjects)."""
     import numpy as np
 
@@ -673,7 +648,8 @@ def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, workers: int,
     from longbrain_jax.memory import plan_host
     from longbrain_jax.progress import progress_bar
 
-    cfg = LoadConfig(normalise=None if no_normalise else LoadConfig().normalise, common_grid=common_grid, workers=workers, group_column=group_column)
+    cfg = _configure(LoadConfig, LoadConfig(common_grid=common_grid, group_column=group_column))
+    cfg = dataclasses.replace(cfg, normalise=None) if no_normalise else cfg
     data = scan_bids(bids_dir, cfg)
     _show_memory_plans()
     chunk = plan_host("inspect: read", "subjects per chunk", _budget(memory_budget), data.num_subjects, data.scan_bytes()).sizes["subjects per chunk"]
@@ -694,36 +670,30 @@ def inspect(bids_dir: Path, common_grid: bool, no_normalise: bool, workers: int,
 @main.command()
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--transform", type=click.Choice(["rigid", "affine"]), default="rigid", show_default=True,
+@config_field("--transform", type=click.Choice(["rigid", "affine"]), config=ALIGN,
               help="Follow-up to baseline: rigid (6 dof) or affine (12; rigid first).")
-@click.option("--metric", type=click.Choice(["ncc", "mi"]), default="ncc", show_default=True,
+@config_field("--metric", type=click.Choice(["ncc", "mi"]), config=ALIGN,
               help="ncc for the same contrast, mi (mutual information) for different contrasts.")
-@click.option("--to-template", is_flag=True, help="Also register baselines (affinely) to the MNI152 template; write every scan on its grid.")
-@click.option("--template-resolution", default=2.0, show_default=True, help="Template grid voxel size in mm (with --to-template).")
-@click.option("--iterations", default="", help="Optimiser iterations per pyramid level, comma-separated, or one for every level "
-              "(default: 8,6,4 for ncc, 200,120,80 for mi).")
-@click.option("--samples", default=32768, show_default=True, help="Random points per pyramid level.")
-@click.option("--chunk-size", default=8, show_default=True, help="Pairs aligned together by one compiled program (memory).")
-@click.option("--seed", default=0, show_default=True)
+@config_field("--to-template", is_flag=True, config=ALIGN,
+              help="Also register baselines (affinely) to the MNI152 template; write every scan on its grid.")
+@config_field("--template-resolution", type=float, config=ALIGN, fields=("template_resolution_mm",),
+              help="Template grid voxel size in mm (with --to-template).")
+@config_field("--iterations", config=ALIGN, parse=lambda t: (_iterations(t),), shown="8,6,4 for ncc, 200,120,80 for mi",
+              help="Optimiser iterations per pyramid level, comma-separated, or one for every level.")
+@config_field("--samples", type=int, config=ALIGN, help="Random points per pyramid level.")
+@config_field("--chunk-size", type=int, config=ALIGN, help="Most pairs aligned together by one compiled program (memory).")
+@config_field("--seed", type=int, config=ALIGN)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @memory_budget_option
 @config_option
 @_input_errors_exit_2
-def align(bids_dir, out, transform, metric, to_template, template_resolution, iterations, samples, chunk_size, memory_budget, seed, overwrite, quiet, config_file) -> None:  # fmt: skip
+def align(bids_dir, out, memory_budget, overwrite, quiet, config_file, **settings) -> None:
     """Align every follow-up to its baseline (rigid / affine) and write the aligned dataset to OUT."""
     from longbrain_jax.align import AlignConfig, align_dataset
     from longbrain_jax.progress import progress_bar
 
-    levels = len(AlignConfig().smoothing_sigmas)
-    counts = tuple(int(n) for n in _floats(iterations, "--iterations"))
-    try:
-        cfg = AlignConfig(transform=transform, metric=metric, to_template=to_template, template_resolution_mm=template_resolution,
-                          iterations=(counts * levels if len(counts) == 1 else counts) or None, samples=samples,
-                          chunk_size=chunk_size, seed=seed)  # fmt: skip
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    cfg = _rerun(AlignConfig, cfg, ALIGN_FIELDS)
+    cfg = _configure(AlignConfig, AlignConfig())
     bars: dict = {}
     names = {"align": ("aligning follow-ups", "pair"), "template": ("registering to the template", "subject"), "write": ("writing", "subject")}
 

@@ -72,9 +72,16 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
 
 
 def write_tsv(path: Path, header: list[str], rows: list[list[object]]) -> None:
-    """A tab-separated table, atomically: floats to 4 decimals, non-finite floats as `n/a` (BIDS)."""
-    with atomic_file(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
+    """A tab-separated table (UTF-8), atomically: floats to 4 decimals; missing values (None) and
+    non-finite floats as `n/a` (BIDS); text as it is."""
+    with atomic_file(path, overwrite=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow(header)
         for row in rows:
-            w.writerow(["n/a" if isinstance(v, float) and not math.isfinite(v) else (f"{v:.4f}" if isinstance(v, float) else v) for v in row])
+            w.writerow([_cell(v) for v in row])
+
+
+def _cell(value: object) -> object:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else value

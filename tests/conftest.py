@@ -56,8 +56,12 @@ def rng():
     return np.random.default_rng(0)
 
 
-def affine_mm(voxel=(2.0, 2.0, 2.0), origin=(-10.0, -12.0, -8.0)) -> np.ndarray:
-    """A 4x4 voxel -> world affine with the given voxel sizes and origin."""
-    a = np.diag([*voxel, 1.0])
-    a[:3, 3] = origin
-    return a
+@pytest.fixture
+def dataset(tmp_path):
+    """A small BIDS dataset (3 subjects with 3, 2 and 1 scans) and the cohort written to it."""
+    from longbrain_jax.cohort import Cohort
+    from longbrain_jax.io import write_bids
+    from tests.helpers import make_subject
+
+    cohort = Cohort.from_subjects([make_subject(i, n) for i, n in enumerate([3, 2, 1])])
+    return write_bids(cohort, tmp_path / "ds"), cohort

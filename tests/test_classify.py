@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +24,7 @@ from longbrain_jax.inr import INRConfig
 from longbrain_jax.inr import spatiotemporal as st
 from longbrain_jax.weightspace.models import TokenEncoderClassifier
 from longbrain_jax.weightspace.tokens import stream_tokens, stream_vectors
-from tests.test_fit import TINY, blob_cohort
+from tests.helpers import TINY, blob_cohort
 
 SMALL = ClassifyConfig(
     token_widths=(8, 16), head_width=8, encoder=TrainConfig(epochs=3, batch_size=4, learning_rate=1e-3),
@@ -67,6 +68,24 @@ def test_encoder_learns_a_separable_weight_set():
     accuracy = float(np.mean(predict_proba(model, trained.variables, tokens[60:]).argmax(1) == y[60:]))
     assert accuracy >= 0.9
     assert trained.val_loss[trained.best_epoch] == np.nanmin(trained.val_loss)
+
+
+def test_a_diverging_classifier_keeps_its_last_finite_parameters(key):
+    from longbrain_jax.weightspace.models import LinearClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    cfg = TrainConfig(epochs=3, batch_size=16, learning_rate=1e-2, validation_fraction=0)  # one step per epoch
+    clean = train_classifier(LinearClassifier(), x, y, dataclasses.replace(cfg, epochs=1), key)
+    bad = x.copy()
+    bad[3, 2] = np.inf  # every step sees it: the first step's loss is not finite
+    with pytest.warns(UserWarning, match="diverged at step 0"):
+        broken = train_classifier(LinearClassifier(), bad, y, cfg, key)
+    assert broken.diverged_at == 0 and clean.diverged_at == -1 and np.isnan(broken.train_loss).all()
+    initial = LinearClassifier().init({"params": jax.random.split(key, 3)[1]}, jnp.asarray(x[:1]), train=False)
+    chex.assert_trees_all_equal(broken.variables, initial)  # the first step was skipped: the initial parameters
+    assert not np.allclose(clean.variables["params"]["Dense_0"]["kernel"], initial["params"]["Dense_0"]["kernel"])
 
 
 @pytest.mark.parametrize("shape", [(20, 24), (12, 14, 10)])
@@ -124,7 +143,8 @@ def test_experiment_runs_every_method_and_writes_a_report(tmp_path):
     assert methods == [("INR encoder", "P_time"), ("INR logistic", "P_time"), ("INR encoder", "P_space+P_com"),
                        ("INR logistic", "P_space+P_com"), ("SFCN", "images")]  # fmt: skip
     for r in results["rows"]:
-        assert 0.0 <= r["accuracy"] <= 1.0 and np.sum(r["confusion"]) == len(results["test"])
+        assert np.sum(r["confusion"]) == len(results["test"])
+        assert r["accuracy"] == pytest.approx(np.trace(r["confusion"]) / len(results["test"]))
         assert np.isfinite(r["kfold_accuracy_mean"])
     assert not set(results["train"]) & set(results["test"])
     report = write_classification(tmp_path / "cls", results, SMALL, "test run")

@@ -8,7 +8,6 @@ from click.testing import CliRunner
 from longbrain_jax.cli import main
 from longbrain_jax.config import read_config
 from longbrain_jax.demo import DemoConfig
-from tests.test_io import dataset  # noqa: F401  (fixture)
 
 
 def test_help_lists_the_commands():
@@ -62,7 +61,7 @@ def test_usage_errors_exit_2(args, tmp_path):
 
 
 class _Rerun(Exception):
-    """Raised by the `_rerun` spy once a command has its configuration: nothing is computed."""
+    """Raised by the `_configure` spy once a command has its configuration: nothing is computed."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -108,12 +107,15 @@ def test_every_command_reruns_a_recorded_config_with_the_options_given(command, 
     run = tmp_path / "run"
     (run / where).parent.mkdir(parents=True)
     write_config(recorded, run / where)
-    real = cli._rerun
+    real = cli._configure
 
-    def spy(cls, cfg, mapping):
-        raise _Rerun(real(cls, cfg, mapping))
+    def spy(cls, base, rerun=True):
+        raise _Rerun(real(cls, base, rerun))
 
-    monkeypatch.setattr(cli, "_rerun", spy)
+    monkeypatch.setattr(cli, "_configure", spy)
+    result = CliRunner().invoke(cli.main, [command, *arguments, "--quiet"])  # no options: the configuration's own defaults
+    assert isinstance(result.exception, _Rerun), result.output
+    assert result.exception.cfg == type(recorded)()
     for pointer in (run, run / where):  # the run's folder or its file
         result = CliRunner().invoke(cli.main, [command, *arguments, "--config", str(pointer), *given, "--quiet"])
         assert isinstance(result.exception, _Rerun), result.output
@@ -123,3 +125,16 @@ def test_every_command_reruns_a_recorded_config_with_the_options_given(command, 
     write_config(RegistrationConfig() if command != "register" else SimulationConfig(), other / "config.json")
     result = CliRunner().invoke(cli.main, [command, *arguments, "--config", str(other), "--quiet"])
     assert result.exit_code == 2 and "not the" in result.output and "config.json" in result.output, result.output
+
+
+def test_options_have_no_defaults_of_their_own_and_show_the_configurations():
+    """Configs are the only place defaults live: every option that sets a config field defaults to None,
+    and `--help` shows the configuration's default."""
+    from longbrain_jax import cli
+    from longbrain_jax.fit import FitConfig
+
+    options = [p for command in cli.main.commands.values() for p in command.params if isinstance(p, cli.ConfigOption)]
+    assert len(options) > 50 and all(p.default is None for p in options)
+    help_text = CliRunner().invoke(cli.main, ["fit", "--help"], terminal_width=200).output
+    assert f"[default: {FitConfig().inr.width}]" in help_text and f"[default: {FitConfig().shared.learning_rate}]" in help_text
+    assert "[default: wire,relu,wire]" in " ".join(help_text.split())

@@ -3,20 +3,7 @@ import numpy as np
 import pytest
 
 from longbrain_jax import Cohort, Subject, stratified_kfold, train_test_split
-from tests.conftest import affine_mm
-
-
-def make_subject(i, scans, shape=(6, 5, 4), rng=None, group="healthy"):
-    rng = rng or np.random.default_rng(i)
-    return Subject(
-        subject_id=f"s{i}",
-        session_ids=[f"{t}" for t in range(scans)],
-        ages=60.0 + np.cumsum(rng.uniform(0.5, 3.0, scans)),
-        volumes=rng.random((scans, *shape)),
-        affine=affine_mm(),
-        labels=rng.integers(0, 3, (scans, *shape)),
-        group=group,
-    )
+from tests.helpers import affine_mm, make_subject
 
 
 def test_padding_mask_and_times():

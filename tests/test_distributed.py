@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
 import numpy as np
 from longbrain_jax.fit import fit_cohort
-from tests.test_fit import TINY, blob_cohort
+from tests.helpers import TINY, blob_cohort
 assert jax.device_count() == 4 and jax.local_device_count() == 2
 result = fit_cohort(blob_cohort(8), out, TINY)
 if jax.process_index() == 0:
@@ -40,7 +41,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_fit_what_one_process_fits(tmp_path):
     from longbrain_jax.fit import fit_cohort
-    from tests.test_fit import TINY, blob_cohort
+    from tests.helpers import TINY, blob_cohort
 
     assert jax.device_count() == 4  # conftest: as many devices as the two processes together
     reference = fit_cohort(blob_cohort(8), tmp_path / "single", TINY)
@@ -57,7 +58,6 @@ def test_two_processes_fit_what_one_process_fits(tmp_path):
         assert p.returncode == 0, "\n\n".join(f"{log.name}:\n" + log.read_text()[-4000:] for log in logs)
     saved = np.load(out + ".npz")
     leaves = jax.tree_util.tree_leaves(reference.params)
-    for k, leaf in enumerate(leaves):
-        np.testing.assert_allclose(saved[f"arr_{k}"], leaf, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close([saved[f"arr_{k}"] for k in range(len(leaves))], leaves, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(saved["psnr"], reference.psnr, rtol=1e-5)
     assert (Path(out) / "params").exists() and (Path(out) / "subjects.tsv").exists()

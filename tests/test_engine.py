@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +42,7 @@ def test_chunk_steps_equal_each_model_alone_and_keys_follow_the_subject():
     assert terms.shape == (3, 3)
     for i in range(3):
         alone, _ = train_steps(jax.tree_util.tree_map(lambda x, i=i: x[i], states), _loss, TX, jnp.int32(1), "finetune", subjects[i], jnp.int32(0), 3)
-        np.testing.assert_allclose(alone.params, together.params[i], rtol=1e-6)
+        chex.assert_trees_all_close(alone.params, together.params[i], rtol=1e-6)
     assert not np.allclose(together.params[0], together.params[1])  # each subject draws its own targets
     a, b = step_key(jnp.int32(1), "finetune", jnp.int32(5), jnp.int32(2)), step_key(jnp.int32(1), 1, jnp.int32(5), jnp.int32(2))
     assert np.array_equal(jax.random.key_data(a), jax.random.key_data(b))  # stage by name or number

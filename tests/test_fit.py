@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,48 +11,15 @@ import pytest
 from click.testing import CliRunner
 
 from longbrain_jax.cli import main
-from longbrain_jax.cohort import Cohort
 from longbrain_jax.engine import sharding
 from longbrain_jax.engine.training import init_state
 from longbrain_jax.errors import InputError
-from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, flat_weights, load_fit, scan_roles
+from longbrain_jax.fit import StageConfig, fit_cohort, flat_weights, load_fit, scan_roles
 from longbrain_jax.fit.sampling import prepare_subjects, sample_points
 from longbrain_jax.fit.train import Sampling, finetune_block
 from longbrain_jax.inr import INRConfig
 from longbrain_jax.inr import spatiotemporal as st
-
-SHAPE = (12, 14)
-TINY = FitConfig(
-    inr=INRConfig(ndim=2, width=12, stream_layers=2, combined_layers=1, spatial_activation="sine",
-                  combined_activation="sine", w0=6.0),
-    shared=StageConfig(steps=6, learning_rate=3e-3, sample_fraction=0.3),
-    finetune=StageConfig(steps=12, learning_rate=3e-3, sample_fraction=0.3),
-    shared_subjects_per_step=2, chunk_size=4, steps_per_call=2, checkpoint_every=4,
-)  # fmt: skip
-
-
-def blob_cohort(n: int = 6, seed: int = 0) -> Cohort:
-    """2D discs that shrink with age (faster for 'dementia'), irregular scans, background at -1."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij")
-    t_max = 4
-    volumes = np.full((n, t_max, *SHAPE), -1.0, np.float32)
-    ages = np.zeros((n, t_max), np.float32)
-    mask = np.zeros((n, t_max), bool)
-    groups = tuple("dementia" if i % 2 else "healthy" for i in range(n))
-    for i in range(n):
-        k = 2 + i % 3
-        ages[i, :k] = np.sort(rng.uniform(50, 75, k))
-        mask[i, :k] = True
-        for t in range(k):
-            r = 4.5 - (0.08 if i % 2 else 0.03) * (ages[i, t] - 50)
-            d = np.hypot(yy - 5.5 - 0.3 * i % 2, xx - 6.5)
-            volumes[i, t] = np.where(d < r, 0.6 - 0.04 * d, -1.0) + 0.01 * rng.standard_normal(SHAPE)
-    return Cohort(
-        volumes=volumes, mask=mask, ages=ages, affines=np.tile(np.diag([2.0, 2.0, 2.0, 1.0]), (n, 1, 1)),
-        subject_ids=tuple(f"{i:02d}" for i in range(n)), session_ids=tuple(tuple(f"{t}" for t in range(int(mask[i].sum()))) for i in range(n)),
-        groups=groups, sexes=("",) * n,
-    )  # fmt: skip
+from tests.helpers import SHAPE, TINY, blob_cohort
 
 
 def _chunk(cohort, roles):
@@ -111,8 +79,7 @@ def test_vmapped_fit_equals_per_subject_loop(key):
     together = run(_states(theta, 4, stage), jax.tree_util.tree_map(jnp.asarray, data), jnp.arange(4, dtype=jnp.int32))
     for i in range(4):
         alone = run(_states(theta, 1, stage), jax.tree_util.tree_map(lambda x, i=i: jnp.asarray(x[i : i + 1]), data), jnp.array([i], jnp.int32))
-        for a, b in zip(jax.tree_util.tree_leaves(alone.params), jax.tree_util.tree_leaves(together.params), strict=True):
-            np.testing.assert_allclose(a[0], b[i], atol=1e-5, rtol=1e-5)
+        chex.assert_trees_all_close(_row(alone.params, 0), _row(together.params, i), atol=1e-5, rtol=1e-5)
     assert bool(jnp.all(together.alive)) and float(jnp.max(together.loss)) < 1.0
 
 
@@ -129,16 +96,18 @@ def test_a_diverging_subject_is_reported_and_leaves_the_others_alone(key):
     clean, bad = run(data), run(broken)
     assert np.asarray(bad.alive).tolist() == [True, False, True, True]
     assert int(bad.diverged_at[1]) == 0 and np.isnan(float(bad.loss[1]))
-    for a, b in zip(jax.tree_util.tree_leaves(clean.params), jax.tree_util.tree_leaves(bad.params), strict=True):
-        np.testing.assert_array_equal(np.asarray(a)[[0, 2, 3]], np.asarray(b)[[0, 2, 3]])
+    chex.assert_trees_all_equal(_row(clean.params, [0, 2, 3]), _row(bad.params, [0, 2, 3]))
     # its parameters stay the last finite ones (here: theta*, it failed at the first step)
-    for t, b in zip(jax.tree_util.tree_leaves(theta), jax.tree_util.tree_leaves(bad.params), strict=True):
-        np.testing.assert_array_equal(np.asarray(t), np.asarray(b)[1])
+    chex.assert_trees_all_equal(theta, _row(bad.params, 1))
+
+
+def _row(tree, i):
+    """Row(s) `i` of every leaf of a stacked parameter tree."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x)[i], tree)
 
 
 def _params_close(a, b, atol=1e-5):
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-5)
+    chex.assert_trees_all_close(a, b, atol=atol, rtol=1e-5)
 
 
 def test_sharded_over_four_devices_equals_one_device(tmp_path):

@@ -3,6 +3,7 @@
 import dataclasses
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,8 +140,7 @@ def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_t
         one = lambda x, i=i: x[i : i + 1]  # noqa: E731
         alone, terms = noder._train_block(jax.tree_util.tree_map(one, start), *map(one, args), jnp.int32(0), jnp.int32(1), cfg=TINY, max_steps=25)
         np.testing.assert_allclose(terms.total[:1], together_terms.total[:1, i : i + 1], rtol=1e-5)
-        for a, b in zip(jax.tree_util.tree_leaves(alone.params), jax.tree_util.tree_leaves(jax.tree_util.tree_map(one, together.params)), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        chex.assert_trees_all_close(alone.params, jax.tree_util.tree_map(one, together.params), rtol=1e-5, atol=1e-7)
 
 
 # -- autoencoder and segmenter -----------------------------------------------------------------------
@@ -170,8 +170,7 @@ def test_autoencoder_shapes_training_and_resume(tmp_path):
         ae.train_autoencoder(images, AE, tmp_path / "ckpt", progress=kill)
     resumed, resumed_history = ae.train_autoencoder(images, AE, tmp_path / "ckpt", resume=True)
     np.testing.assert_allclose(resumed_history, history, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(resumed, params, rtol=1e-5, atol=1e-6)
     ae.save_autoencoder(tmp_path / "model", params, AE, (15, 13))
     loaded, cfg, shape = ae.load_autoencoder(tmp_path / "model")
     assert cfg == AE and shape == (15, 13)

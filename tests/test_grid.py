@@ -5,7 +5,7 @@ import pytest
 import scipy.ndimage as ndi
 
 from longbrain_jax import grid
-from tests.conftest import affine_mm
+from tests.helpers import affine_mm
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (4, 6, 3)])

@@ -22,17 +22,9 @@ from longbrain_jax.io import (
     write_bids,
     write_derivative,
 )
-from tests.conftest import affine_mm
-from tests.test_cohort import make_subject
+from tests.helpers import affine_mm, make_subject
 
 RAW = LoadConfig(normalise=None)
-
-
-@pytest.fixture
-def dataset(tmp_path):
-    subs = [make_subject(i, n) for i, n in enumerate([3, 2, 1])]
-    cohort = Cohort.from_subjects(subs)
-    return write_bids(cohort, tmp_path / "ds"), cohort
 
 
 def _sessions(root, sub):

@@ -2,6 +2,7 @@
 
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -183,5 +184,4 @@ def test_a_classifier_trains_the_same_on_rows_read_from_disk(tmp_path, key):
     cfg = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-2)
     a = train_classifier(LinearClassifier(), x, y, cfg, key)
     b = train_classifier(LinearClassifier(), store, y, cfg, key)
-    for u, v in zip(jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables), strict=True):
-        np.testing.assert_array_equal(u, v)
+    chex.assert_trees_all_equal(a.variables, b.variables)

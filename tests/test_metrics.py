@@ -7,7 +7,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from longbrain_jax import metrics
-from tests.conftest import affine_mm
+from tests.helpers import affine_mm
 
 
 @pytest.mark.parametrize("shape", [(32, 28), (16, 18, 14)])

@@ -1,5 +1,6 @@
 """Registration core: exact Jacobians, the monotonic loss, the vmapped cohort program."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,7 +61,7 @@ def test_loss_terms_are_finite_and_padding_is_ignored(key):
     loss_and_grad = jax.jit(jax.value_and_grad(lambda p, v: subject_loss(p, v, times, observed, patches, key, CFG, LossConfig()).total))
     total, grads = loss_and_grad(params, volumes)
     assert np.isfinite(float(total))
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+    chex.assert_tree_all_finite(grads)
     garbage = volumes.at[3].set(1e3 * jax.random.normal(key, volumes.shape[1:]))  # the padding slot
     np.testing.assert_allclose(loss_and_grad(params, garbage)[0], total, rtol=1e-6)
 
@@ -97,8 +98,8 @@ def test_vmapped_registration_equals_per_subject_loop(key):
     together = run(init_states(cfg, 3), vols, times, obs, jnp.arange(3, dtype=jnp.int32))
     for i in range(3):
         alone = run(init_states(cfg, 1), vols[i : i + 1], times[i : i + 1], obs[i : i + 1], jnp.array([i], jnp.int32))
-        for a, b in zip(jax.tree_util.tree_leaves(alone.params), jax.tree_util.tree_leaves(together.params), strict=True):
-            np.testing.assert_allclose(a[0], b[i], atol=1e-5, rtol=1e-4)
+        row = lambda tree, k: jax.tree_util.tree_map(lambda x: x[k], tree)  # noqa: E731
+        chex.assert_trees_all_close(row(alone.params, 0), row(together.params, i), atol=1e-5, rtol=1e-4)
     assert bool(jnp.all(together.alive))
 
 
@@ -145,7 +146,7 @@ def test_register_cli_writes_fields_and_refuses_to_overwrite(tmp_path):
 
     from longbrain_jax.cli import main
     from longbrain_jax.io import load_displacement, load_image, write_bids
-    from tests.test_fit import blob_cohort
+    from tests.helpers import blob_cohort
 
     cohort = blob_cohort(3)
     cohort = type(cohort)(**{**cohort.__dict__, "labels": (cohort.volumes > -0.5).astype(np.int32) * 17})

@@ -44,9 +44,10 @@ from longbrain_jax import segmenter as sg
 from longbrain_jax.cohort import ROLES, scan_roles
 from longbrain_jax.config import check_literals
 from longbrain_jax.errors import InputError
-from longbrain_jax.fit.config import FitConfig
+from longbrain_jax.fit.config import FitConfig, StageConfig
 from longbrain_jax.fit.evaluate import DATA_RANGE
 from longbrain_jax.forecast.forecasters import FORECASTERS, Chunk, Context, Forecast, MRExtrapModel
+from longbrain_jax.inr import INRConfig
 from longbrain_jax.latent import autoencoder as ae
 from longbrain_jax.latent import mrextrap
 from longbrain_jax.memory import Budget, plan_host, within_budget
@@ -68,7 +69,9 @@ class ForecastConfig:
       slope prior ("population", "group" or "none").
     - `noder`: NODER's settings; `noder_source`: "last" (warp the most recent known
       scan) or "baseline" (the paper's), see `forecasters.noder_forecast`.
-    - `inr`: cohort-fitting settings of the spatiotemporal INR (`inr.ndim` follows the data).
+    - `inr`: cohort-fitting settings of the spatiotemporal INR (`inr.ndim` follows the data;
+      default width 128, 1,000 fine-tuning steps on 5% of the voxels, and a temporal curvature
+      penalty of 0.01 that keeps trajectories straight past the last scan).
     - `segmenter`: the U-Net that measures regional volumes.
     - `curve`: also compute error against the number of scans used.
     - `seed`: the draw of training scans when not all of them fit the memory budget.
@@ -80,7 +83,7 @@ class ForecastConfig:
     prior: Literal["population", "group", "none"] = "population"
     noder: NODERConfig = NODERConfig()
     noder_source: Literal["last", "baseline"] = "last"
-    inr: FitConfig = FitConfig()
+    inr: FitConfig = FitConfig(inr=INRConfig(width=128), finetune=StageConfig(steps=1000, learning_rate=1e-3, sample_fraction=0.05), time_curvature=0.01)
     segmenter: sg.SegmenterConfig = sg.SegmenterConfig()
     curve: bool = True
     seed: int = 0

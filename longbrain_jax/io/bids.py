@@ -34,7 +34,7 @@ import numpy as np
 
 from longbrain_jax.cohort import Cohort, Subject
 from longbrain_jax.errors import InputError
-from longbrain_jax.files import atomic_dir
+from longbrain_jax.files import atomic_dir, write_tsv
 from longbrain_jax.io.intensity import IntensityNorm, normalise_intensity
 from longbrain_jax.io.nifti import NIFTI_SUFFIXES, ImageHandle, open_image, save_image
 
@@ -153,11 +153,9 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
 
 
 def _write_tsv(path: Path, columns: list[str], rows: list[dict[str, object]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["n/a" if row.get(c) in (None, "") else row[c] for c in columns])
+    """`files.write_tsv` of BIDS rows: missing or empty values as `n/a`, every value as its text
+    (metadata read from a dataset is written back as it was read)."""
+    write_tsv(path, columns, [[None if row.get(c) in (None, "") else str(row[c]) for c in columns] for row in rows])
 
 
 def _years(age: float) -> str:

@@ -86,16 +86,30 @@ class RegistrationConfig:
         return optax.adamw(lr, weight_decay=self.weight_decay)
 
 
+def foreground_threshold(image: Float[Array, "*spatial"]) -> Float[Array, ""]:
+    """The head's intensity floor: a quarter of the way from the image's 1st to its 99th percentile.
+
+    A sort of the whole image: compute it once per subject, not once per step."""
+    lo, hi = jnp.percentile(image, jnp.array([1.0, 99.0]))
+    return lo + 0.25 * (hi - lo)
+
+
 def sample_patches(
-    key: Array, spatial_shape: tuple[int, ...], num_patches: int, size: int, image: Float[Array, "*spatial"] | None = None, candidates: int = 4
+    key: Array,
+    spatial_shape: tuple[int, ...],
+    num_patches: int,
+    size: int,
+    image: Float[Array, "*spatial"] | None = None,
+    candidates: int = 4,
+    threshold: Float[Array, ""] | None = None,
 ) -> Float[Array, "B N D"]:
     """Normalised coordinates of the voxel centres of `num_patches` random cubes of edge `size`.
 
     With `image`, `candidates` x `num_patches` cubes are drawn and `num_patches` of those
     whose centres lie in the foreground kept at random, so patches fall on the head
     (tissue and CSF alike) rather than on the empty background around it, where NCC
-    compares noise with noise. Foreground: intensity above a quarter of the way from
-    the image's 1st to its 99th percentile.
+    compares noise with noise. Foreground: intensity above `threshold` (default
+    `foreground_threshold(image)`).
     """
     shape = jnp.asarray(spatial_shape)
     edge = jnp.minimum(size, shape)
@@ -103,9 +117,9 @@ def sample_patches(
     k_corner, k_pick = jax.random.split(key)
     corner = jax.random.randint(k_corner, (drawn, len(spatial_shape)), 0, shape - edge + 1)
     if image is not None:
-        lo, hi = jnp.percentile(image, jnp.array([1.0, 99.0]))
+        threshold = foreground_threshold(image) if threshold is None else threshold
         centre = jnp.minimum(corner + edge // 2, shape - 1)
-        inside = image[tuple(centre[:, d] for d in range(len(spatial_shape)))] > lo + 0.25 * (hi - lo)
+        inside = image[tuple(centre[:, d] for d in range(len(spatial_shape)))] > threshold
         score = inside + 0.5 * jax.random.uniform(k_pick, (drawn,))
         corner = corner[jax.lax.top_k(score, num_patches)[1]]
     offsets = jnp.stack(jnp.meshgrid(*[jnp.arange(size)] * len(spatial_shape), indexing="ij"), -1).reshape(-1, len(spatial_shape))
@@ -113,12 +127,14 @@ def sample_patches(
     return voxel_to_normalised(index, spatial_shape)
 
 
-def subject_loss_of(volumes, times, observed, cfg: RegistrationConfig):
-    """One subject's loss `(params, key, step) -> (total, terms)`: patches drawn on its baseline."""
+def subject_loss_of(volumes, times, observed, cfg: RegistrationConfig, threshold=None):
+    """One subject's loss `(params, key, step) -> (total, terms)`: patches drawn on its baseline
+    (`threshold`: its `foreground_threshold`, computed once outside the steps)."""
 
     def loss(params, key, step):
         k_patch, k_time = jax.random.split(key)
-        patches = sample_patches(k_patch, volumes.shape[1:], cfg.patches, cfg.patch_size, image=volumes[0] if cfg.tissue_patches else None)
+        image = volumes[0] if cfg.tissue_patches else None
+        patches = sample_patches(k_patch, volumes.shape[1:], cfg.patches, cfg.patch_size, image=image, threshold=threshold)
         terms = subject_loss(params, volumes, times, observed, patches, k_time, cfg.network, cfg.loss)
         return terms.total, None
 
@@ -139,8 +155,10 @@ def registration_block(
     cfg: RegistrationConfig,
 ) -> TrainState:
     """`num_steps` steps for a chunk of subjects (leading axis; shard it over devices)."""
-    loss_of = lambda v, t, o: subject_loss_of(v, t, o, cfg)  # noqa: E731
-    return train_chunk_steps(state, loss_of, cfg.optimizer(), seed, "register", subjects, first_step, num_steps, volumes, times, observed)[0]
+    thresholds = jax.vmap(foreground_threshold)(volumes[:, 0])  # once per block: a sort of each baseline
+    loss_of = lambda v, t, o, f: subject_loss_of(v, t, o, cfg, f)  # noqa: E731
+    return train_chunk_steps(state, loss_of, cfg.optimizer(), seed, "register", subjects, first_step, num_steps, volumes, times, observed,
+                             thresholds)[0]  # fmt: skip
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

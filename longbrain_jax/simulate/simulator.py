@@ -39,6 +39,7 @@ import numpy as np
 
 from longbrain_jax.cohort import Subject
 from longbrain_jax.config import write_config
+from longbrain_jax.files import write_tsv
 from longbrain_jax.grid import (
     chain,
     displacement_to_world,
@@ -498,10 +499,7 @@ class Simulator:
         save_figure(trajectory_figure(series, curves), path)
 
     def _write_volumes(self, path: Path, rows: list[dict[str, object]]) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+        write_tsv(path, list(rows[0]), [list(row.values()) for row in rows])
 
 
 @within_budget
