@@ -131,6 +131,8 @@ class ConfigOption(click.Option):
 
         defaults = _config_class(self.config)()
         values = [_as_text(field_value(defaults, f)) for f in self.fields]
+        if self.nargs > 1:  # one field per argument, e.g. --misalign DEG MM
+            return " ".join(values)
         return values[0] if len(set(values)) == 1 else ",".join(values)  # one value that sets several fields, or one per field
 
 
@@ -161,7 +163,6 @@ def _configure(cls: type, base, rerun: bool = True):
     ctx = click.get_current_context()
     path = ctx.params.get("config_file") if rerun else None
     cfg = base if path is None else read_config(cls, _config_file(path))
-    name = f"{cls.__module__}:{cls.__qualname__}"
     overrides: dict = {}
     for param in ctx.command.params:
         given = ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
@@ -170,7 +171,7 @@ def _configure(cls: type, base, rerun: bool = True):
     try:
         return with_overrides(cfg, overrides)
     except ValueError as e:
-        raise click.UsageError(f"{name.rpartition(':')[2]}: {e}") from None
+        raise click.UsageError(f"{cls.__name__}: {e}") from None
 
 
 def _config_file(path: Path) -> Path:
@@ -376,8 +377,9 @@ def fit(bids_dir, out, memory_budget, align_transform, reconstruct_ages, common_
     if distributed:
         jax.distributed.initialize()
     ages = _floats(reconstruct_ages, "--reconstruct-ages")
+    cfg = _configure(FitConfig, FitConfig())
     dataset = _aligned(scan_bids(bids_dir, LoadConfig(common_grid=common_grid, labels=False, group_column=group_column)), align_transform)
-    cfg = with_overrides(_configure(FitConfig, FitConfig()), {"inr.ndim": dataset.ndim})  # the data's, also on a rerun of other data
+    cfg = with_overrides(cfg, {"inr.ndim": dataset.ndim})  # the data's, also on a rerun of other data
     _show_memory_plans(not quiet)
     bar = _FitBar(cfg, dataset.num_subjects, enabled=not quiet)
     result = fit_cohort(dataset, out, cfg, resume=resume, overwrite=overwrite, progress=bar, source_description=str(bids_dir),
