@@ -238,6 +238,7 @@ CLASSIFY = "longbrain_jax.classification:ClassifyConfig"
 ALIGN = "longbrain_jax.align.config:AlignConfig"
 LOAD = "longbrain_jax.io.bids:LoadConfig"
 DEMO = "longbrain_jax.demo:DemoConfig"
+GENERATE = "longbrain_jax.diffusion.config:DiffusionConfig"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -543,7 +544,7 @@ def register(bids_dir, out, extra_ages, memory_budget, align_transform, group_co
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @config_field("--method", "methods", config=FORECAST, parse=lambda t: (_forecasters(t),), shown="all",
-              help="Forecasters, comma-separated: last_observation, voxelwise_linear, mrextrap, noder, inr, or all.")
+              help="Forecasters, comma-separated: last_observation, voxelwise_linear, mrextrap, noder, inr, diffusion, or all.")
 @config_field("--holdout", type=click.Choice(["extrapolation", "interpolation_extrapolation"]), config=FORECAST)
 @click.option("--labels", "label_pipeline", default="simulator", show_default=True,
               help="derivatives pipeline with the label maps (regional volumes and Dice); ignored if the dataset has none.")
@@ -561,6 +562,9 @@ def register(bids_dir, out, extra_ages, memory_budget, align_transform, group_co
 @config_field("--inr-time-curvature", type=float, config=FORECAST, fields=("inr.time_curvature",),
               help="Weight of the INR's temporal curvature penalty (straighter trajectories past the last scan).")
 @config_field("--segmenter-steps", type=int, config=FORECAST, fields=("segmenter.steps",))
+@config_field("--diffusion-model", config=FORECAST, shown="train one on the known scans",
+              help="A model from `longbrain generate train` (e.g. trained on a larger cohort) for the diffusion forecaster.")
+@config_field("--diffusion-steps", type=int, config=FORECAST, fields=("diffusion.steps",), help="Training steps of the diffusion model.")
 @click.option("--segmenter-bids", type=click.Path(path_type=Path), default=None,
               help="A labelled dataset (e.g. `longbrain simulate` with another seed) to train the volume-measuring U-Net on, "
                    "instead of the known scans.")
@@ -578,7 +582,7 @@ def register(bids_dir, out, extra_ages, memory_budget, align_transform, group_co
 @_input_errors_exit_2
 def forecast(bids_dir, out, label_pipeline, autoencoder_dir, segmenter_bids, group_column, common_grid, memory_budget, align_transform, overwrite, quiet,
              config_file, **settings) -> None:  # fmt: skip
-    """Forecast held-out scans with MRExtrap, NODER, the spatiotemporal INR and two baselines; score them."""
+    """Forecast held-out scans with MRExtrap, NODER, the spatiotemporal INR, the diffusion model and two baselines; score them."""
     import tempfile
 
     from longbrain_jax.config import with_overrides
@@ -632,6 +636,105 @@ def forecast(bids_dir, out, label_pipeline, autoencoder_dir, segmenter_bids, gro
         report = write_forecasting(out, result, cfg, description, dataset.spatial_shape, overwrite=overwrite, predictions=Path(predictions) / "p")
     click.echo(f"wrote {report}")
     click.echo(results_markdown(result))
+
+
+@main.group()
+def generate() -> None:
+    """The 4D deformation diffusion model: train it on a cohort, then sample future anatomy."""
+
+
+@generate.command("train")
+@click.argument("bids_dir", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@config_field("--velocity-factor", type=int, config=GENERATE, fields=("svf.velocity_factor",),
+              help="The velocity grid (what is generated) is this many times coarser than the scans.")
+@config_field("--svf-steps", type=int, config=GENERATE, fields=("svf.steps",), help="Optimisation steps of each baseline-to-follow-up SVF.")
+@config_field("--channels", config=GENERATE, fields=("denoiser.channels",), parse=_ints("--channels"), help="Denoiser channels per level.")
+@config_field("--frames", type=click.Choice(["rate", "velocity"]), config=GENERATE,
+              help="A frame is the SVF per year since baseline (rate) or the SVF itself (velocity, the paper's).")
+@config_field("--prediction", type=click.Choice(["eps", "v"]), config=GENERATE)
+@config_field("--steps", type=int, config=GENERATE, help="Training steps of the denoiser.")
+@config_field("--batch-size", type=int, config=GENERATE, help="Most subjects per training step.")
+@config_field("--lr", type=float, config=GENERATE, fields=("learning_rate",))
+@config_field("--seed", type=int, config=GENERATE, fields=("seed", "svf.seed"))
+@group_column_option
+@common_grid_option
+@align_option
+@memory_budget_option
+@click.option("--resume", is_flag=True, help="Continue a killed run in OUT from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_option
+@_input_errors_exit_2
+def generate_train(bids_dir, out, group_column, common_grid, align_transform, memory_budget, resume, overwrite, quiet, config_file, **settings) -> None:
+    """Register every follow-up to its baseline (stage 1) and train the diffusion model on the sequences (stage 2)."""
+    from longbrain_jax.diffusion import DiffusionConfig
+    from longbrain_jax.diffusion.generate import train_model
+    from longbrain_jax.io import LoadConfig, scan_bids
+    from longbrain_jax.progress import progress_bar
+
+    cfg = _configure(DiffusionConfig, DiffusionConfig())
+    dataset = _aligned(scan_bids(bids_dir, LoadConfig(group_column=group_column, common_grid=common_grid)), align_transform)
+    bars: dict = {}
+
+    def progress(event: dict) -> None:
+        if event["stage"] == "svf":
+            if "svf" not in bars:
+                bars["svf"] = progress_bar(event["chunks"], "registering (SVF)", enabled=not quiet, unit="chunk")
+            bars["svf"].set_postfix_str(f"chunk {event['chunk'] + 1}/{event['chunks']} {event['done']}/{event['total']} loss {event['loss']:.4g}")
+            if event["done"] == event["total"]:
+                bars["svf"].update(1)
+        else:
+            if "train" not in bars:
+                bars["train"] = progress_bar(event["steps"], "training", enabled=not quiet, unit="step")
+                bars["ema"] = event["loss"]
+            bars["ema"] = 0.9 * bars["ema"] + 0.1 * event["loss"] if event["loss"] == event["loss"] else bars["ema"]
+            bars["train"].update(event["step"] - bars["train"].n)
+            bars["train"].set_postfix_str(f"loss {event['loss']:.4f} (EMA {bars['ema']:.4f})")
+
+    _show_memory_plans(not quiet)
+    train_model(dataset, out, cfg, resume=resume, overwrite=overwrite, progress=progress, budget=_budget(memory_budget),
+                source_description=str(bids_dir))  # fmt: skip
+    for name in ("svf", "train"):
+        if name in bars:
+            bars[name].close()
+    click.echo(f"wrote {out} (the trained model; sample it with `longbrain generate sample {out} BIDS OUT --ages ...`)")
+
+
+@generate.command("sample")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("bids_dir", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--ages", default="", help="Ages to generate every subject at, comma-separated (each after every subject's baseline).")
+@click.option("--years", default="", help="Or: years after each subject's baseline, comma-separated (e.g. 2,5,10).")
+@click.option("--samples", type=int, default=None, help="Sequences drawn per subject (default: the model's configuration).")
+@click.option("--group", default=None, help="Generate every subject as this group (a counterfactual; default: each subject's own).")
+@group_column_option
+@common_grid_option
+@align_option
+@memory_budget_option
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_input_errors_exit_2
+def generate_sample(model_dir, bids_dir, out, ages, years, samples, group, group_column, common_grid, align_transform, memory_budget, overwrite, quiet) -> None:
+    """Draw future scans, carried labels, |J| maps and velocity fields for every subject of BIDS_DIR at --ages (or --years)."""
+    from longbrain_jax.diffusion.generate import check_group, load_model, sample_model
+    from longbrain_jax.files import check_writable
+    from longbrain_jax.io import LoadConfig, scan_bids
+    from longbrain_jax.progress import LazyBar
+
+    if samples is not None and samples < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--samples")
+    check_writable(out, overwrite)
+    model = load_model(model_dir)
+    check_group(model, group)
+    dataset = _aligned(scan_bids(bids_dir, LoadConfig(group_column=group_column, common_grid=common_grid)), align_transform)
+    bar = LazyBar("sampling", enabled=not quiet, unit="subject")
+    _show_memory_plans(not quiet)
+    sample_model(model, dataset, out, _floats(ages, "--ages"), samples, group, overwrite=overwrite, progress=bar, budget=_budget(memory_budget),
+                 years=_floats(years, "--years"))  # fmt: skip
+    bar.close()
+    click.echo(f"wrote {out} (generated scans, labels, |J| and velocity fields per subject and age; generated.tsv)")
 
 
 @main.command()

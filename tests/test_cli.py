@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -67,7 +68,7 @@ class _Rerun(Exception):
         self.cfg = cfg
 
 
-@pytest.mark.parametrize("command", ["simulate", "align", "register", "forecast", "classify"])
+@pytest.mark.parametrize("command", ["simulate", "align", "register", "forecast", "classify", "generate train"])
 def test_every_command_reruns_a_recorded_config_with_the_options_given(command, tmp_path, monkeypatch):
     """`--config RUN` (a folder, its config.json, or a dataset's derivatives/*/config.json) gives the recorded
     configuration with only the options on the command line replaced; another command's config is refused."""
@@ -77,6 +78,7 @@ def test_every_command_reruns_a_recorded_config_with_the_options_given(command, 
     from longbrain_jax.align import AlignConfig
     from longbrain_jax.classification import ClassifyConfig
     from longbrain_jax.config import with_overrides, write_config
+    from longbrain_jax.diffusion import DiffusionConfig
     from longbrain_jax.forecast import ForecastConfig
     from longbrain_jax.groups import GroupMap
     from longbrain_jax.registration import RegistrationConfig
@@ -100,6 +102,8 @@ def test_every_command_reruns_a_recorded_config_with_the_options_given(command, 
                      {"seed": 9, "autoencoder.seed": 9, "noder.seed": 9, "inr.seed": 9, "segmenter.seed": 9}),
         "classify": (ClassifyConfig(head_width=32, folds=3, groups=GroupMap(("Nondemented",), ("Demented",))), "config.json",
                      [str(fitted), str(tmp_path / "out")], ["--epochs", "7"], {"encoder.epochs": 7, "baseline.epochs": 7, "sfcn.epochs": 7}),
+        "generate train": (DiffusionConfig(steps=77, frames="velocity"), "config.json", [str(data), str(tmp_path / "out")],
+                           ["--channels", "8,16"], {"denoiser.channels": (8, 16)}),
     }  # fmt: skip
     recorded, where, arguments, given, fields = cases[command]
     if command in ("register", "forecast"):  # the data's dimensionality, as a run on this dataset records it
@@ -113,17 +117,18 @@ def test_every_command_reruns_a_recorded_config_with_the_options_given(command, 
         raise _Rerun(real(cls, base, rerun))
 
     monkeypatch.setattr(cli, "_configure", spy)
-    result = CliRunner().invoke(cli.main, [command, *arguments, "--quiet"])  # no options: the configuration's own defaults
+    command = command.split()
+    result = CliRunner().invoke(cli.main, [*command, *arguments, "--quiet"])  # no options: the configuration's own defaults
     assert isinstance(result.exception, _Rerun), result.output
     assert result.exception.cfg == type(recorded)()
     for pointer in (run, run / where):  # the run's folder or its file
-        result = CliRunner().invoke(cli.main, [command, *arguments, "--config", str(pointer), *given, "--quiet"])
+        result = CliRunner().invoke(cli.main, [*command, *arguments, "--config", str(pointer), *given, "--quiet"])
         assert isinstance(result.exception, _Rerun), result.output
         assert result.exception.cfg == with_overrides(recorded, fields)
     other = tmp_path / "other"
     other.mkdir()
-    write_config(RegistrationConfig() if command != "register" else SimulationConfig(), other / "config.json")
-    result = CliRunner().invoke(cli.main, [command, *arguments, "--config", str(other), "--quiet"])
+    write_config(RegistrationConfig() if command != ["register"] else SimulationConfig(), other / "config.json")
+    result = CliRunner().invoke(cli.main, [*command, *arguments, "--config", str(other), "--quiet"])
     assert result.exit_code == 2 and "not the" in result.output and "config.json" in result.output, result.output
 
 
@@ -133,8 +138,9 @@ def test_options_have_no_defaults_of_their_own_and_show_the_configurations():
     from longbrain_jax import cli
     from longbrain_jax.fit import FitConfig
 
-    options = [p for command in cli.main.commands.values() for p in command.params if isinstance(p, cli.ConfigOption)]
-    assert len(options) > 50 and all(p.default is None for p in options)
+    commands = [c for top in cli.main.commands.values() for c in (top.commands.values() if isinstance(top, click.Group) else [top])]
+    options = [p for command in commands for p in command.params if isinstance(p, cli.ConfigOption)]
+    assert any(c.name == "train" for c in commands) and len(options) > 50 and all(p.default is None for p in options)
     help_text = CliRunner().invoke(cli.main, ["fit", "--help"], terminal_width=200).output
     assert f"[default: {FitConfig().inr.width}]" in help_text and f"[default: {FitConfig().shared.learning_rate}]" in help_text
     assert "[default: wire,relu,wire]" in " ".join(help_text.split())

@@ -19,7 +19,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"io"}),  # reading and writing datasets
     frozenset({"simulate"}),  # the ground-truth cohorts (and the template's anatomy)
     frozenset({"engine"}),  # chunked, planned, sharded, checkpointed training over subjects
-    frozenset({"inr", "fit", "registration", "latent", "noder", "segmenter", "weightspace", "baselines", "classifier", "align"}),  # methods
+    frozenset({"inr", "fit", "registration", "latent", "noder", "segmenter", "weightspace", "baselines", "classifier", "align", "diffusion"}),  # methods
     frozenset({"forecast", "classification"}),  # experiments that compare methods
     frozenset({"demo", "cli"}),  # entry points
 )

@@ -43,6 +43,7 @@ from longbrain_jax import metrics
 from longbrain_jax import segmenter as sg
 from longbrain_jax.cohort import ROLES, scan_roles
 from longbrain_jax.config import check_literals
+from longbrain_jax.diffusion import DiffusionConfig
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit.config import FitConfig, StageConfig
 from longbrain_jax.fit.evaluate import DATA_RANGE
@@ -73,6 +74,9 @@ class ForecastConfig:
       default width 128, 1,000 fine-tuning steps on 5% of the voxels, and a temporal curvature
       penalty of 0.01 that keeps trajectories straight past the last scan).
     - `segmenter`: the U-Net that measures regional volumes.
+    - `diffusion`: the deformation diffusion model's settings; `diffusion_model`: a trained
+      model's folder (`longbrain generate train`, e.g. on a larger separate cohort) instead
+      of training one on the known scans.
     - `curve`: also compute error against the number of scans used.
     - `seed`: the draw of training scans when not all of them fit the memory budget.
     """
@@ -85,6 +89,8 @@ class ForecastConfig:
     noder_source: Literal["last", "baseline"] = "last"
     inr: FitConfig = FitConfig(inr=INRConfig(width=128), finetune=StageConfig(steps=1000, learning_rate=1e-3, sample_fraction=0.05), time_curvature=0.01)
     segmenter: sg.SegmenterConfig = sg.SegmenterConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    diffusion_model: str = ""
     curve: bool = True
     seed: int = 0
 

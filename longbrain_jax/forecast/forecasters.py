@@ -18,6 +18,11 @@ baseline, always known). A `Forecast` holds a prediction in every slot of the ch
   warped by the flow from its time to the target, and its carried label map.
 - `inr`: the cohort-fitting INR (`fit.fit_cohort`) trained on the known scans,
   evaluated at the target ages.
+- `diffusion`: the 4D deformation diffusion model (`longbrain_jax.diffusion`), trained on
+  the known scans (or loaded, `ForecastConfig.diffusion_model`: one trained on a larger
+  separate cohort); from the baseline alone it draws `samples` velocity sequences at the
+  target ages and warps the baseline (and its labels) by the exponential of their mean
+  (a mean of SVFs is an SVF: the prediction stays diffeomorphic).
 
 A new forecaster is a class with `name`, `carries_labels`, `cheap` (refitted for the
 curve of error against scans used), `prepare` and `predict`, added to `FORECASTERS`.
@@ -369,4 +374,43 @@ class INR:
         return Forecast(images, None, seconds, {})
 
 
-FORECASTERS: dict[str, Forecaster] = {f.name: f for f in (LastObservation(), VoxelwiseLinear(), MRExtrap(), NODER(), INR())}
+class Diffusion:
+    name, carries_labels, cheap = "diffusion", True, False
+
+    def prepare(self, ctx: Context) -> tuple:
+        from longbrain_jax.diffusion import generate as gen
+
+        start = time.perf_counter()
+        if ctx.cfg.diffusion_model:
+            model = gen.load_model(ctx.cfg.diffusion_model)
+            gen.check_grid(model, ctx.source)
+        else:
+            model = gen.train_in_memory(ctx.source, ctx.known, ctx.cfg.diffusion, ctx.budget)
+        return model, ctx.budget, time.perf_counter() - start, ctx.known.shape[0]
+
+    def predict(self, state, chunk: Chunk) -> Forecast:
+        from longbrain_jax.diffusion import generate as gen
+        from longbrain_jax.diffusion import model as dm
+
+        model, budget, train_seconds, n_total = state
+        start = time.perf_counter()
+        c = chunk.cohort
+        ages = chunk.ages
+        target = ages[:, 1:].copy()
+        target[target <= c.ages[:, :1]] = np.nan  # padding slots of one-scan subjects: nothing to draw
+        v = gen.generate_velocities(model, c.volumes[:, 0], c.ages[:, 0], target, c.groups, c.sexes, chunk.indices, model.cfg.samples, budget)
+        mean = v.mean(1)  # (n, T - 1, *c, D)
+        images = np.repeat(c.volumes[:, :1], ages.shape[1], axis=1)
+        carry = c.labels if c.labels is not None else np.zeros(c.volumes.shape, np.int32)
+        labels = np.repeat(carry[:, :1], ages.shape[1], axis=1)
+        folding = np.zeros(ages.shape, np.float32)
+        for i in range(c.num_subjects):
+            frames = np.flatnonzero(np.isfinite(target[i]))
+            if frames.size:
+                im, lab, det = dm.scans_from_velocities(mean[i, frames], c.volumes[i, 0], carry[i, 0], model.cfg.svf)
+                images[i, frames + 1], labels[i, frames + 1], folding[i, frames + 1] = im, lab, (det <= 0).mean(axis=tuple(range(1, det.ndim)))
+        seconds = time.perf_counter() - start + train_seconds * len(chunk.indices) / n_total  # the shared training, pro rata
+        return Forecast(images, labels if c.labels is not None else None, seconds, {"folding": folding})
+
+
+FORECASTERS: dict[str, Forecaster] = {f.name: f for f in (LastObservation(), VoxelwiseLinear(), MRExtrap(), NODER(), INR(), Diffusion())}
