@@ -571,7 +571,7 @@ def register(bids_dir, out, extra_ages, memory_budget, align_transform, group_co
 @config_field("--segmenter-volumes", type=click.Choice(["soft", "hard"]), config=FORECAST, fields=("segmenter.volumes",),
               help="Regional volumes as sums of class probabilities (soft) or arg-max label counts (hard).")
 @config_field("--no-curve", is_flag=True, config=FORECAST, fields=("curve",), parse=lambda v: (not v,), help="Skip error against the number of scans used.")
-@config_field("--seed", type=int, config=FORECAST, fields=("seed", "autoencoder.seed", "noder.seed", "inr.seed", "segmenter.seed"))
+@config_field("--seed", type=int, config=FORECAST, fields=("seed", "autoencoder.seed", "noder.seed", "inr.seed", "segmenter.seed", "diffusion.seed"))
 @group_column_option
 @common_grid_option
 @align_option

@@ -33,6 +33,7 @@ import optax
 from jaxtyping import Array, Bool, Float, Int
 
 from longbrain_jax import grid
+from longbrain_jax.cnn import padded_shape
 from longbrain_jax.diffusion import schedule as sch
 from longbrain_jax.diffusion import svf
 from longbrain_jax.diffusion.config import DiffusionConfig
@@ -135,15 +136,11 @@ def network(cfg: DiffusionConfig, vocab: Vocabulary) -> Denoiser:
     return Denoiser(cfg.denoiser, len(vocab.groups), len(vocab.sexes))
 
 
-def _padded(shape: Sequence[int], factor: int) -> tuple[int, ...]:
-    return tuple(-(-n // factor) * factor for n in shape)
-
-
 def apply(params, net: Denoiser, x: Array, step: Array, seq: Sequences, cond_ids: Array) -> Array:
     """The network's prediction for noisy frames x (B, F, *c, D) at diffusion step `step` (scalar or (B,)),
     on a grid padded to the U-Net's multiple (zero for frames, edge for the image) and cropped back."""
     b, f, *spatial, d = x.shape
-    padded = _padded(spatial, net.cfg.factor)
+    padded = padded_shape(spatial, net.cfg.factor)
     pad = [(0, p - n) for n, p in zip(spatial, padded, strict=True)]
     xp = jnp.pad(x, [(0, 0), (0, 0), *pad, (0, 0)])
     image = jnp.pad(seq.image, [(0, 0), *pad, (0, 0)], mode="edge")
@@ -157,7 +154,7 @@ def init_params(key: jax.Array, cfg: DiffusionConfig, vocab: Vocabulary, frames:
     """Fresh denoiser parameters for sequences of `frames` frames on the velocity grid `coarse`."""
     net = network(cfg, vocab)
     d = len(coarse)
-    padded = _padded(coarse, cfg.denoiser.factor)
+    padded = padded_shape(coarse, cfg.denoiser.factor)
     x = jnp.zeros((1, frames, *padded, d))
     return net.init(key, x, jnp.zeros((1, *padded, 1 + d)), jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, frames, 3)),
                     jnp.ones((1, frames), bool))["params"]  # fmt: skip
