@@ -71,6 +71,11 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def age_tag(age: float) -> str:
+    """An age in a file name, to 0.1 year without a dot: 72.5 -> `072p5`."""
+    return f"{float(age):05.1f}".replace(".", "p")
+
+
 def write_tsv(path: Path, header: list[str], rows: list[list[object]]) -> None:
     """A tab-separated table (UTF-8), atomically: floats to 4 decimals; missing values (None) and
     non-finite floats as `n/a` (BIDS); text as it is."""

@@ -50,7 +50,7 @@ from longbrain_jax.diffusion.config import DiffusionConfig
 from longbrain_jax.engine.checkpoint import load_tree, save_tree
 from longbrain_jax.engine.rundir import prepare_output_dir, run_size
 from longbrain_jax.errors import InputError
-from longbrain_jax.files import atomic_dir, atomic_file, write_tsv
+from longbrain_jax.files import age_tag, atomic_dir, atomic_file, write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
 from longbrain_jax.memory import Budget, within_budget
 
@@ -238,10 +238,6 @@ def generate_velocities(
     return velocities * mask.reshape(mask.shape[0], 1, mask.shape[1], *(1,) * (frames.ndim - 3))
 
 
-def _age_label(age: float) -> str:
-    return f"age-{age:05.1f}".replace(".", "p")
-
-
 @within_budget
 def sample_model(
     model: DiffusionModel, source, out: str | os.PathLike, ages: Sequence[float] = (), samples: int | None = None, group: str | None = None,
@@ -294,7 +290,7 @@ def _write_subject(out: Path, sid: str, group: str, cohort, i: int, ages: np.nda
     rows = []
     k = velocities.shape[0]
     for a, age in enumerate(ages):
-        stem = folder / f"sub-{sid}_{_age_label(float(age))}"
+        stem = folder / f"sub-{sid}_age-{age_tag(age)}"
         images, carried, dets = dm.scans_from_velocities(velocities[:, a], cohort.volumes[i, 0], labels, model.cfg.svf)
         for s in range(k):
             save_image(f"{stem}_sample-{s}_T1w.nii.gz", images[s], affine)

@@ -25,7 +25,7 @@ from longbrain_jax.cohort import ROLES
 from longbrain_jax.config import config_from_dict
 from longbrain_jax.engine.checkpoint import load_tree, save_tree
 from longbrain_jax.errors import InputError
-from longbrain_jax.files import atomic_file, write_tsv
+from longbrain_jax.files import age_tag, atomic_file, write_tsv
 from longbrain_jax.fit.config import FitConfig
 from longbrain_jax.fit.evaluate import reconstruct_volumes
 from longbrain_jax.inr import spatiotemporal as st
@@ -141,8 +141,7 @@ def write_reconstructions(
     sid = fitted.subject_ids[index]
     paths = []
     for age, vol in zip(ages, volumes, strict=True):
-        tag = f"{float(age):05.1f}".replace(".", "p")
-        path = Path(out_dir) / f"sub-{sid}" / "anat" / f"sub-{sid}_desc-inr{tag}_T1w.nii.gz"
+        path = Path(out_dir) / f"sub-{sid}" / "anat" / f"sub-{sid}_desc-inr{age_tag(age)}_T1w.nii.gz"
         save_image(path, vol, affine, overwrite=True)
         paths.append(path)
     return paths

@@ -39,7 +39,7 @@ from longbrain_jax.engine.checkpoint import StateCheckpoints, save_tree
 from longbrain_jax.engine.chunks import ChunkProgram, load_chunks, run_in_chunks
 from longbrain_jax.engine.rundir import prepare_output_dir, run_size
 from longbrain_jax.errors import InputError
-from longbrain_jax.files import write_tsv
+from longbrain_jax.files import age_tag, write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
 from longbrain_jax.memory import MAX_BLOCK, MIN_BLOCK, Budget, Plan, Program, plan_batch, within_budget
 from longbrain_jax.registration import network as net
@@ -195,7 +195,7 @@ def write_registration_outputs(out: Path, source, cfg: RegistrationConfig, joine
         n = int(cohort.mask[0].sum())
         baseline_age = float(cohort.ages[0, 0])
         whens = [(f"ses-{cohort.session_ids[0][j]}", float(cohort.ages[0, j])) for j in range(n)]
-        whens += [(f"age-{a:05.1f}".replace(".", "p"), float(a)) for a in extra_ages]
+        whens += [(f"age-{age_tag(a)}", float(a)) for a in extra_ages]
         labels0 = None if cohort.labels is None else jnp.asarray(cohort.labels[0, 0])
         for when, age in whens:
             t = age - baseline_age
