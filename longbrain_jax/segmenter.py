@@ -35,7 +35,7 @@ from longbrain_jax import metrics
 from longbrain_jax.atlas import REGIONS
 from longbrain_jax.cnn import Conv, crop, pad_to_multiple, padded_shape
 from longbrain_jax.config import check_literals
-from longbrain_jax.engine.training import TrainState, init_state, train_steps
+from longbrain_jax.engine.training import TrainState, block_steps, init_state, train_steps
 from longbrain_jax.memory import Budget, Program, plan_batch
 
 CLASSES = ("background", "cortical_gm", "cerebral_wm", "lateral_ventricles", "hippocampus", "other")
@@ -173,13 +173,16 @@ def train_block(state: TrainState, images, classes, first_step, num_steps, *, cf
 
 def train_segmenter(
     images: np.ndarray, labels: np.ndarray, cfg: SegmenterConfig = SegmenterConfig(),
-    progress: Callable[[int, int, float], None] | None = None, steps_per_call: int = 50,
+    progress: Callable[[int, int, float], None] | None = None, steps_per_call: int | None = None,
 ) -> tuple[dict, np.ndarray]:  # fmt: skip
     """Train on scans (M, *spatial) and their aseg label maps (M, *spatial); returns (params, losses).
 
-    Steps run `steps_per_call` at a time in one compiled scan (`train_block`); `progress(step,
-    steps, loss)` is called after each block.
+    Steps run `steps_per_call` at a time in one compiled loop (`train_block`; default
+    `engine.training.block_steps(50, convolutional=True)`: one step per call on the CPU, where
+    a compiled loop slows this network's step 5x); `progress(step, steps, loss)` is called
+    after each block.
     """
+    steps_per_call = steps_per_call or block_steps(50, convolutional=True)
     images = np.asarray(images, np.float32)
     classes = label_classes(labels)
     if images.shape != classes.shape:

@@ -8,7 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from longbrain_jax.engine.training import init_state, repeat_steps, step_key, train_chunk_steps, train_steps
+from longbrain_jax.engine.training import (
+    block_steps,
+    init_state,
+    repeat_steps,
+    step_key,
+    train_chunk_steps,
+    train_steps,
+    uses_convolution,
+)
 
 TX = optax.adam(0.1)
 
@@ -33,6 +41,32 @@ def test_a_traced_block_length_runs_exactly_the_steps_of_a_static_one():
     both, _ = jax.jit(lambda s: train_steps(s, _loss, TX, jnp.int32(0), "shared", jnp.int32(0), jnp.int32(2), jnp.int32(2), max_steps=6))(half)
     np.testing.assert_allclose(both.params, static.params, rtol=1e-6)
     assert run._cache_size() == 1  # one compiled program for every block length
+
+
+def test_blocks_of_one_step_run_without_a_loop_and_end_where_a_block_of_four_does():
+    state = init_state(jnp.zeros(3), TX)
+    four, losses = train_steps(state, _loss, TX, jnp.int32(0), "shared", jnp.int32(0), jnp.int32(0), 4)
+    one = jax.jit(lambda s, first, k: train_steps(s, _loss, TX, jnp.int32(0), "shared", jnp.int32(0), first, k, max_steps=1))
+    assert "while" not in str(jax.make_jaxpr(one)(state, jnp.int32(0), jnp.int32(1)))  # the CPU's convolutions slow down in loops
+    s, rows = state, []
+    for i in range(4):
+        s, row = one(s, jnp.int32(i), jnp.int32(1))
+        rows.append(row)
+    np.testing.assert_allclose(s.params, four.params, rtol=1e-6)
+    np.testing.assert_allclose(np.concatenate(rows), losses, rtol=1e-6)
+    same, row = one(s, jnp.int32(4), jnp.int32(0))  # a block of no steps changes nothing
+    chex.assert_trees_all_equal(same, s)
+    assert row.shape == (1,) and float(row[0]) == 0.0
+    static, _ = train_steps(state, _loss, TX, jnp.int32(0), "shared", jnp.int32(0), jnp.int32(0), 1)
+    assert "while" not in str(jax.make_jaxpr(lambda s: train_steps(s, _loss, TX, jnp.int32(0), "shared", jnp.int32(0), jnp.int32(0), 1))(state))
+    np.testing.assert_allclose(static.params, one(state, jnp.int32(0), jnp.int32(1))[0].params, rtol=1e-6)
+
+
+def test_block_steps_runs_convolutions_one_step_per_call_on_the_cpu():
+    assert uses_convolution(lambda x: jax.lax.conv(x, jnp.ones((1, 1, 3, 3)), (1, 1), "SAME"), jnp.ones((1, 1, 5, 5)))
+    assert not uses_convolution(lambda x: x @ x, jnp.ones((3, 3)))
+    assert block_steps(50, convolutional=False) == 50
+    assert block_steps(50, convolutional=True) == (1 if jax.default_backend() == "cpu" else 50)
 
 
 def test_chunk_steps_equal_each_model_alone_and_keys_follow_the_subject():

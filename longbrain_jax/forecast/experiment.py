@@ -188,7 +188,7 @@ def train_models(source, known: np.ndarray, cfg: ForecastConfig, budget: Budget,
         images, labels = load_scans(seg_source, seg_which, limit, cfg.seed + 1, chunk)
         seg_cfg = _fitted_batch(cfg.segmenter, sg.train_batch(cfg.segmenter, shape, budget, images.nbytes + labels.nbytes), "segmenter")
         bar = progress_bar(seg_cfg.steps, "segmenter", enabled=show_progress, unit="step")
-        seg_params, _ = sg.train_segmenter(images, labels, seg_cfg, progress=lambda *_: bar.update(1))
+        seg_params, _ = sg.train_segmenter(images, labels, seg_cfg, progress=lambda step, *_: bar.update(step - bar.n))
         bar.close()
     elif segmenter_source is not None:
         raise InputError("segmenter cohort", "has no label maps to train the segmentation U-Net on")

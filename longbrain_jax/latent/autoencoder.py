@@ -50,7 +50,7 @@ from jaxtyping import Array, Bool, Float
 from longbrain_jax.cnn import Conv, crop, pad_to_multiple, padded_shape
 from longbrain_jax.config import read_config, write_config
 from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
-from longbrain_jax.engine.training import all_finite, repeat_steps, step_key
+from longbrain_jax.engine.training import all_finite, block_steps, repeat_steps, step_key
 from longbrain_jax.memory import Budget, Program, plan_batch
 
 
@@ -391,7 +391,7 @@ def train_autoencoder(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: Callable[[int, int, Losses], None] | None = None,
-    steps_per_call: int = 50,
+    steps_per_call: int | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Train on single scans; returns (params, loss history (steps, 6) in `Losses` order).
 
@@ -404,8 +404,11 @@ def train_autoencoder(
       `resume`, training continues from the latest one and ends where an
       uninterrupted run would (batches are drawn from the engine's per-step keys).
     - `progress`: called as `progress(step, steps, losses)` after every block of
-      `steps_per_call` steps (compiled as one scan), with the block's last losses.
+      `steps_per_call` steps (compiled as one loop), with the block's last losses.
+    - `steps_per_call`: default `engine.training.block_steps(50, convolutional=True)`: one
+      step per call on the CPU, where a compiled loop slows this network's step 5x.
     """
+    steps_per_call = steps_per_call or block_steps(50, convolutional=True)
     images = np.asarray(images, np.float32)
     if images.ndim != cfg.ndim + 1 or images.shape[0] < 1:
         raise ValueError(f"images must be (M, *spatial) with {cfg.ndim} spatial axes, got {images.shape}")

@@ -1,0 +1,38 @@
+"""The prepared accelerator suite runs end to end at tiny sizes (so it cannot rot before a device runs it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.mark.slow  # about a minute of compiling on 2 CPU cores
+def test_gpu_suite_dry_run_measures_every_section(capsys):
+    record = _load("gpu_suite").main(["--dry-run"])
+    out = capsys.readouterr().out
+    assert "Accelerator suite" in out and out.rstrip().splitlines()[-1].startswith("JSON ")
+    for key in ("fit", "register", "classify", "diffusion"):
+        assert record[key]["seconds"] > 0, key
+    figures = [record["fit"]["projected_450_subjects_s"], record["register"]["s_per_subject_paper_steps"],
+               record["classify"]["encoder"]["steps_per_s"], record["classify"]["sfcn"]["steps_per_s"], record["diffusion"]["steps_per_s"]]
+    assert all(math.isfinite(f) and f > 0 for f in figures)
+    with pytest.raises(SystemExit):
+        _load("gpu_suite").main(["--dry-run", "--sections", "fit,nonsense"])
