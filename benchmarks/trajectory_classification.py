@@ -67,7 +67,8 @@ def oracle_row(cohort, results: dict, cfg: ClassifyConfig) -> dict:
     x = standardise(feats, train)
     trained = train_classifier(LinearClassifier(), x[train], y[train], cfg.baseline, jax.random.key(cfg.seed))
     return {"method": "oracle logistic", "streams": "true volume rates", **_scores(y[test], predict_proba(LinearClassifier(), trained.variables, x[test])),
-            "kfold_accuracy_mean": float("nan"), "kfold_accuracy_sd": float("nan"), "best_epoch": trained.best_epoch, "seconds": 0.0}  # fmt: skip
+            "kfold_accuracy_mean": float("nan"), "kfold_accuracy_sd": float("nan"), "kfold_balanced_accuracy_mean": float("nan"),
+            "kfold_balanced_accuracy_sd": float("nan"), "best_epoch": trained.best_epoch, "seconds": 0.0}  # fmt: skip
 
 
 # The arguments that make a simulated cohort and its fit; `--work` reuses both only when these agree.

@@ -5,6 +5,8 @@ Given a fitted cohort (`fit.load_fit`) and its scans:
 - for each combination of INR parameter streams (`weightspace.COMBINATIONS`): the
   inr2vec-style token encoder and a logistic-regression baseline on the flat weights;
 - SFCN on the scans stacked as channels (`baselines.sfcn`);
+- PCA + logistic regression on each subject's change image, last scan minus first
+  (`baselines.change_pca`), the floor any trajectory method has to clear;
 
 all trained and tested on the same subjects. Protocol: a 2:1 split by anatomy; the
 test set holds both the healthy and the dementia-like version of each test anatomy
@@ -28,6 +30,7 @@ import jax
 import numpy as np
 
 from longbrain_jax import metrics
+from longbrain_jax.baselines.change_pca import change_images, pca_scores
 from longbrain_jax.baselines.sfcn import SFCN, stack_timepoints
 from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
 from longbrain_jax.cohort import one_version_per_unit, stratified_kfold, train_test_split
@@ -60,6 +63,8 @@ class ClassifyConfig:
     - `baseline`: training of the logistic regression on standardised flat weights.
     - `sfcn_channels`, `sfcn_scans`: SFCN blocks and the fixed channel count (paper: 32-64-128-256-256, 5).
     - `sfcn`: SFCN training (not given in the paper; AdamW with a one-cycle schedule).
+    - `change_components`, `change_voxels`: the change-image baseline's principal components
+      and the most voxels its block-averaged change images keep.
     - `combinations`: stream combinations to test.
     - `test_fraction`: share of anatomies in the test set (paper: 1/3).
     - `folds`, `repeats`: repeated stratified k-fold by anatomy (0 folds: off).
@@ -77,6 +82,8 @@ class ClassifyConfig:
     sfcn_channels: tuple[int, ...] = (32, 64, 128, 256, 256)
     sfcn_scans: int = 5
     sfcn: TrainConfig = TrainConfig(epochs=100, learning_rate=1e-3)
+    change_components: int = 10
+    change_voxels: int = 32768
     combinations: tuple[tuple[str, ...], ...] = COMBINATIONS
     test_fraction: float = 1 / 3
     folds: int = 0
@@ -88,6 +95,8 @@ class ClassifyConfig:
         from longbrain_jax.inr.spatiotemporal import GROUPS
 
         check_literals(self)
+        if self.change_components < 1 or self.change_voxels < 1:
+            raise ValueError(f"change_components and change_voxels must be >= 1: {self.change_components}, {self.change_voxels}")
         for combo in self.combinations:
             if not combo or any(s not in GROUPS for s in combo):
                 raise ValueError(f"stream combination {'+'.join(combo)!r} is not made of {GROUPS}")
@@ -146,6 +155,16 @@ class _Methods:
 
             stacked = rows(build, src.num_subjects, (*src.spatial_shape, cfg.sfcn_scans), self.budget, self.folder, "sfcn-inputs")
             yield "SFCN", "images", (lambda train: stacked), SFCN(cfg.sfcn_channels), cfg.sfcn
+            changes = np.concatenate([_changes(src.select(np.arange(i, min(i + CHANGE_CHUNK, src.num_subjects))), cfg.change_voxels)
+                                      for i in range(0, src.num_subjects, CHANGE_CHUNK)])  # fmt: skip
+            yield "change-image PCA", "last - first scan", (lambda train: pca_scores(changes, train, cfg.change_components)), LinearClassifier(), cfg.baseline
+
+
+CHANGE_CHUNK = 8  # subjects read at a time for the change images (their features are at most change_voxels each)
+
+
+def _changes(chunk, max_voxels: int) -> np.ndarray:
+    return change_images(chunk.volumes, chunk.mask, max_voxels)
 
 
 def subjects_of(images, indices):
@@ -217,13 +236,9 @@ def run_classification(
             progress(f"{name} {streams}")
         started = time.perf_counter()
         split = _evaluate(method, train, test, y, jax.random.fold_in(key, 10 + m), budget)
-        fold_acc = [_evaluate(method, tr, te, y, jax.random.fold_in(key, 10_000 + 100 * m + i), budget)["accuracy"] for i, (tr, te) in enumerate(folds)]
-        rows.append({
-            "method": name, "streams": streams, **split,
-            "kfold_accuracy_mean": float(np.mean(fold_acc)) if fold_acc else float("nan"),
-            "kfold_accuracy_sd": float(np.std(fold_acc, ddof=1)) if len(fold_acc) > 1 else float("nan"),
-            "seconds": time.perf_counter() - started,
-        })  # fmt: skip
+        fold = [_evaluate(method, tr, te, y, jax.random.fold_in(key, 10_000 + 100 * m + i), budget) for i, (tr, te) in enumerate(folds)]
+        rows.append({"method": name, "streams": streams, **split, **_mean_sd(fold, "accuracy"), **_mean_sd(fold, "balanced_accuracy"),
+                     "seconds": time.perf_counter() - started})  # fmt: skip
     folder.cleanup()
     return {
         "rows": rows,
@@ -234,16 +249,23 @@ def run_classification(
     }
 
 
+def _mean_sd(folds: list[dict], metric: str) -> dict:
+    values = [f[metric] for f in folds]
+    return {f"kfold_{metric}_mean": float(np.mean(values)) if values else float("nan"),
+            f"kfold_{metric}_sd": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")}  # fmt: skip
+
+
 # -- report ---------------------------------------------------------------------------------
 def results_table(results: dict) -> str:
     """The Markdown table of every method side by side."""
-    rows = [
-        [r["method"], r["streams"], r["accuracy"], r["balanced_accuracy"], r["auc"],
-         f"{r['kfold_accuracy_mean']:.3f} +- {r['kfold_accuracy_sd']:.3f}" if np.isfinite(r["kfold_accuracy_mean"]) else "-",
-         str(r["confusion"])]
-        for r in results["rows"]
-    ]  # fmt: skip
-    return markdown_table(["method", "input", "accuracy", "balanced acc.", "ROC AUC", "k-fold accuracy", "confusion [[TN, FP], [FN, TP]]"], rows, digits=3)
+    def kfold(r, metric):
+        mean, sd = r[f"kfold_{metric}_mean"], r[f"kfold_{metric}_sd"]
+        return f"{mean:.3f} +- {sd:.3f}" if np.isfinite(mean) else "-"
+
+    rows = [[r["method"], r["streams"], r["accuracy"], r["balanced_accuracy"], r["auc"], kfold(r, "accuracy"), kfold(r, "balanced_accuracy"),
+             str(r["confusion"])] for r in results["rows"]]  # fmt: skip
+    return markdown_table(["method", "input", "accuracy", "balanced acc.", "ROC AUC", "k-fold accuracy", "k-fold balanced acc.",
+                           "confusion [[TN, FP], [FN, TP]]"], rows, digits=3)  # fmt: skip
 
 
 def confusion_figure(results: dict, path: Path) -> Path:

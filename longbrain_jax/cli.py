@@ -343,6 +343,10 @@ class _FitBar:
 @config_field("--combined-layers", type=int, config=FIT, fields=("inr.combined_layers",), help="Layers after the streams merge.")
 @config_field("--activations", config=FIT, fields=("inr.spatial_activation", "inr.temporal_activation", "inr.combined_activation"),
               parse=_split("--activations", 3), help="Spatial,temporal,combined layer kinds (wire|sine|relu).")
+@config_field("--output-activation", type=click.Choice(["linear", "wire"]), config=FIT, fields=("inr.output_activation",),
+              help="Output layer (the authors' code: wire, with --combined-layers 2 --coordinates isotropic).")
+@config_field("--coordinates", type=click.Choice(["axes", "isotropic"]), config=FIT, fields=("inr.coordinates",),
+              help="Spatial input: every axis in [-1, 1], or (index - centre) / longest axis as the authors' code.")
 @config_field("--w0", type=float, config=FIT, fields=("inr.w0",), help="Frequency of sine/WIRE layers.")
 @config_field("--shared-steps", type=int, config=FIT, fields=("shared.steps",), help="Steps of the shared initialisation theta*.")
 @config_field("--shared-lr", type=float, config=FIT, fields=("shared.learning_rate",))

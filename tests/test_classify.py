@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from longbrain_jax.baselines.change_pca import block_factor, change_images, pca_scores
 from longbrain_jax.baselines.sfcn import SFCN, stack_timepoints
 from longbrain_jax.classification import (
     ClassifyConfig,
@@ -141,11 +142,11 @@ def test_experiment_runs_every_method_and_writes_a_report(tmp_path):
     results = run_classification(fitted, cohort, cfg)
     methods = [(r["method"], r["streams"]) for r in results["rows"]]
     assert methods == [("INR encoder", "P_time"), ("INR logistic", "P_time"), ("INR encoder", "P_space+P_com"),
-                       ("INR logistic", "P_space+P_com"), ("SFCN", "images")]  # fmt: skip
+                       ("INR logistic", "P_space+P_com"), ("SFCN", "images"), ("change-image PCA", "last - first scan")]  # fmt: skip
     for r in results["rows"]:
         assert np.sum(r["confusion"]) == len(results["test"])
         assert r["accuracy"] == pytest.approx(np.trace(r["confusion"]) / len(results["test"]))
-        assert np.isfinite(r["kfold_accuracy_mean"])
+        assert np.isfinite(r["kfold_accuracy_mean"]) and np.isfinite(r["kfold_balanced_accuracy_mean"])
     assert not set(results["train"]) & set(results["test"])
     report = write_classification(tmp_path / "cls", results, SMALL, "test run")
     assert "P_time" in report.read_text() and (tmp_path / "cls" / "confusion.png").exists()
@@ -175,3 +176,34 @@ def test_classify_cli_on_a_fit(tmp_path):
     assert again.exit_code == 2 and "already exists" in again.output
     bad = CliRunner().invoke(main, ["classify", str(tmp_path / "nothing"), str(tmp_path / "c2")])
     assert bad.exit_code == 2 and "not found" in bad.output
+
+
+def test_change_images_are_last_minus_first_block_averaged_and_bounded():
+    rng = np.random.default_rng(0)
+    volumes = rng.normal(size=(3, 4, 10, 7)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], bool)
+    full = change_images(volumes, mask, max_voxels=10**6)
+    np.testing.assert_allclose(full[0], (volumes[0, 2] - volumes[0, 0]).ravel(), atol=1e-6)  # its last observed scan
+    np.testing.assert_array_equal(full[1], 0.0)  # one scan: no change
+    small = change_images(volumes, mask, max_voxels=12)
+    assert block_factor((10, 7), 12) == 3 and block_factor((10, 7), 20) == 2 and small.shape == (3, 4 * 3)
+    change = volumes[2, 3] - volumes[2, 0]
+    assert small[2, 0] == pytest.approx(change[:3, :3].mean(), abs=1e-6)
+    assert small[2, -1] == pytest.approx(change[9:, 6:].mean(), abs=1e-6)  # an edge block: the mean of its voxels
+    with pytest.raises(ValueError, match="baseline"):
+        change_images(volumes, mask[:, ::-1], max_voxels=20)
+
+
+def test_pca_scores_use_the_training_rows_only_and_separate_a_planted_direction():
+    rng = np.random.default_rng(1)
+    y = np.arange(40) % 2
+    x = rng.normal(size=(40, 50)) + 8.0 * np.outer(y - 0.5, np.eye(50)[3])
+    train = np.arange(30)
+    scores = pca_scores(x, train, components=5)
+    assert scores.shape == (40, 5)
+    np.testing.assert_allclose(scores[train].std(0), 1.0, rtol=1e-5)
+    assert abs(np.corrcoef(scores[:, 0], y)[0, 1]) > 0.9  # the first component is the planted class direction
+    moved = x.copy()
+    moved[30:] += 100.0  # the test rows do not change the components
+    np.testing.assert_allclose(pca_scores(moved, train, 5)[train], scores[train], atol=1e-6)
+    assert pca_scores(x, np.arange(3), components=10).shape == (40, 2)  # at most the training rank

@@ -50,6 +50,31 @@ def test_paper_parameter_groups_have_the_reported_sizes(key):
     sizes = {g: st.num_params(v) for g, v in st.parameter_groups(params).items()}
     assert round(sizes["P_space"] / 1e6, 2) == 2.10
     assert round(sizes["P_time"] / 1e6, 2) == 1.05
+    assert sizes["P_com"] == 3 * 2 * (512 * 512 + 512)  # the default: 3 hidden combined WIRE layers, a linear output
+    published = jax.eval_shape(lambda: st.init(key, INRConfig.published()))
+    groups = {g: st.num_params(v) for g, v in st.parameter_groups(published).items()}
+    assert groups["P_com"] == 1_050_624 and groups["P_space"] == sizes["P_space"] and groups["P_time"] == sizes["P_time"]  # as the paper reports
+    assert published["output"]["freq"]["w"].shape == (512, 1)  # a WIRE output layer, outside every group
+
+
+def test_the_published_inr_has_a_wire_output_and_isotropic_coordinates(key):
+    cfg = INRConfig.published(ndim=2, width=8, stream_layers=2)
+    params = st.init(key, cfg)
+    h = jax.random.normal(jax.random.key(1), (5, 8))
+    combined = h
+    for p in params["combined"]:
+        combined = 0.5 * (combined + layers.apply_layer(p, combined, "wire", 10, 10))
+    out = params["output"]
+    wire = np.cos(10 * (combined @ out["freq"]["w"] + out["freq"]["b"])) * np.exp(-((10 * (combined @ out["scale"]["w"] + out["scale"]["b"])) ** 2))
+    np.testing.assert_allclose(st.head(params, h, cfg), wire[:, 0], atol=1e-5)
+    # isotropic: (index - centre) / longest axis; the authors' mapping of a 4 x 8 grid
+    shape = (4, 8)
+    index = np.stack(np.meshgrid(np.arange(4), np.arange(8), indexing="ij"), -1).astype(np.float32)
+    authors = (index - (np.array(shape) - 1) / 2) / max(shape)
+    from longbrain_jax import grid
+
+    np.testing.assert_allclose(st.network_coordinates(grid.normalised_grid(shape), shape, cfg), authors, atol=1e-6)
+    np.testing.assert_allclose(st.network_coordinates(grid.normalised_grid(shape), shape, INRConfig(ndim=2)), grid.normalised_grid(shape))
 
 
 def test_apply_indexed_equals_apply(key):

@@ -34,7 +34,7 @@ def reconstruct(
     params: st.Params, ages: Float[Array, " T"], spatial_shape: tuple[int, ...], cfg: st.INRConfig, block: int = 32768
 ) -> Float[Array, "T *spatial"]:
     """One subject's INR evaluated on its whole voxel grid at each age in `ages` (years)."""
-    coords = normalised_grid(spatial_shape).reshape(-1, len(spatial_shape))
+    coords = st.network_coordinates(normalised_grid(spatial_shape), spatial_shape, cfg).reshape(-1, len(spatial_shape))
     n = coords.shape[0]
     block = min(block, n)
     n_blocks = -(-n // block)

@@ -101,6 +101,7 @@ def sampled_loss(
     """Weighted MSE of the INR on points sampled from one subject's training scans (+ the
     temporal curvature penalty of `Sampling`)."""
     coords, scan, values, weights = sample_points(key, data, sampling.spatial_shape, sampling.num_points, sampling.foreground_fraction)
+    coords = st.network_coordinates(coords, sampling.spatial_shape, cfg)
     pred = st.apply_indexed(params, coords, data.times, scan, cfg)
     loss = jnp.sum(weights * jnp.square(pred - values)) / jnp.maximum(jnp.sum(weights), 1.0)
     if sampling.time_curvature > 0:

@@ -5,14 +5,24 @@ coordinates x (D = ndim components in [-1, 1]) and a temporal stream on the time
 input t. Each stream is an input layer followed by `stream_layers - 1` residual
 hidden layers h <- (h + layer(h)) / 2 (the authors' code halves the sum). The
 temporal features are then ADDED to the spatial ones, `combined_layers` residual
-layers follow, and a linear layer gives the intensity.
+layers follow, and an output layer gives the intensity (linear by default; WIRE in the
+authors' code).
 
 Parameter groups read by the weight-space classifier (input and output layers
 excluded): `P_space` = spatial-stream hidden layers, `P_time` = temporal-stream hidden
 layers, `P_com` = combined layers. At the paper's width 512 with WIRE spatial and
 ReLU temporal layers, P_space has 2.10M and P_time 1.05M parameters as reported;
-P_com has 1.58M with 3 combined layers (the paper reports 1.05M, i.e. 2 WIRE layers;
-the text says 3 combined layers, which we follow by default).
+P_com has 1.58M with 3 combined layers and a linear output (the default). The paper's
+1.05M is the authors' code: 2 hidden WIRE combined layers and a WIRE output layer (its
+"3 combined layers"; their classifier drops the output layer by shape), which
+`INRConfig.published()` builds, with their isotropic coordinates. The default keeps a
+linear output: measured side by side (benchmarks/RESULTS.md, "The published INR"), the
+WIRE output fitted worse.
+
+Coordinates: the fit passes each axis mapped to [-1, 1] (`grid.normalised_grid`);
+`network_coordinates` gives the spatial stream those (`coordinates="axes"`) or, as the
+authors' code, the voxel index minus the grid centre over the longest axis
+(`"isotropic"`, about [-0.5, 0.5] along it, shorter axes proportionally less).
 
 The time input is the subject's age mapped by `INRConfig.time_input`
 ((age - age_center) / age_scale, so ages 50-75 span [-1, 1] by default).
@@ -46,6 +56,9 @@ class INRConfig:
     - `combined_layers`: residual layers after the merge (paper: 3).
     - `spatial_activation`, `temporal_activation`, `combined_activation`: layer kinds
       (`"wire"`, `"sine"`, `"relu"`); paper: WIRE, ReLU, WIRE.
+    - `output_activation`: the output layer, `"linear"` (default) or `"wire"` (the authors' code).
+    - `coordinates`: `"axes"` (each axis in [-1, 1]) or `"isotropic"` (the authors' code); see
+      `network_coordinates`.
     - `w0`, `s0`: frequency and Gabor scale of sine/WIRE layers (paper: 10, 10).
     - `fourier_features`: number F of random Fourier features of x fed to the spatial
       stream instead of x itself (0 = raw coordinates, as in the paper).
@@ -60,6 +73,8 @@ class INRConfig:
     spatial_activation: Literal["wire", "sine", "relu"] = "wire"
     temporal_activation: Literal["wire", "sine", "relu"] = "relu"
     combined_activation: Literal["wire", "sine", "relu"] = "wire"
+    output_activation: Literal["linear", "wire"] = "linear"
+    coordinates: Literal["axes", "isotropic"] = "axes"
     w0: float = 10.0
     s0: float = 10.0
     fourier_features: int = 0
@@ -75,6 +90,13 @@ class INRConfig:
         check_literals(self)
         if self.age_scale <= 0:
             raise ValueError(f"age_scale must be > 0, got {self.age_scale}")
+
+    @classmethod
+    def published(cls, **changes) -> INRConfig:
+        """The network of the authors' published code: 5 + 2 layers, WIRE / ReLU / WIRE, a WIRE output
+        layer, isotropic coordinates, width 512 (P_com 1,050,624 parameters, as the paper reports);
+        `changes` replace fields (e.g. `ndim`, `width`)."""
+        return dataclasses.replace(cls(combined_layers=2, output_activation="wire", coordinates="isotropic"), **changes)
 
     def time_input(self, age: Float[Array, "*s"]) -> Float[Array, "*s"]:
         """The network's time input for an age in years."""
@@ -104,7 +126,7 @@ def init(key: PRNGKeyArray, cfg: INRConfig) -> Params:
             layers.init_layer(k, cfg.width, cfg.width, cfg.combined_activation, cfg.w0)
             for k in jax.random.split(k_com, cfg.combined_layers)
         ],
-        "output": layers.init_layer(k_out, cfg.width, 1, "linear", cfg.w0, first=cfg.combined_activation == "relu"),
+        "output": layers.init_layer(k_out, cfg.width, 1, cfg.output_activation, cfg.w0, first=cfg.combined_activation == "relu"),
     }
     if cfg.fourier_features:
         params["fourier"] = layers.init_fourier(k_ff, cfg.ndim, cfg.fourier_features, cfg.fourier_scale)
@@ -115,6 +137,16 @@ def _residual(layer_params: list, h: Array, kind: str, cfg: INRConfig) -> Array:
     for p in layer_params:
         h = 0.5 * (h + layers.apply_layer(p, h, kind, cfg.w0, cfg.s0))
     return h
+
+
+def network_coordinates(coords: Float[Array, "... D"], shape: tuple[int, ...], cfg: INRConfig) -> Float[Array, "... D"]:
+    """The spatial stream's input from normalised coordinates (each axis in [-1, 1], `grid.normalised_grid`)
+    on a grid of `shape` voxels: unchanged for `coordinates="axes"`; for `"isotropic"` (voxel index
+    - centre) / longest axis, the same scale on every axis."""
+    if cfg.coordinates == "axes":
+        return coords
+    n = jnp.asarray(shape, jnp.float32)
+    return coords * (n - 1) / (2.0 * max(shape))
 
 
 def spatial_features(params: Params, coords: Float[Array, "... D"], cfg: INRConfig) -> Float[Array, "... W"]:
@@ -133,9 +165,9 @@ def temporal_features(params: Params, t: Float[Array, "..."], cfg: INRConfig) ->
 
 
 def head(params: Params, h: Float[Array, "... W"], cfg: INRConfig) -> Float[Array, "..."]:
-    """Combined layers and the linear output on merged features."""
+    """Combined layers and the output layer on merged features."""
     h = _residual(params["combined"], h, cfg.combined_activation, cfg)
-    return layers.apply_layer(params["output"], h, "linear")[..., 0]
+    return layers.apply_layer(params["output"], h, cfg.output_activation, cfg.w0, cfg.s0)[..., 0]
 
 
 def apply(params: Params, coords: Float[Array, "... D"], t: Float[Array, "..."], cfg: INRConfig) -> Float[Array, "..."]:
@@ -172,4 +204,4 @@ def flops_per_point(cfg: INRConfig) -> int:
     total = layers.layer_flops(n_space, w, cfg.spatial_activation)
     total += (cfg.stream_layers - 1) * layers.layer_flops(w, w, cfg.spatial_activation)
     total += cfg.combined_layers * layers.layer_flops(w, w, cfg.combined_activation)
-    return total + layers.layer_flops(w, 1, "linear")
+    return total + layers.layer_flops(w, 1, cfg.output_activation)
