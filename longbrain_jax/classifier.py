@@ -1,12 +1,14 @@
 """Training a flax classifier the way the trajectory-classification paper does.
 
-AdamW with a one-cycle learning-rate schedule, mini-batches, cross-entropy, a held-out
-validation share of the training set, and the parameters of the epoch with the best
-validation loss kept (not the last). Works for any flax module called as
+AdamW with a one-cycle learning-rate schedule, mini-batches, class-weighted cross-entropy, a
+held-out validation share of the training set, and the parameters of the epoch with the best
+validation balanced accuracy kept (not the last; the paper keeps the best validation loss,
+`TrainConfig.select_by="loss"`). Works for any flax module called as
 `model.apply(variables, x, train=...)` with optional batch-norm statistics and dropout.
 Each step is the engine's guarded step (`engine.training.guarded_update`): a step whose
 loss or parameters are not finite is skipped and the classifier keeps its last finite
-state (`Trained.diverged_at`); an epoch runs as one compiled scan over its batches.
+state (`Trained.diverged_at`); an epoch runs as one compiled scan over its batches (one
+compiled step per batch for a convolutional model on the CPU, `engine.training.block_steps`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -22,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from longbrain_jax import metrics
 from longbrain_jax.cohort import train_test_split
+from longbrain_jax.config import check_literals
 from longbrain_jax.engine.training import TrainState, block_steps, guarded_update, init_state, uses_convolution
 from longbrain_jax.memory import Budget, Program, plan_batch
 
@@ -36,6 +40,11 @@ class TrainConfig:
     - `epochs`, `batch_size`, `learning_rate` (peak of the one-cycle schedule), `weight_decay`.
     - `validation_fraction`: share of the training subjects held out to pick the best epoch
       (0 keeps the last epoch).
+    - `class_weights`: "balanced" weighs each training subject by n / (classes x n_class), so
+      a minority class counts as much as the majority (real cohorts are unbalanced); "none".
+    - `select_by`: the best epoch is the one of highest validation "balanced_accuracy" (ties:
+      lowest loss), or of lowest validation "loss". Balanced accuracy does not reward a
+      model that predicts one class for every input, which the loss can.
     """
 
     epochs: int = 100
@@ -43,8 +52,11 @@ class TrainConfig:
     learning_rate: float = 1e-4
     weight_decay: float = 1e-2
     validation_fraction: float = 0.2
+    class_weights: Literal["balanced", "none"] = "balanced"
+    select_by: Literal["balanced_accuracy", "loss"] = "balanced_accuracy"
 
     def __post_init__(self):
+        check_literals(self)
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError(f"need epochs >= 1, batch_size >= 1, learning_rate > 0: {self}")
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -69,7 +81,7 @@ def _optimizer(total_steps: int, peak_lr: float, weight_decay: float) -> optax.G
 def _loss(model, params, state, xb, yb, wb, key):
     logits, new_state = model.apply({"params": params, **state}, xb, train=True, rngs={"dropout": key}, mutable=list(state))
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-    return jnp.sum(wb * ce) / jnp.maximum(jnp.sum(wb), 1.0), new_state
+    return jnp.sum(wb * ce) / jnp.maximum(jnp.sum(wb), 1e-6), new_state
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -104,9 +116,23 @@ def _train_epoch(train: TrainState, state, x, y, batches, weights, keys, first_s
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _eval_loss(params, state, xb, yb, *, model):
+def _evaluate_batch(params, state, xb, yb, *, model):
+    """(summed cross-entropy, predicted classes) of a batch in evaluation mode."""
     logits = model.apply({"params": params, **state}, xb, train=False)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, yb))
+    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, yb)), jnp.argmax(logits, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _probabilities(variables, xb, *, model):
+    return jax.nn.softmax(model.apply(variables, xb, train=False))
+
+
+def class_weights(y: np.ndarray, kind: str) -> np.ndarray:
+    """Per-row weights (N,) of labels `y`: n / (classes x n_class) for "balanced", ones for "none"."""
+    if kind == "none":
+        return np.ones(len(y), np.float32)
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    return (len(y) / (len(classes) * counts[inverse])).astype(np.float32)
 
 
 def train_batch(model: nn.Module, row_shape: tuple[int, ...], cfg: TrainConfig, budget: Budget, steps: int = 1, held_bytes: int = 0) -> int:
@@ -154,13 +180,15 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
     # SFCN's step ran 2.9x slower inside the scan at 64 x 64)
     whole_epochs = on_device and block_steps(2, uses_convolution(lambda v: model.apply(v, data[0][:1], train=False), variables)) > 1
     train_hist, val_hist = [], []
-    best, best_epoch, best_loss = (train.params, state), cfg.epochs - 1, np.inf
+    best, best_epoch, best_score = (train.params, state), cfg.epochs - 1, (-np.inf, -np.inf)
+    row_weight = np.zeros(len(y), np.float32)
+    row_weight[fit_idx] = class_weights(np.asarray(y)[fit_idx], cfg.class_weights)
     for epoch in range(cfg.epochs):
         k_epoch = jax.random.fold_in(k_epochs, epoch)
         order = fit_idx[np.asarray(jax.random.permutation(k_epoch, len(fit_idx)))]
         pad = steps_per_epoch * cfg.batch_size - len(order)  # fixed batch shape: one compilation; padded rows weigh 0
         batches = np.r_[order, np.full(pad, order[0])].reshape(steps_per_epoch, cfg.batch_size)
-        weights = np.r_[np.ones(len(order)), np.zeros(pad)].astype(np.float32).reshape(batches.shape)
+        weights = np.r_[row_weight[order], np.zeros(pad)].astype(np.float32).reshape(batches.shape)
         keys = jax.vmap(lambda b, k=k_epoch: jax.random.fold_in(k, b + 1))(jnp.arange(steps_per_epoch))
         first = jnp.int32(epoch * steps_per_epoch)
         if whole_epochs:
@@ -175,12 +203,14 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
         train_hist.append(float(np.mean(np.asarray(losses))))
         params = train.params
         if len(val_idx):
-            parts = [(len(b), float(_eval_loss(params, state, jnp.asarray(x[b]), jnp.asarray(y[b]), model=model)))
+            parts = [_evaluate_batch(params, state, jnp.asarray(x[b]), jnp.asarray(y[b]), model=model)
                      for b in np.array_split(val_idx, -(-len(val_idx) // cfg.batch_size))]  # fmt: skip
-            v = sum(n * loss for n, loss in parts) / len(val_idx)
+            v = float(sum(float(total) for total, _ in parts)) / len(val_idx)
+            balanced = metrics.balanced_accuracy(np.asarray(y)[val_idx], np.concatenate([np.asarray(p) for _, p in parts]))
             val_hist.append(v)
-            if v < best_loss:
-                best, best_epoch, best_loss = (params, state), epoch, v
+            score = (balanced, -v) if cfg.select_by == "balanced_accuracy" else (-v, 0.0)
+            if score > best_score:
+                best, best_epoch, best_score = (params, state), epoch, score
         else:
             val_hist.append(float("nan"))
             best, best_epoch = (params, state), epoch
@@ -192,5 +222,4 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
 
 def predict_proba(model: nn.Module, variables: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, classes) class probabilities in evaluation mode."""
-    fn = jax.jit(lambda xb: jax.nn.softmax(model.apply(variables, xb, train=False)))
-    return np.concatenate([np.asarray(fn(jnp.asarray(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)])
+    return np.concatenate([np.asarray(_probabilities(variables, jnp.asarray(x[i : i + batch_size]), model=model)) for i in range(0, len(x), batch_size)])

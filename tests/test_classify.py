@@ -207,3 +207,15 @@ def test_pca_scores_use_the_training_rows_only_and_separate_a_planted_direction(
     moved[30:] += 100.0  # the test rows do not change the components
     np.testing.assert_allclose(pca_scores(moved, train, 5)[train], scores[train], atol=1e-6)
     assert pca_scores(x, np.arange(3), components=10).shape == (40, 2)  # at most the training rank
+
+
+def test_class_weights_balance_an_unbalanced_cohort():
+    from longbrain_jax.classifier import class_weights
+
+    y = np.array([0, 0, 0, 1])
+    w = class_weights(y, "balanced")
+    np.testing.assert_allclose(w, [2 / 3, 2 / 3, 2 / 3, 2.0])
+    assert w[y == 0].sum() == pytest.approx(w[y == 1].sum())  # each class weighs the same in the loss
+    np.testing.assert_array_equal(class_weights(y, "none"), 1.0)
+    with pytest.raises(ValueError, match="select_by"):
+        TrainConfig(select_by="accuracy")
