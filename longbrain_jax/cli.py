@@ -338,6 +338,9 @@ class _FitBar:
 @main.command()
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
+@click.option("--preset", type=click.Choice(["paper", "published", "slices-30db"]), default=None,
+              help="Start from a named configuration (fit.config.PRESETS; the options below still apply): the paper's settings (the defaults), "
+                   "the authors' published network, or >= 30 dB on 1 mm 2D slices at CPU cost.")
 @config_field("--width", type=int, config=FIT, fields=("inr.width",), help="Hidden width of the INR.")
 @config_field("--stream-layers", type=int, config=FIT, fields=("inr.stream_layers",), help="Layers per stream (input layer included).")
 @config_field("--combined-layers", type=int, config=FIT, fields=("inr.combined_layers",), help="Layers after the streams merge.")
@@ -369,7 +372,8 @@ class _FitBar:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_option
 @_input_errors_exit_2
-def fit(bids_dir, out, memory_budget, align_transform, reconstruct_ages, common_grid, group_column, resume, overwrite, distributed, quiet, config_file, **settings) -> None:
+def fit(bids_dir, out, preset, memory_budget, align_transform, reconstruct_ages, common_grid, group_column, resume, overwrite, distributed, quiet, config_file,
+        **settings) -> None:  # fmt: skip
     """Fit one spatiotemporal INR per subject of BIDS_DIR (all at once) and write them to OUT."""
     import jax
     import numpy as np
@@ -377,12 +381,15 @@ def fit(bids_dir, out, memory_budget, align_transform, reconstruct_ages, common_
     from longbrain_jax.cohort import ROLES
     from longbrain_jax.config import with_overrides
     from longbrain_jax.fit import FitConfig, fit_cohort, load_fit, write_reconstructions
+    from longbrain_jax.fit.config import PRESETS
     from longbrain_jax.io import LoadConfig, scan_bids
 
     if distributed:
         jax.distributed.initialize()
     ages = _floats(reconstruct_ages, "--reconstruct-ages")
-    cfg = _configure(FitConfig, FitConfig())
+    if preset and config_file:
+        raise click.UsageError("--preset and --config both name a starting configuration; give one")
+    cfg = _configure(FitConfig, PRESETS[preset or "paper"])
     dataset = _aligned(scan_bids(bids_dir, LoadConfig(common_grid=common_grid, labels=False, group_column=group_column)), align_transform)
     cfg = with_overrides(cfg, {"inr.ndim": dataset.ndim})  # the data's, also on a rerun of other data
     _show_memory_plans(not quiet)

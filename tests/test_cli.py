@@ -144,3 +144,20 @@ def test_options_have_no_defaults_of_their_own_and_show_the_configurations():
     help_text = CliRunner().invoke(cli.main, ["fit", "--help"], terminal_width=200).output
     assert f"[default: {FitConfig().inr.width}]" in help_text and f"[default: {FitConfig().shared.learning_rate}]" in help_text
     assert "[default: wire,relu,wire]" in " ".join(help_text.split())
+
+
+def test_fit_presets_are_named_configurations_and_exclude_config(dataset, tmp_path):  # noqa: F811
+    from longbrain_jax import cli
+    from longbrain_jax.fit.config import PRESETS
+    from longbrain_jax.inr import INRConfig
+
+    option = next(p for p in cli.fit.params if p.name == "preset")
+    assert list(option.type.choices) == list(PRESETS)  # the CLI lists every preset, and only those
+    assert PRESETS["paper"] == PRESETS["paper"].__class__()  # the paper's settings are the defaults
+    assert PRESETS["published"].inr == INRConfig.published()
+    assert PRESETS["slices-30db"].finetune.steps == 1000 and PRESETS["slices-30db"].inr.width == 64
+    root, _ = dataset
+    both = CliRunner().invoke(main, ["fit", str(root), str(tmp_path / "o"), "--preset", "paper", "--config", str(tmp_path)])
+    assert both.exit_code == 2 and "--preset and --config" in both.output
+    unknown = CliRunner().invoke(main, ["fit", str(root), str(tmp_path / "o"), "--preset", "fastest"])
+    assert unknown.exit_code == 2 and "fastest" in unknown.output

@@ -73,3 +73,18 @@ class FitConfig:
         years = 1.0 / self.inr.age_scale
         return Sampling(shape, stage.num_points(int(np.prod(shape)), max_scans), self.foreground_fraction,
                         self.time_curvature, self.time_step_years * years, self.time_horizon_years * years)  # fmt: skip
+
+
+#: Named starting points for `longbrain fit --preset NAME` (`FitConfig` fields given as options
+#: beside it still apply). Figures: benchmarks/RESULTS.md, "The published INR against ours".
+PRESETS: dict[str, FitConfig] = {
+    # the paper's settings (the defaults): width 512, theta* 250 steps, 100 fine-tuning steps at 1%
+    # of voxels; about 26-27 dB train PSNR on 1 mm slices at CPU widths (64-128)
+    "paper": FitConfig(),
+    # the authors' published network: 2 combined WIRE layers + a WIRE output, isotropic coordinates
+    "published": FitConfig(inr=st.INRConfig.published()),
+    # >= 30 dB train PSNR on 1 mm 2D slices (167 x 204: 32.0 / 31.1 dB healthy / dementia-like) at
+    # about a minute per subject on 2 CPU cores: width 64, theta* 100 steps, 1000 steps at 5%
+    "slices-30db": FitConfig(inr=st.INRConfig(width=64), shared=StageConfig(steps=100, learning_rate=1e-3, sample_fraction=0.025),
+                             finetune=StageConfig(steps=1000, learning_rate=1e-3, sample_fraction=0.05)),  # fmt: skip
+}
