@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import time
@@ -41,7 +42,7 @@ from longbrain_jax.files import atomic_dir
 from longbrain_jax.fit.outputs import FittedCohort
 from longbrain_jax.groups import GroupMap
 from longbrain_jax.io.bids import BIDSDataset
-from longbrain_jax.memory import Budget, within_budget
+from longbrain_jax.memory import Budget, plan_host, within_budget
 from longbrain_jax.report import markdown_table, save_figure
 from longbrain_jax.weightspace.models import LinearClassifier, TokenEncoderClassifier
 from longbrain_jax.weightspace.tokens import COMBINATIONS, combination_name, stream_tokens, stream_vectors
@@ -155,15 +156,15 @@ class _Methods:
 
             stacked = rows(build, src.num_subjects, (*src.spatial_shape, cfg.sfcn_scans), self.budget, self.folder, "sfcn-inputs")
             yield "SFCN", "images", (lambda train: stacked), SFCN(cfg.sfcn_channels), cfg.sfcn
-            changes = np.concatenate([_changes(src.select(np.arange(i, min(i + CHANGE_CHUNK, src.num_subjects))), cfg.change_voxels)
-                                      for i in range(0, src.num_subjects, CHANGE_CHUNK)])  # fmt: skip
+            per_subject = 3 * 4 * src.max_scans * math.prod(src.spatial_shape)  # its scans, label maps, its change image
+            n = src.num_subjects
+            chunk = plan_host("classify: change images", "subjects per chunk", self.budget, n, per_subject).sizes["subjects per chunk"]
+            changes = np.concatenate([_changes(src.select(np.arange(i, min(i + chunk, n))), cfg.change_voxels) for i in range(0, n, chunk)])
             yield "change-image PCA", "last - first scan", (lambda train: pca_scores(changes, train, cfg.change_components)), LinearClassifier(), cfg.baseline
 
 
-CHANGE_CHUNK = 8  # subjects read at a time for the change images (their features are at most change_voxels each)
-
-
 def _changes(chunk, max_voxels: int) -> np.ndarray:
+    """The change images of a chunk of subjects read into memory (at most `max_voxels` features each)."""
     return change_images(chunk.volumes, chunk.mask, max_voxels)
 
 
