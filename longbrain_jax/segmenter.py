@@ -179,7 +179,7 @@ def train_segmenter(
 
     Steps run `steps_per_call` at a time in one compiled loop (`train_block`; default
     `engine.training.block_steps(50, convolutional=True)`: one step per call on the CPU, where
-    a compiled loop slows this network's step 5x); `progress(step, steps, loss)` is called
+    a compiled loop slowed this network's step 6.6x); `progress(step, steps, loss)` is called
     after each block.
     """
     steps_per_call = steps_per_call or block_steps(50, convolutional=True)

@@ -14,7 +14,10 @@ or passed as arrays) and an optax `GradientTransformation`; the engine supplies
 - `train_steps` / `train_chunk_steps`: a block of steps in one compiled loop (no host
   round trip per step), for one model or a chunk of models (a loop over steps of a
   vmapped step); with `max_steps`, one program serves blocks of any length up to it
-  (`repeat_steps`), so a run's shorter last block or a resumed run compiles nothing new.
+  (`repeat_steps`), so a run's shorter last block or a resumed run compiles nothing new;
+- `block_steps`: how many steps one call holds (one for a convolutional network on the
+  CPU, whose convolutions run several times slower inside a compiled loop; a block of one
+  step is traced without a loop).
 
 Everything here is jit-, vmap- and grad-safe; checkpoints, chunks and sharding are
 `engine.chunks`, `engine.checkpoint` and `engine.sharding`.
@@ -125,9 +128,10 @@ def _one_step(step, state, num_steps, traced: bool):
 
 def block_steps(steps_per_call: int, convolutional: bool) -> int:
     """Steps per compiled call of a training loop: `steps_per_call`, except one for a
-    convolutional network on the CPU, where a step inside a compiled loop ran 5-24x slower
+    convolutional network on the CPU, where a step inside a compiled loop ran 2.6-24x slower
     than the same step called alone (measured on XLA:CPU, JAX 0.10: autoencoder 10.6 s vs
-    0.44 s, segmenter 0.26 s vs 0.05 s per step at 64 x 64; jax-ml/jax#12868). On an
+    0.44 s, segmenter 0.26 s vs 0.05 s per step at 64 x 64; SFCN 2.6x at 48 x 48;
+    `benchmarks/compiled_loops.py`, jax-ml/jax#12868). On an
     accelerator, blocks of many steps save the host round trips."""
     return 1 if convolutional and jax.default_backend() == "cpu" else steps_per_call
 

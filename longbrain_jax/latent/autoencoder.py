@@ -406,7 +406,8 @@ def train_autoencoder(
     - `progress`: called as `progress(step, steps, losses)` after every block of
       `steps_per_call` steps (compiled as one loop), with the block's last losses.
     - `steps_per_call`: default `engine.training.block_steps(50, convolutional=True)`: one
-      step per call on the CPU, where a compiled loop slows this network's step 5x.
+      step per call on the CPU, where a compiled loop slowed this network's step 4-24x
+      (`benchmarks/compiled_loops.py`).
     """
     steps_per_call = steps_per_call or block_steps(50, convolutional=True)
     images = np.asarray(images, np.float32)
