@@ -119,7 +119,7 @@ def section_fit(sizes: Sizes) -> dict:
     from longbrain_jax.memory import Budget
 
     shape = sizes.shape
-    cfg = FitConfig(inr=INRConfig(ndim=3, width=sizes.inr_width), chunk_size=sizes.fit_chunk)  # the paper's INR and fine-tuning
+    cfg = FitConfig(inr=INRConfig(ndim=len(sizes.shape), width=sizes.inr_width), chunk_size=sizes.fit_chunk)  # the paper's INR and fine-tuning
     plan = plan_chunk(cfg, COHORT, sizes.scans, shape, 1, Budget.resolve())  # the chunk the memory budget allows, as `longbrain fit` plans it
     n, stage = plan.sizes["subjects per chunk"], cfg.finetune
     sampling = Sampling(shape, stage.num_points(math.prod(shape), sizes.scans), cfg.foreground_fraction)
@@ -141,7 +141,7 @@ def section_register(sizes: Sizes) -> dict:
     from longbrain_jax.registration.cohort import plan_chunk
     from longbrain_jax.registration.train import init_states, registration_block
 
-    cfg = RegistrationConfig(network=DisplacementConfig(ndim=3, width=sizes.register_width), patches=sizes.register_patches[0],
+    cfg = RegistrationConfig(network=DisplacementConfig(ndim=len(sizes.shape), width=sizes.register_width), patches=sizes.register_patches[0],
                              patch_size=sizes.register_patches[1], chunk_size=sizes.register_chunk, steps_per_call=sizes.register_steps)  # fmt: skip
     plan = plan_chunk(cfg, COHORT, sizes.scans, sizes.shape, 1, Budget.resolve())
     n = plan.sizes["subjects per chunk"]
@@ -183,7 +183,7 @@ def section_classify(sizes: Sizes) -> dict:
     from longbrain_jax.weightspace.tokens import stream_tokens
 
     b = sizes.batch
-    theta = st.init(jax.random.key(0), INRConfig(ndim=3, width=sizes.inr_width))
+    theta = st.init(jax.random.key(0), INRConfig(ndim=len(sizes.shape), width=sizes.inr_width))
     one = stream_tokens(jax.device_get(jax.tree_util.tree_map(lambda x: x[None], theta)), ("P_space", "P_time", "P_com"))
     tokens = np.repeat(one, b, axis=0) * np.random.default_rng(0).uniform(0.9, 1.1, (b, 1, 1)).astype(np.float32)
     encoder = _classifier_steps(TokenEncoderClassifier(sizes.encoder_widths, sizes.encoder_head), tokens, b, sizes.classify_steps)
@@ -195,8 +195,9 @@ def section_classify(sizes: Sizes) -> dict:
 def section_diffusion(sizes: Sizes) -> dict:
     from longbrain_jax.diffusion.config import DiffusionConfig
     from longbrain_jax.diffusion.denoiser import DenoiserConfig
-    from longbrain_jax.diffusion.model import Sequences, Vocabulary, _initial, baseline_features, train_step
+    from longbrain_jax.diffusion.model import Sequences, Vocabulary, _initial, baseline_features, train_block
     from longbrain_jax.diffusion.svf import SVFConfig, coarse_shape
+    from longbrain_jax.engine.training import block_steps
 
     cfg = DiffusionConfig(denoiser=DenoiserConfig(channels=sizes.denoiser_channels), batch_size=sizes.diffusion_batch)
     vocab = Vocabulary(("dementia", "healthy"), ("F", "M"))
@@ -204,7 +205,7 @@ def section_diffusion(sizes: Sizes) -> dict:
     n, frames = 2 * sizes.diffusion_batch, sizes.scans - 1
     rng = np.random.default_rng(3)
     seq = Sequences(
-        frames=rng.standard_normal((n, frames, *coarse, 3)).astype(np.float32),
+        frames=rng.standard_normal((n, frames, *coarse, len(sizes.shape))).astype(np.float32),
         frame_mask=np.ones((n, frames), bool),
         image=baseline_features(_brains(n, sizes.shape, 1, seed=3)[:, 0], coarse),
         cond_ids=np.stack([np.arange(n) % 2, np.arange(n) // 2 % 2], 1).astype(np.int32),
@@ -213,9 +214,12 @@ def section_diffusion(sizes: Sizes) -> dict:
     )
     data = jax.tree_util.tree_map(jnp.asarray, seq)
 
+    block = block_steps(50, convolutional=True)  # as `diffusion.model.train` runs it
+
     def run(state):
-        for i in range(sizes.diffusion_steps):
-            state, _ = train_step(state, data, jnp.int32(i), cfg=cfg, vocab=vocab, batch=sizes.diffusion_batch)
+        for first in range(0, sizes.diffusion_steps, block):
+            n = min(block, sizes.diffusion_steps - first)
+            state, _ = train_block(state, data, jnp.int32(first), jnp.int32(n), cfg=cfg, vocab=vocab, batch=sizes.diffusion_batch, max_steps=block)
         return state
 
     first, per_step, _ = _timed(run, _initial(cfg, vocab, frames, coarse), sizes.diffusion_steps)

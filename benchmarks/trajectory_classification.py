@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 from _common import print_results  # noqa: E402
 
 from longbrain_jax.classification import ClassifyConfig, results_table, run_classification  # noqa: E402
@@ -41,34 +42,40 @@ PAPER = {  # accuracy %, regular / irregular
 }  # fmt: skip
 
 
-def oracle_row(cohort, results: dict, cfg: ClassifyConfig) -> dict:
-    """Reference: logistic regression on the TRUE annualised regional volume changes
-    (hippocampus, amygdala, ventricles, cortex, WM from the simulator's label maps),
-    same split. What a perfect measurement of the simulated signal allows."""
-    import numpy as np
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y against x (0 for a single point)."""
+    return float(np.polyfit(x, y, 1)[0]) if x.size > 1 else 0.0
 
-    from longbrain_jax import metrics
-    from longbrain_jax.classification import _scores, standardise
-    from longbrain_jax.classifier import predict_proba, train_classifier
-    from longbrain_jax.simulate import REGIONS
-    from longbrain_jax.weightspace.models import LinearClassifier
 
-    names = [r for r in ("hippocampus", "amygdala", "lateral_ventricles", "cortical_gm", "cerebral_wm") if r in REGIONS]
-    feats = np.zeros((cohort.num_subjects, len(names)), np.float32)
-    for i in range(cohort.num_subjects):
-        t = cohort.mask[i]
-        for k, name in enumerate(names):
-            vols = [float(np.asarray(metrics.regional_volumes(cohort.labels[i, j], cohort.affines[i], REGIONS[name])).sum()) for j in np.flatnonzero(t)]
-            feats[i, k] = np.polyfit(cohort.ages[i, t], np.log(np.maximum(vols, 1.0)), 1)[0]
-    ids = list(cohort.subject_ids)
-    train = np.array([ids.index(s) for s in results["train"]])
-    test = np.array([ids.index(s) for s in results["test"]])
-    y = cfg.groups.labels(cohort.groups)
-    x = standardise(feats, train)
-    trained = train_classifier(LinearClassifier(), x[train], y[train], cfg.baseline, jax.random.key(cfg.seed))
-    return {"method": "oracle logistic", "streams": "true volume rates", **_scores(y[test], predict_proba(LinearClassifier(), trained.variables, x[test])),
-            "kfold_accuracy_mean": float("nan"), "kfold_accuracy_sd": float("nan"), "kfold_balanced_accuracy_mean": float("nan"),
-            "kfold_balanced_accuracy_sd": float("nan"), "best_epoch": trained.best_epoch, "seconds": 0.0}  # fmt: skip
+def oracle_features(bids: Path, subject_ids) -> dict[str, np.ndarray]:
+    """What separates the simulated classes by construction, from the simulator's ground truth
+    (`derivatives/simulator/volumes.tsv`), one row per subject in `subject_ids` order:
+
+    - "true volume rates + ages": each region's log-volume slope (1/yr) from its exact
+      partial volume, with the first and last scan age (the rates grow with brain age, so a
+      rate means little without the age it was measured at);
+    - "true brain-age gap": brain age minus age at the first and the last scan, and its slope.
+
+    Classified like every other method (same splits, logistic regression): the ceiling a
+    perfect measurement of the simulated signal allows.
+    """
+    from longbrain_jax.simulate import read_volumes
+
+    by_subject: dict[str, list[dict[str, str]]] = {}
+    for row in read_volumes(bids / "derivatives" / "simulator" / "volumes.tsv"):
+        by_subject.setdefault(row["participant_id"].removeprefix("sub-"), []).append(row)
+    regions = [k.removesuffix("_pv_mm3") for k in next(iter(by_subject.values()))[0] if k.endswith("_pv_mm3")]
+    volumes, gaps = [], []
+    for sid in subject_ids:
+        rows = sorted(by_subject[str(sid).removeprefix("sub-")], key=lambda r: float(r["age"]))
+        age = np.array([float(r["age"]) for r in rows])
+        gap = np.array([float(r["brain_age"]) for r in rows]) - age
+        logs = [np.log(np.maximum([float(r[f"{name}_pv_mm3"]) for r in rows], 1e-3)) for name in regions]
+        volumes.append([_slope(age, v) for v in logs] + [age[0], age[-1]])
+        gaps.append([gap[0], gap[-1], _slope(age, gap)])
+    volumes = np.array(volumes, np.float32)
+    volumes = volumes[:, np.any(volumes != 0, axis=0)]  # regions off a 2D slice for every subject
+    return {"oracle: true volume rates + ages": volumes, "oracle: true brain-age gap": np.array(gaps, np.float32)}
 
 
 # The arguments that make a simulated cohort and its fit; `--work` reuses both only when these agree.
@@ -145,9 +152,8 @@ def main() -> None:
             fit_s = time.perf_counter() - start
             fitted = load_fit(work / "fit")
             start = time.perf_counter()
-            results = run_classification(fitted, cohort, ccfg)
+            results = run_classification(fitted, cohort, ccfg, features=oracle_features(work / "bids", cohort.subject_ids))
             cls_s = time.perf_counter() - start
-            results["rows"].append(oracle_row(cohort, results, ccfg))
         print(f"\n## {sampling} sampling\n\n" + results_table(results))
         record["samplings"][sampling] = {"results": results["rows"], "simulate_s": sim_s, "fit_s": fit_s, "classify_s": cls_s,
                                          "train": len(results["train"]), "test": len(results["test"])}  # fmt: skip

@@ -7,6 +7,9 @@ Given a fitted cohort (`fit.load_fit`) and its scans:
 - SFCN on the scans stacked as channels (`baselines.sfcn`);
 - PCA + logistic regression on each subject's change image, last scan minus first
   (`baselines.change_pca`), the floor any trajectory method has to clear;
+- logistic regression on any per-subject features the caller brings (`features`: for
+  example regional volume rates from FreeSurfer, or a simulator's ground truth as an
+  oracle);
 
 all trained and tested on the same subjects. Protocol: a 2:1 split by anatomy; the
 test set holds both the healthy and the dementia-like version of each test anatomy
@@ -23,7 +26,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -134,8 +137,8 @@ class _Methods:
     in memory or, when they do not fit the host budget, in a `engine.store.RowStore` under `folder`.
     """
 
-    def __init__(self, fitted: FittedCohort, images, cfg: ClassifyConfig, budget: Budget, folder: Path):
-        self.fitted, self.images, self.cfg, self.budget, self.folder = fitted, images, cfg, budget, folder
+    def __init__(self, fitted: FittedCohort, images, cfg: ClassifyConfig, budget: Budget, folder: Path, features: dict[str, np.ndarray]):
+        self.fitted, self.images, self.cfg, self.budget, self.folder, self.features = fitted, images, cfg, budget, folder, features
 
     def __iter__(self):
         cfg = self.cfg
@@ -161,6 +164,8 @@ class _Methods:
             chunk = plan_host("classify: change images", "subjects per chunk", self.budget, n, per_subject).sizes["subjects per chunk"]
             changes = np.concatenate([_changes(src.select(np.arange(i, min(i + chunk, n))), cfg.change_voxels) for i in range(0, n, chunk)])
             yield "change-image PCA", "last - first scan", (lambda train: pca_scores(changes, train, cfg.change_components)), LinearClassifier(), cfg.baseline
+        for name, x in self.features.items():
+            yield "features logistic", name, (lambda train, x=x: standardise(x, train)), LinearClassifier(), cfg.baseline
 
 
 def _changes(chunk, max_voxels: int) -> np.ndarray:
@@ -203,8 +208,13 @@ def run_classification(
     progress: Callable[[str], None] | None = None,
     use_images: bool = True,
     budget: Budget | None = None,
+    features: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """Run every method on the paper's split (and k-fold if asked); returns a results dict.
+
+    `features` maps a name to per-subject features (N, F) in `fitted`'s subject order
+    (finite; standardised on the training rows), each classified by logistic regression
+    under the same splits as every other method.
 
     `images` (a `Cohort` or a streamed `BIDSDataset`) must list the same subjects in the
     same order as `fitted`; SFCN runs on them when `use_images` (None: no SFCN). Training
@@ -214,10 +224,16 @@ def run_classification(
     """
     if images is not None and tuple(images.subject_ids) != tuple(fitted.subject_ids):
         raise InputError("images", "the scans' subjects differ from the fitted cohort's (order matters)")
+    features = {name: np.asarray(x, np.float32) for name, x in (features or {}).items()}
+    for name, x in features.items():
+        if x.ndim != 2 or len(x) != len(fitted.subject_ids) or not np.all(np.isfinite(x)):
+            raise InputError(f"features {name!r}", f"need finite (subjects, F) = ({len(fitted.subject_ids)}, F) rows, got shape {x.shape}"
+                             + ("" if np.all(np.isfinite(x)) else " with non-finite values"))  # fmt: skip
     keep = cfg.groups.keep(fitted.groups)
     classes = cfg.groups.class_names([fitted.groups[i] for i in keep])
     if keep.size < len(fitted.groups):
         fitted, images = fitted.select(keep), None if images is None else subjects_of(images, keep)
+        features = {name: x[keep] for name, x in features.items()}
     y = cfg.groups.labels(fitted.groups)
     units = tuple(str((images.metadata[i] if images is not None else {}).get("pair_id", "") or fitted.subject_ids[i]) for i in range(len(y)))
     key = jax.random.key(cfg.seed)
@@ -231,7 +247,7 @@ def run_classification(
             folds.append((one_version_per_unit(jax.random.fold_in(k_fold, f), tr, units, y), te))
     rows = []
     folder = tempfile.TemporaryDirectory(prefix="longbrain-classify-")
-    for m, method in enumerate(_Methods(fitted, images if use_images else None, cfg, budget, Path(folder.name))):
+    for m, method in enumerate(_Methods(fitted, images if use_images else None, cfg, budget, Path(folder.name), features)):
         name, streams = method[0], method[1]
         if progress is not None:
             progress(f"{name} {streams}")

@@ -1,6 +1,7 @@
 """Weight-space classification, SFCN, and the paper's protocol."""
 
 import dataclasses
+import types
 
 import chex
 import jax
@@ -20,6 +21,7 @@ from longbrain_jax.classification import (
 )
 from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
 from longbrain_jax.cli import main
+from longbrain_jax.errors import InputError
 from longbrain_jax.fit import fit_cohort, load_fit
 from longbrain_jax.inr import INRConfig
 from longbrain_jax.inr import spatiotemporal as st
@@ -132,6 +134,24 @@ def test_paired_split_keeps_anatomies_apart(key):
     assert abs(int(y[train].sum()) - len(train) / 2) <= 1
 
 
+def test_features_are_classified_under_the_same_splits_and_must_be_one_finite_row_per_subject():
+    groups = tuple("dementia" if i % 2 else "healthy" for i in range(24))
+    cohort = types.SimpleNamespace(subject_ids=tuple(f"{i:02d}" for i in range(24)), groups=groups)
+    separating = np.array([g == "dementia" for g in groups], np.float32)[:, None] + 0.1 * np.random.default_rng(0).standard_normal((24, 2))
+    cfg = dataclasses.replace(SMALL, combinations=(), baseline=TrainConfig(epochs=30, batch_size=8, learning_rate=0.05), folds=3)
+    results = run_classification(cohort, None, cfg, features={"separating": separating, "noise": np.random.default_rng(1).standard_normal((24, 2))})
+    rows = {r["streams"]: r for r in results["rows"]}
+    assert list(rows) == ["separating", "noise"] and all(r["method"] == "features logistic" for r in rows.values())
+    assert rows["separating"]["accuracy"] == 1.0 and rows["separating"]["kfold_balanced_accuracy_mean"] == 1.0
+    assert results["num_folds"] == 3 and not set(results["train"]) & set(results["test"])
+
+    fitted = types.SimpleNamespace(subject_ids=("a", "b", "c"), groups=("healthy", "dementia", "healthy"))
+    with pytest.raises(InputError, match=r"features 'volumes': need finite \(subjects, F\) = \(3, F\) rows, got shape \(2, 4\)"):
+        run_classification(fitted, None, SMALL, features={"volumes": np.zeros((2, 4))})
+    with pytest.raises(InputError, match="features 'volumes'.*non-finite"):
+        run_classification(fitted, None, SMALL, features={"volumes": np.array([[0.0], [np.nan], [1.0]])})
+
+
 @pytest.mark.slow  # a whole command
 def test_experiment_runs_every_method_and_writes_a_report(tmp_path):
     cohort = blob_cohort(12)
@@ -139,10 +159,11 @@ def test_experiment_runs_every_method_and_writes_a_report(tmp_path):
     fit_cohort(cohort, tmp_path / "fit", TINY)
     fitted = load_fit(tmp_path / "fit")
     cfg = dataclasses.replace(SMALL, combinations=(("P_time",), ("P_space", "P_com")))
-    results = run_classification(fitted, cohort, cfg)
+    results = run_classification(fitted, cohort, cfg, features={"volumes": np.random.default_rng(0).standard_normal((12, 3))})
     methods = [(r["method"], r["streams"]) for r in results["rows"]]
     assert methods == [("INR encoder", "P_time"), ("INR logistic", "P_time"), ("INR encoder", "P_space+P_com"),
-                       ("INR logistic", "P_space+P_com"), ("SFCN", "images"), ("change-image PCA", "last - first scan")]  # fmt: skip
+                       ("INR logistic", "P_space+P_com"), ("SFCN", "images"), ("change-image PCA", "last - first scan"),
+                       ("features logistic", "volumes")]  # fmt: skip
     for r in results["rows"]:
         assert np.sum(r["confusion"]) == len(results["test"])
         assert r["accuracy"] == pytest.approx(np.trace(r["confusion"]) / len(results["test"]))

@@ -76,8 +76,10 @@ def test_padding_frames_change_neither_the_loss_nor_the_real_frames_predictions(
 
 def test_resumed_training_equals_uninterrupted_and_sampling_is_per_subject(tmp_path):
     seq, _ = _sequences()
-    params, history = dm.train(seq, TINY, VOCAB, steps_per_call=6, batch=4)
+    params, history = dm.train(seq, TINY, VOCAB, steps_per_call=6, batch=4)  # blocks of 6 steps in one compiled loop
     assert np.all(np.isfinite(history))
+    _, one_per_call = dm.train(seq, TINY, VOCAB, steps_per_call=1, batch=4)  # the CPU's default: no loop
+    np.testing.assert_allclose(one_per_call, history, rtol=1e-4, atol=1e-6)
 
     class Killed(Exception):
         pass

@@ -39,7 +39,7 @@ from longbrain_jax.diffusion import svf
 from longbrain_jax.diffusion.config import DiffusionConfig
 from longbrain_jax.diffusion.denoiser import Denoiser
 from longbrain_jax.engine.checkpoint import StateCheckpoints
-from longbrain_jax.engine.training import TrainState, init_state, loss_step, step_key
+from longbrain_jax.engine.training import TrainState, block_steps, init_state, loss_step, repeat_steps, step_key
 from longbrain_jax.memory import Budget, Program, plan_batch
 
 
@@ -189,17 +189,10 @@ class Training(NamedTuple):
     ema: Any
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "vocab", "batch"), donate_argnums=0)
-def train_step(state: Training, data: Sequences, step, *, cfg: DiffusionConfig, vocab: Vocabulary, batch: int) -> tuple[Training, Array]:
+def train_step(state: Training, data: Sequences, step: Int[Array, ""], *, cfg: DiffusionConfig, vocab: Vocabulary, batch: int
+               ) -> tuple[Training, Array]:  # fmt: skip
     """One guarded AdamW step on `batch` subjects drawn with the engine's key for the step; the EMA follows
-    a kept step. Returns the state and the step's loss (NaN once diverged).
-
-    One compiled step per call, not a block of steps in one compiled loop as the engine's
-    `train_steps` does: on XLA:CPU (JAX 0.10.2) this network's training step ran 5-8x slower
-    inside a `lax.scan` or `fori_loop` than called from Python (0.7 s against 5.4 s per step,
-    batch 8, 4 frames on a 29 x 35 grid, 2 cores; the forward pass alone, as in sampling, lost
-    only ~10%), and at half a second a step the host round trip does not show.
-    """
+    a kept step. Returns the state and the step's loss (NaN once diverged)."""
     net, sched, tx = network(cfg, vocab), sch.schedule(cfg.diffusion_steps, cfg.schedule), _optimizer(cfg)
     unknown = jnp.asarray(vocab.unknown(1)[0])
     k_batch, k_loss = jax.random.split(step_key(jnp.int32(cfg.seed), "diffusion", jnp.int32(0), step))
@@ -216,6 +209,18 @@ def train_step(state: Training, data: Sequences, step, *, cfg: DiffusionConfig, 
     return Training(train, ema), jnp.where(train.alive, value, jnp.nan)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "vocab", "batch", "max_steps"), donate_argnums=0)
+def train_block(state: Training, data: Sequences, first_step: Int[Array, ""], num_steps: Int[Array, ""], *, cfg: DiffusionConfig,
+                vocab: Vocabulary, batch: int, max_steps: int) -> tuple[Training, Array]:  # fmt: skip
+    """`num_steps` (<= `max_steps`) `train_step`s from `first_step` in one compiled call
+    (`engine.training.repeat_steps`); returns the state and the steps' losses (`max_steps`, zero past
+    `num_steps`). `train` asks for `engine.training.block_steps(.., convolutional=True)` steps: one
+    per call on the CPU, where this network's step ran 5-8x slower inside a compiled loop (0.7 s
+    against 5.4 s per step, batch 8, 4 frames on a 29 x 35 grid, 2 cores; jax-ml/jax#12868)."""
+    step = lambda s, i: train_step(s, data, first_step + i, cfg=cfg, vocab=vocab, batch=batch)  # noqa: E731
+    return repeat_steps(step, state, num_steps, max_steps)
+
+
 def _initial(cfg: DiffusionConfig, vocab: Vocabulary, frames: int, coarse: tuple[int, ...]) -> Training:
     params = init_params(jax.random.fold_in(jax.random.key(cfg.seed), 0), cfg, vocab, frames, coarse)
     return Training(init_state(params, _optimizer(cfg)), jax.tree_util.tree_map(jnp.copy, params))  # own buffers: the state is donated
@@ -227,7 +232,7 @@ def batch_size(cfg: DiffusionConfig, vocab: Vocabulary, data: Sequences, budget:
     state = jax.eval_shape(lambda: _initial(cfg, vocab, frames, tuple(coarse)))
     held = sum(np.asarray(x).nbytes for x in data)
     shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data)
-    program = Program(lambda b: train_step.trace(state, shapes, jnp.int32(0), cfg=cfg, vocab=vocab, batch=b),
+    program = Program(lambda b: train_block.trace(state, shapes, jnp.int32(0), jnp.int32(1), cfg=cfg, vocab=vocab, batch=b, max_steps=1),
                       ("diffusion-train", cfg, vocab, n, frames, tuple(coarse)))  # fmt: skip
     return plan_batch("diffusion: training", "subjects per step", budget, cfg.batch_size,
                       lambda b, exact: program(b, exact) + held, compile_bytes=program.compile_bytes).sizes["subjects per step"]  # fmt: skip
@@ -235,12 +240,14 @@ def batch_size(cfg: DiffusionConfig, vocab: Vocabulary, data: Sequences, budget:
 
 def train(
     data: Sequences, cfg: DiffusionConfig, vocab: Vocabulary, checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
-    progress: Callable[[int, int, float], None] | None = None, steps_per_call: int = 50, batch: int | None = None,
+    progress: Callable[[int, int, float], None] | None = None, steps_per_call: int | None = None, batch: int | None = None,
     budget: Budget | None = None,
 ) -> tuple[Any, np.ndarray]:  # fmt: skip
     """Train the denoiser on `data`; returns (EMA parameters, per-step losses).
 
-    Steps are read back `steps_per_call` at a time (`train_step`); checkpoints (orbax) every
+    Steps run `steps_per_call` per compiled call (`train_block`; default
+    `engine.training.block_steps(50, convolutional=True)`: one on the CPU, 50 on an accelerator),
+    and their losses are read back at most 50 steps at a time; checkpoints (orbax) every
     `cfg.checkpoint_every` steps under `checkpoint_dir`; with `resume`, training goes on
     from the latest one and ends where an uninterrupted run would (every step's batch,
     diffusion steps and noise come from the engine's key for that step). `batch`: subjects per
@@ -250,6 +257,7 @@ def train(
     if n < 1 or not np.any(data.frame_mask):
         raise ValueError("no training sequence has a follow-up frame")
     batch = batch or batch_size(cfg, vocab, data, budget or Budget.resolve())
+    block = steps_per_call or block_steps(50, convolutional=True)
     state = _initial(cfg, vocab, frames, tuple(coarse))
     device_data = jax.tree_util.tree_map(jnp.asarray, data)
     history = np.zeros(cfg.steps, np.float32)
@@ -261,12 +269,13 @@ def train(
             restored = ckpt.restore(saved, {"state": state, "history": history})
             state, history, step = restored["state"], np.asarray(restored["history"]), int(meta["step"])
         while step < cfg.steps:
-            k = min(steps_per_call, cfg.steps - step, cfg.checkpoint_every - step % cfg.checkpoint_every)
+            k = min(max(block, 50), cfg.steps - step, cfg.checkpoint_every - step % cfg.checkpoint_every)
             losses = []
-            for i in range(k):  # dispatched asynchronously; the block's losses are read once
-                state, value = train_step(state, device_data, jnp.int32(step + i), cfg=cfg, vocab=vocab, batch=batch)
-                losses.append(value)
-            history[step : step + k] = np.asarray(jnp.stack(losses))
+            for first in range(step, step + k, block):  # dispatched asynchronously; the losses are read once
+                n = min(block, step + k - first)
+                state, values = train_block(state, device_data, jnp.int32(first), jnp.int32(n), cfg=cfg, vocab=vocab, batch=batch, max_steps=block)
+                losses.append(values[:n])
+            history[step : step + k] = np.asarray(jnp.concatenate(losses))
             step += k
             if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 ckpt.save(step, {"state": state, "history": history}, {"step": step, "batch": batch})
