@@ -65,6 +65,8 @@ class ClassifyConfig:
       encoder itself stays invariant to row order either way.
     - `encoder`: its training (paper: AdamW 1e-4, wd 1e-2, one-cycle, batch 20, 100 epochs).
     - `baseline`: training of the logistic regression on standardised flat weights.
+    - `features`: training of the logistic regression on caller-given features (`run_classification`'s
+      `features`: a few columns, so a larger step than `baseline`'s, which moves thousands of weights).
     - `sfcn_channels`, `sfcn_scans`: SFCN blocks and the fixed channel count (paper: 32-64-128-256-256, 5).
     - `sfcn`: SFCN training (not given in the paper; AdamW with a one-cycle schedule).
     - `change_components`, `change_voxels`: the change-image baseline's principal components
@@ -83,6 +85,7 @@ class ClassifyConfig:
     tokens: Literal["raw", "standardised"] = "raw"
     encoder: TrainConfig = TrainConfig()
     baseline: TrainConfig = TrainConfig(epochs=100, learning_rate=1e-3)
+    features: TrainConfig = TrainConfig(epochs=100, learning_rate=0.05)
     sfcn_channels: tuple[int, ...] = (32, 64, 128, 256, 256)
     sfcn_scans: int = 5
     sfcn: TrainConfig = TrainConfig(epochs=100, learning_rate=1e-3)
@@ -165,7 +168,7 @@ class _Methods:
             changes = np.concatenate([_changes(src.select(np.arange(i, min(i + chunk, n))), cfg.change_voxels) for i in range(0, n, chunk)])
             yield "change-image PCA", "last - first scan", (lambda train: pca_scores(changes, train, cfg.change_components)), LinearClassifier(), cfg.baseline
         for name, x in self.features.items():
-            yield "features logistic", name, (lambda train, x=x: standardise(x, train)), LinearClassifier(), cfg.baseline
+            yield "features logistic", name, (lambda train, x=x: standardise(x, train)), LinearClassifier(), cfg.features
 
 
 def _changes(chunk, max_voxels: int) -> np.ndarray:
@@ -180,10 +183,10 @@ def subjects_of(images, indices):
 
 def _evaluate(method, train: np.ndarray, test: np.ndarray, y: np.ndarray, key: jax.Array, budget: Budget) -> dict:
     _, _, build, model, train_cfg = method
-    x = build(train)
-    rows_of = (lambda idx: x[idx]) if isinstance(x, np.ndarray) else (lambda idx: _Rows(x, idx))  # in memory: to the device; on disk: by batch
-    trained = train_classifier(model, rows_of(train), y[train], train_cfg, key, budget)
-    return _scores(y[test], predict_proba(model, trained.variables, rows_of(test))) | {"best_epoch": trained.best_epoch}
+    x = build(train)  # every subject's inputs (standardised on `train` where the method standardises)
+    trained = train_classifier(model, x, y, train_cfg, key, budget, rows=train)  # the same shapes in every fold
+    test_rows = x[test] if isinstance(x, np.ndarray) else _Rows(x, test)  # on disk: read by batch
+    return _scores(y[test], predict_proba(model, trained.variables, test_rows)) | {"best_epoch": trained.best_epoch}
 
 
 class _Rows:

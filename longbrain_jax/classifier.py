@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
@@ -117,9 +118,9 @@ def _train_epoch(train: TrainState, state, x, y, batches, weights, keys, first_s
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def _evaluate_batch(params, state, xb, yb, *, model):
-    """(summed cross-entropy, predicted classes) of a batch in evaluation mode."""
+    """(cross-entropy, predicted class) of each row of a batch in evaluation mode."""
     logits = model.apply({"params": params, **state}, xb, train=False)
-    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, yb)), jnp.argmax(logits, -1)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb), jnp.argmax(logits, -1)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -153,11 +154,16 @@ def train_batch(model: nn.Module, row_shape: tuple[int, ...], cfg: TrainConfig, 
                       lambda b, exact: program(b, exact) + held_bytes, compile_bytes=program.compile_bytes).sizes["subjects per batch"]  # fmt: skip
 
 
-def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, key: jax.Array, budget: Budget | None = None) -> Trained:
+def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, key: jax.Array, budget: Budget | None = None,
+                     rows: np.ndarray | None = None) -> Trained:  # fmt: skip
     """Fit `model` to inputs `x` (N, ...; an array or an `engine.store.RowStore`) and integer labels `y` (N,).
 
-    The batch is `cfg.batch_size` unless `budget` (default `Budget.resolve()`) holds less (warned).
+    `rows`: train on these rows of `x` and `y` only (default: all). Every fold of a k-fold run
+    passes the same `x`, so its compiled programs see the same shapes and are reused. The batch is
+    `cfg.batch_size` unless `budget` (default `Budget.resolve()`) holds less (warned).
     """
+    y = np.asarray(y)
+    rows = np.arange(len(y)) if rows is None else np.asarray(rows)
     held = x.nbytes if isinstance(x, np.ndarray) else 0  # an array is placed on the device whole; a RowStore streams
     batch = train_batch(model, tuple(x.shape[1:]), cfg, budget or Budget.resolve(), held_bytes=held)
     if batch < cfg.batch_size:
@@ -165,10 +171,10 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
         cfg = dataclasses.replace(cfg, batch_size=batch)
     k_split, k_init, k_epochs = jax.random.split(key, 3)
     if cfg.validation_fraction:  # stratified by class
-        fit_idx, val_idx = train_test_split(k_split, len(y), cfg.validation_fraction, strata=y)
+        fit_idx, val_idx = (rows[i] for i in train_test_split(k_split, len(rows), cfg.validation_fraction, strata=y[rows]))
     else:
-        fit_idx, val_idx = np.arange(len(y)), np.array([], int)
-    variables = _init(k_init, jnp.asarray(x[:1]), model=model)
+        fit_idx, val_idx = rows, np.array([], int)
+    variables = _init(k_init, jnp.asarray(x[rows[:1]]), model=model)
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     steps_per_epoch = max(1, -(-len(fit_idx) // cfg.batch_size))
     schedule = (cfg.epochs * steps_per_epoch, cfg.learning_rate, cfg.weight_decay)
@@ -203,10 +209,9 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
         train_hist.append(float(np.mean(np.asarray(losses))))
         params = train.params
         if len(val_idx):
-            parts = [_evaluate_batch(params, state, jnp.asarray(x[b]), jnp.asarray(y[b]), model=model)
-                     for b in np.array_split(val_idx, -(-len(val_idx) // cfg.batch_size))]  # fmt: skip
-            v = float(sum(float(total) for total, _ in parts)) / len(val_idx)
-            balanced = metrics.balanced_accuracy(np.asarray(y)[val_idx], np.concatenate([np.asarray(p) for _, p in parts]))
+            ce, predicted = _in_batches(functools.partial(_evaluate_batch, params, state, model=model), x, y, val_idx, cfg.batch_size)
+            v = float(ce.sum()) / len(val_idx)
+            balanced = metrics.balanced_accuracy(y[val_idx], predicted)
             val_hist.append(v)
             score = (balanced, -v) if cfg.select_by == "balanced_accuracy" else (-v, 0.0)
             if score > best_score:
@@ -222,4 +227,19 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainC
 
 def predict_proba(model: nn.Module, variables: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, classes) class probabilities in evaluation mode."""
-    return np.concatenate([np.asarray(_probabilities(variables, jnp.asarray(x[i : i + batch_size]), model=model)) for i in range(0, len(x), batch_size)])
+    (proba,) = _in_batches(lambda xb, _: (_probabilities(variables, xb, model=model),), x, None, np.arange(len(x)), batch_size)
+    return proba
+
+
+def _in_batches(fn: Callable[..., tuple], x, y: np.ndarray | None, index: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
+    """`fn(xb, yb)` over the rows `index` of `x` (and `y`) in batches of one shape (the last one padded
+    with its first row, its extra outputs dropped: one compiled program per model and row shape,
+    whatever the row count); each output concatenated over the rows."""
+    batch_size = max(1, min(batch_size, len(index)))
+    outs = []
+    for start in range(0, len(index), batch_size):
+        part = index[start : start + batch_size]
+        padded = np.r_[part, np.full(batch_size - len(part), part[0])]
+        out = fn(jnp.asarray(x[padded]), None if y is None else jnp.asarray(y[padded]))
+        outs.append([np.asarray(o)[: len(part)] for o in out])
+    return tuple(np.concatenate(parts) for parts in zip(*outs, strict=True))

@@ -41,13 +41,13 @@ def normalised_grid(shape: Sequence[int]) -> Float[Array, "*spatial D"]:
 
 def voxel_to_normalised(index: Float[Array, "... D"], shape: Sequence[int]) -> Float[Array, "... D"]:
     """Voxel indices (fractional allowed) to normalised coordinates."""
-    h = _half_extent(shape)
+    h = _half_extent(shape).astype(jnp.result_type(index))
     return index / h - jnp.where(jnp.asarray(shape) > 1, 1.0, 0.0)
 
 
 def normalised_to_voxel(coords: Float[Array, "... D"], shape: Sequence[int]) -> Float[Array, "... D"]:
     """Normalised coordinates to (fractional) voxel indices."""
-    h = _half_extent(shape)
+    h = _half_extent(shape).astype(jnp.result_type(coords))
     return (coords + jnp.where(jnp.asarray(shape) > 1, 1.0, 0.0)) * h
 
 
@@ -118,8 +118,8 @@ def _check_interpolation(image: jax.Array, index: jax.Array, order: int, mode: s
 
 def flat_voxel_index(voxel: Int[Array, "... D"], shape: Sequence[int]) -> Int[Array, "..."]:
     """Row-major flat index of integer `voxel`s on a grid of `shape`, clamped to the grid."""
-    sizes = jnp.asarray(shape)
-    strides = jnp.asarray([int(np.prod(shape[i + 1 :])) for i in range(len(shape))])
+    sizes = jnp.asarray(shape, voxel.dtype)
+    strides = jnp.asarray([int(np.prod(shape[i + 1 :])) for i in range(len(shape))], voxel.dtype)
     return jnp.sum(jnp.clip(voxel, 0, sizes - 1) * strides, axis=-1)
 
 
@@ -128,7 +128,7 @@ def _gather(image: jax.Array, corner: Int[Array, "... D"], mode: str, cval: floa
     shape = image.shape[: corner.shape[-1]]
     values = image.reshape(int(np.prod(shape)), -1)[flat_voxel_index(corner, shape)]
     if mode == "constant":
-        inside = jnp.all((corner >= 0) & (corner <= jnp.asarray(shape) - 1), axis=-1)
+        inside = jnp.all((corner >= 0) & (corner <= jnp.asarray(shape, corner.dtype) - 1), axis=-1)
         values = jnp.where(inside[..., None], values, cval)
     return values
 
@@ -148,7 +148,7 @@ def linear_corners(
     cost several times the gather itself). A caller that needs only some channels of the result can sum just those.
     """
     d = _check_interpolation(image, index, 1, mode)
-    offsets = np.asarray(list(itertools.product((0, 1), repeat=d)))  # (K, D)
+    offsets = np.asarray(list(itertools.product((0, 1), repeat=d)), np.int32)  # (K, D)
     low = jnp.floor(index)
     frac = (index - low)[..., None, :]
     weights = jnp.prod(jnp.where(offsets.astype(bool), frac, 1.0 - frac), axis=-1)
@@ -248,7 +248,7 @@ def resize_linear(
         low, high, frac = _linear_positions(m, n)
         bshape = [1] * out.ndim
         bshape[axis] = n
-        w = jnp.asarray(frac).reshape(bshape)
+        w = jnp.asarray(frac, out.dtype).reshape(bshape)
         # 'clip': the indices are in range by construction, and a clamp is cheaper than the default fill
         out = jnp.take(out, low, axis=axis, mode="clip") * (1.0 - w) + jnp.take(out, high, axis=axis, mode="clip") * w
     return out
@@ -265,7 +265,7 @@ def warp(
     `displacement` is in normalised units on the image's grid. Linear by default;
     differentiable with respect to the displacement.
     """
-    coords = normalised_grid(displacement.shape[:-1]) + displacement
+    coords = normalised_grid(displacement.shape[:-1]).astype(displacement.dtype) + displacement
     return sample(image, coords, order=order, mode=mode)
 
 
@@ -306,6 +306,7 @@ def separable_filter(
     """
     out = image
     for axis, kernel in enumerate(kernels):
+        kernel = jnp.asarray(kernel, out.dtype)
         radius = (kernel.shape[0] - 1) // 2
         if radius == 0:
             out = out * kernel[0]

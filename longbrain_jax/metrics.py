@@ -21,7 +21,7 @@ def _masked_mean(x: Array, mask: Array | None) -> Array:
     if mask is None:
         return jnp.mean(x)
     mask = jnp.broadcast_to(mask, x.shape)
-    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask, dtype=x.dtype), 1)
 
 
 # -- intensity agreement ------------------------------------------------------------
@@ -113,7 +113,7 @@ def overlap_counts(a: Int[Array, "*s"], b: Int[Array, "*s"], structures: Sequenc
 
 def dice_from_counts(counts: Num[Array, "L 2"]) -> Float[Array, " L"]:
     """Dice per structure from `overlap_counts` (summed over any scans); NaN where absent from both."""
-    counts = jnp.asarray(counts)
+    counts = jnp.asarray(counts, jnp.float32)
     inter, total = counts[..., 0], counts[..., 1]
     return jnp.where(total > 0, 2.0 * inter / jnp.maximum(total, 1), jnp.nan)
 
@@ -137,7 +137,7 @@ def regional_volumes(
 ) -> Float[Array, " L"]:
     """Volume in mm^3 of each label in `label_ids`."""
     counts = jnp.sum(labels[..., None] == jnp.asarray(label_ids), axis=tuple(range(labels.ndim)))
-    return counts * voxel_volume(affine)
+    return counts.astype(jnp.float32) * voxel_volume(affine)
 
 
 # -- deformations -------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Test setup: four CPU devices (so sharding is tested for real), strict numerics, one compilation cache per run."""
+"""Test setup: four CPU devices (so sharding is tested for real), strict dtype promotion (a
+Python float or an int array meeting a float32 array must be cast explicitly; optax's updates run
+under standard promotion, `engine.training.optimiser_update`), one compilation cache per run.
+Rank promotion stays numpy's: broadcasting a (3,) vector over a (..., 3) field is the idiom
+of every deformation in the package."""
 
 import os
 import shutil
@@ -11,6 +15,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

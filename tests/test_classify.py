@@ -138,7 +138,7 @@ def test_features_are_classified_under_the_same_splits_and_must_be_one_finite_ro
     groups = tuple("dementia" if i % 2 else "healthy" for i in range(24))
     cohort = types.SimpleNamespace(subject_ids=tuple(f"{i:02d}" for i in range(24)), groups=groups)
     separating = np.array([g == "dementia" for g in groups], np.float32)[:, None] + 0.1 * np.random.default_rng(0).standard_normal((24, 2))
-    cfg = dataclasses.replace(SMALL, combinations=(), baseline=TrainConfig(epochs=30, batch_size=8, learning_rate=0.05), folds=3)
+    cfg = dataclasses.replace(SMALL, combinations=(), features=TrainConfig(epochs=30, batch_size=8, learning_rate=0.05), folds=3)
     results = run_classification(cohort, None, cfg, features={"separating": separating, "noise": np.random.default_rng(1).standard_normal((24, 2))})
     rows = {r["streams"]: r for r in results["rows"]}
     assert list(rows) == ["separating", "noise"] and all(r["method"] == "features logistic" for r in rows.values())

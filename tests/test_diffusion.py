@@ -111,7 +111,7 @@ def test_a_trained_model_generates_the_group_rates_it_learned_without_folding():
     rate (measured along the pattern) and their maps do not fold."""
     seq, scale = _sequences(n=16, t=4, seed=1)
     cfg = dataclasses.replace(TINY, steps=1000, batch_size=8, learning_rate=2e-3, sample_steps=20, checkpoint_every=1000, prediction="v")
-    params, history = dm.train(seq, cfg, VOCAB, steps_per_call=50)
+    params, history = dm.train(seq, cfg, VOCAB)
     assert history[-50:].mean() < 0.5 * history[:50].mean()
     target = np.array([[74.0, 78.0]] * 4, np.float32)
     groups = ["healthy", "dementia", "healthy", "dementia"]

@@ -41,6 +41,7 @@ from longbrain_jax.align import parameters as P
 from longbrain_jax.align.config import AlignConfig
 from longbrain_jax.align.pyramid import Levels, make_levels, sample, voxel_positions
 from longbrain_jax.align.similarity import mutual_information, ncc
+from longbrain_jax.engine.training import optimiser_update
 from longbrain_jax.grid import voxel_to_world
 from longbrain_jax.memory import Budget, Program, plan_batch
 
@@ -194,7 +195,7 @@ def _adam(params, levels: Levels, problem: _Problem, transform: str, cfg: AlignC
         theta, opt = carry
         opt = jax.tree_util.tree_map(lambda a, b: jnp.where(fresh, a, b), tx.init(theta), opt)  # new level: new moments
         loss = lambda t: -_similarity(t, _level(levels, k), problem, transform, cfg)  # noqa: E731
-        update, opt = tx.update(jax.grad(loss)(theta), opt)
+        update, opt = optimiser_update(tx, jax.grad(loss)(theta), opt, theta)
         return (theta - rate * update, opt), None
 
     (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), (jnp.asarray(level), jnp.asarray(first), jnp.asarray(rates)))

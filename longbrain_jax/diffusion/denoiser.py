@@ -72,7 +72,7 @@ class DenoiserConfig:
 def sinusoid(x: Float[Array, "*b"], dim: int, max_period: float = 10_000.0) -> Float[Array, "*b dim"]:
     """Sinusoidal encoding of scalars (the transformer's positional encoding), as the paper's age and step encodings."""
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
     angles = x[..., None] * freqs
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 

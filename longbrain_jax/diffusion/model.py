@@ -204,7 +204,7 @@ def train_step(state: Training, data: Sequences, step: Int[Array, ""], *, cfg: D
         return value, value
 
     train, value = loss_step(state.train, loss, tx, k_loss, step)
-    decay = jnp.minimum(cfg.ema, (1.0 + step) / (10.0 + step))
+    decay = jnp.minimum(cfg.ema, (1.0 + step.astype(jnp.float32)) / (10.0 + step.astype(jnp.float32)))
     ema = jax.tree_util.tree_map(lambda e, p: jnp.where(train.alive, decay * e + (1 - decay) * p, e), state.ema, train.params)
     return Training(train, ema), jnp.where(train.alive, value, jnp.nan)
 
@@ -300,7 +300,7 @@ def sample_frames(params, seq: Sequences, subjects: Int[Array, " B"], samples: I
     `frames` only the shape), `subjects` / `samples` the keys of its starting noise."""
     net, sched = network(cfg, vocab), sch.schedule(cfg.diffusion_steps, cfg.schedule)
     x_T = jax.vmap(lambda s, k: jax.random.normal(sample_key(cfg.seed, s, k), seq.frames.shape[1:]))(subjects, samples)
-    x_T = x_T * seq.frame_mask.reshape(seq.frame_mask.shape + (1,) * (x_T.ndim - 2))
+    x_T = jnp.where(seq.frame_mask.reshape(seq.frame_mask.shape + (1,) * (x_T.ndim - 2)), x_T, 0.0)
     unknown = jnp.asarray(vocab.unknown(seq.frames.shape[0]))
 
     def cond(x, t):

@@ -67,10 +67,18 @@ def all_finite(tree) -> Bool[Array, ""]:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
+def optimiser_update(tx: optax.GradientTransformation, grads, opt_state: optax.OptState, params) -> tuple[Any, optax.OptState]:
+    """`tx.update(grads, opt_state, params)` under JAX's standard dtype promotion: optax's Adam
+    bias correction raises a Python float to an int32 power (`decay ** count`), which the strict
+    promotion the tests run under (`tests/conftest.py`) refuses. Our own code is strict-clean."""
+    with jax.numpy_dtype_promotion("standard"):
+        return tx.update(grads, opt_state, params)
+
+
 def guarded_update(state: TrainState, loss: Float[Array, ""], grads, tx: optax.GradientTransformation, step: Int[Array, ""]) -> TrainState:
     """Apply one optimiser update unless the loss or the new parameters are not finite; then the
     model keeps its last finite state and is marked diverged at `step`."""
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = optimiser_update(tx, grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = state.alive & jnp.isfinite(loss) & all_finite(params)
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731

@@ -81,7 +81,8 @@ def prepare_subjects(
 def _index_below(key: PRNGKeyArray, count: Array, shape: tuple[int, ...]) -> Array:
     """Uniform integers in [0, count) (0 when count is 0)."""
     u = jax.random.uniform(key, shape)
-    return jnp.minimum((u * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
+    count = jnp.asarray(count, jnp.int32)
+    return jnp.minimum((u * count.astype(u.dtype)).astype(jnp.int32), jnp.maximum(count - 1, 0))
 
 
 def sample_points(

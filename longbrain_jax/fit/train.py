@@ -124,7 +124,7 @@ def time_curvature(
     t = jax.random.uniform(key, h_space.shape[:1], minval=first, maxval=last + sampling.time_horizon)
     h = sampling.time_step
     f = [st.head(params, h_space + st.temporal_features(params, t + d, cfg), cfg) for d in (-h, 0.0, h)]
-    return jnp.mean(jnp.square((f[0] - 2.0 * f[1] + f[2]) / h**2)) * (data.num_train > 0)
+    return jnp.where(data.num_train > 0, jnp.mean(jnp.square((f[0] - 2.0 * f[1] + f[2]) / h**2)), 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "cfg", "sampling", "stage"), donate_argnums=0)

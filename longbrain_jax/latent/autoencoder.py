@@ -50,7 +50,7 @@ from jaxtyping import Array, Bool, Float
 from longbrain_jax.cnn import Conv, crop, pad_to_multiple, padded_shape
 from longbrain_jax.config import read_config, write_config
 from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
-from longbrain_jax.engine.training import all_finite, block_steps, repeat_steps, step_key
+from longbrain_jax.engine.training import all_finite, block_steps, optimiser_update, repeat_steps, step_key
 from longbrain_jax.memory import Budget, Program, plan_batch
 
 
@@ -318,7 +318,7 @@ def train_step(
     ae = {"encoder": state.params["encoder"], "decoder": state.params["decoder"]}
     (total, (l1, perceptual, adv, kl, x_hat)), grads = jax.value_and_grad(ae_loss, has_aux=True)(ae)
     tx = _optimizer(cfg)
-    updates, opt_state = tx.update(grads, state.opt_state, ae)
+    updates, opt_state = optimiser_update(tx, grads, state.opt_state, ae)
     ae = optax.apply_updates(ae, updates)
     params = {**state.params, **ae}
 
@@ -329,7 +329,7 @@ def train_step(
 
     def disc_step():
         d_loss, d_grads = jax.value_and_grad(disc_loss)(state.params["discriminator"])
-        d_updates, d_opt_state = tx.update(d_grads, state.disc_opt_state, state.params["discriminator"])
+        d_updates, d_opt_state = optimiser_update(tx, d_grads, state.disc_opt_state, state.params["discriminator"])
         return optax.apply_updates(state.params["discriminator"], d_updates), d_opt_state, d_loss
 
     unchanged = lambda: (state.params["discriminator"], state.disc_opt_state, jnp.zeros(()))  # noqa: E731

@@ -90,7 +90,7 @@ def estimate_prior(
     if not bool(jnp.any(use)):
         raise ValueError("estimating a slope prior needs at least one subject with two or more scans")
     lines = fit_lines(latents, ages, mask)
-    resid = mask[..., None] * (latents - lines.center_value[:, None] - lines.slope[:, None] * (ages - abar[:, None])[..., None])
+    resid = mask[..., None].astype(latents.dtype) * (latents - lines.center_value[:, None] - lines.slope[:, None] * (ages - abar[:, None])[..., None])
     dof = jnp.sum(jnp.where(use, n - 2.0, 0.0))
     u = use.astype(latents.dtype)[:, None]
     if float(dof) > 0:

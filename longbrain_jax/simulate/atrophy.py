@@ -220,7 +220,7 @@ def aging_maps(flow: AgingFlow, g: Float[Array, ""], squarings: int = 4) -> tupl
 
     k_max = flow.velocities.shape[0] - 1
     k = jnp.clip(jnp.floor(g / flow.step).astype(jnp.int32), 0, k_max)
-    rest = (g - k * flow.step) * flow.velocities[k]
+    rest = (g - k.astype(jnp.float32) * flow.step) * flow.velocities[k]
     forward = compose(integrate_velocity(rest, squarings), flow.forward[k])
     inverse = compose(flow.inverse[k], integrate_velocity(-rest, squarings))
     return forward, inverse

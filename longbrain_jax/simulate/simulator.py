@@ -303,7 +303,7 @@ class Simulator:
             axes = tuple(range(len(tpl.shape)))
             n_regions = len(self.region_names)  # REGIONS lead LABEL_GROUPS, in order
             group = jnp.argmax(fractions, axis=-1)
-            label_volume = jnp.sum(group[..., None] == jnp.arange(n_regions), axis=axes) * self.voxel_mm3
+            label_volume = jnp.sum(group[..., None] == jnp.arange(n_regions), axis=axes, dtype=jnp.float32) * self.voxel_mm3
             pv_volume = jnp.sum(fractions[..., :n_regions], axis=axes) * self.voxel_mm3
             out = {"image": image, "labels": labels, "label_volume": label_volume, "pv_volume": pv_volume}
             if cfg.write_fields:
