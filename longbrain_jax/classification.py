@@ -26,7 +26,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -44,7 +44,7 @@ from longbrain_jax.errors import InputError
 from longbrain_jax.files import atomic_dir
 from longbrain_jax.fit.outputs import FittedCohort
 from longbrain_jax.groups import GroupMap
-from longbrain_jax.io.bids import BIDSDataset
+from longbrain_jax.io.bids import BIDSDataset, read_tsv
 from longbrain_jax.memory import Budget, plan_host, within_budget
 from longbrain_jax.report import markdown_table, save_figure
 from longbrain_jax.weightspace.models import LinearClassifier, TokenEncoderClassifier
@@ -171,6 +171,39 @@ class _Methods:
             yield "features logistic", name, (lambda train, x=x: standardise(x, train)), LinearClassifier(), cfg.features
 
 
+def read_features(path: str | os.PathLike, subject_ids: Sequence[str], required: Sequence[str] | None = None) -> np.ndarray:
+    """Per-subject features from a TSV table (a `participant_id` column, `sub-` optional, and numeric
+    columns, e.g. regional volumes from FreeSurfer), as (len(subject_ids), F) float32 rows in
+    `subject_ids` order; a subject without a row gets NaN, unless it is `required` (default: all),
+    which is an error naming the file. Subjects of the table not in `subject_ids` are ignored."""
+    path = Path(path)
+    rows = read_tsv(path)
+    if not rows or "participant_id" not in rows[0]:
+        raise InputError(path, "needs a participant_id column and one row per subject")
+    columns = [c for c in rows[0] if c != "participant_id"]
+    if not columns:
+        raise InputError(path, "has no feature columns beside participant_id")
+    table: dict[str, list[float]] = {}
+    for i, row in enumerate(rows, start=1):
+        sid = row["participant_id"].removeprefix("sub-")
+        if sid in table:
+            raise InputError(f"{path}:row {i}", f"subject {sid} appears twice")
+        values = []
+        for c in columns:
+            try:
+                values.append(float(row[c]))
+            except ValueError:
+                raise InputError(f"{path}:row {i}", f"column {c!r} holds {row[c]!r}, not a number") from None
+            if not math.isfinite(values[-1]):
+                raise InputError(f"{path}:row {i}", f"column {c!r} holds {row[c]!r}, not a finite number")
+        table[sid] = values
+    ids = [str(s).removeprefix("sub-") for s in subject_ids]
+    missing = [s for s in (ids if required is None else [str(r).removeprefix("sub-") for r in required]) if s not in table]
+    if missing:
+        raise InputError(path, f"has no row for {len(missing)} subject(s): {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    return np.array([table.get(s, [np.nan] * len(columns)) for s in ids], np.float32)
+
+
 def _changes(chunk, max_voxels: int) -> np.ndarray:
     """The change images of a chunk of subjects read into memory (at most `max_voxels` features each)."""
     return change_images(chunk.volumes, chunk.mask, max_voxels)
@@ -229,14 +262,17 @@ def run_classification(
         raise InputError("images", "the scans' subjects differ from the fitted cohort's (order matters)")
     features = {name: np.asarray(x, np.float32) for name, x in (features or {}).items()}
     for name, x in features.items():
-        if x.ndim != 2 or len(x) != len(fitted.subject_ids) or not np.all(np.isfinite(x)):
-            raise InputError(f"features {name!r}", f"need finite (subjects, F) = ({len(fitted.subject_ids)}, F) rows, got shape {x.shape}"
-                             + ("" if np.all(np.isfinite(x)) else " with non-finite values"))  # fmt: skip
+        if x.ndim != 2 or len(x) != len(fitted.subject_ids):
+            raise InputError(f"features {name!r}", f"need (subjects, F) = ({len(fitted.subject_ids)}, F) rows, got shape {x.shape}")
     keep = cfg.groups.keep(fitted.groups)
     classes = cfg.groups.class_names([fitted.groups[i] for i in keep])
     if keep.size < len(fitted.groups):
         fitted, images = fitted.select(keep), None if images is None else subjects_of(images, keep)
         features = {name: x[keep] for name, x in features.items()}
+    for name, x in features.items():
+        if not np.all(np.isfinite(x)):
+            bad = [fitted.subject_ids[i] for i in np.flatnonzero(~np.all(np.isfinite(x), axis=1))]
+            raise InputError(f"features {name!r}", f"non-finite values for subject(s) {bad[:5]}")
     y = cfg.groups.labels(fitted.groups)
     units = tuple(str((images.metadata[i] if images is not None else {}).get("pair_id", "") or fitted.subject_ids[i]) for i in range(len(y)))
     key = jax.random.key(cfg.seed)

@@ -414,6 +414,9 @@ def fit(bids_dir, out, preset, memory_budget, align_transform, reconstruct_ages,
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--bids", "bids_dir", type=click.Path(path_type=Path), default=None, help="Scans for SFCN (default: the dataset the fit read).")
 @click.option("--no-sfcn", is_flag=True, help="Skip the image-space SFCN baseline.")
+@click.option("--features", "feature_tables", multiple=True, type=click.Path(path_type=Path), metavar="TSV",
+              help="Also classify these per-subject features (participant_id + numeric columns, e.g. FreeSurfer volumes) "
+                   "by logistic regression under the same splits; repeatable, each named by its file.")
 @config_field("--token-widths", config=CLASSIFY, parse=_ints("--token-widths"), help="Per-token MLP widths of the encoder.")
 @config_field("--head-width", type=int, config=CLASSIFY)
 @config_field("--tokens", type=click.Choice(["raw", "standardised"]), config=CLASSIFY,
@@ -440,7 +443,7 @@ def fit(bids_dir, out, preset, memory_budget, align_transform, reconstruct_ages,
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @config_option
 @_input_errors_exit_2
-def classify(source, out, bids_dir, no_sfcn, group_column, common_grid, memory_budget, overwrite, quiet, config_file, **settings) -> None:
+def classify(source, out, bids_dir, no_sfcn, feature_tables, group_column, common_grid, memory_budget, overwrite, quiet, config_file, **settings) -> None:
     """Classify healthy vs dementia-like trajectories from INR weights (and SFCN on the scans).
 
     SOURCE is the folder of a finished `longbrain fit`, or a BIDS dataset, which is
@@ -448,7 +451,13 @@ def classify(source, out, bids_dir, no_sfcn, group_column, common_grid, memory_b
     """
     import json
 
-    from longbrain_jax.classification import ClassifyConfig, results_table, run_classification, write_classification
+    from longbrain_jax.classification import (
+        ClassifyConfig,
+        read_features,
+        results_table,
+        run_classification,
+        write_classification,
+    )
     from longbrain_jax.config import with_overrides
     from longbrain_jax.files import check_writable
     from longbrain_jax.fit import FitConfig, fit_cohort, load_fit
@@ -478,9 +487,11 @@ def classify(source, out, bids_dir, no_sfcn, group_column, common_grid, memory_b
             raise InputError(bids_dir, f"lacks fitted subject(s) {missing[:3]}")
         images = images.subset([images.subject_ids.index(s) for s in fitted.subject_ids])
         fitted = dataclasses.replace(fitted, groups=images.groups)  # as the dataset names them now (--group-column)
+    in_classes = [s for s, y in zip(fitted.subject_ids, cfg.groups.labels(fitted.groups), strict=True) if y >= 0]
+    features = {table.stem: read_features(table, fitted.subject_ids, required=in_classes) for table in feature_tables}
     progress = None if quiet else (lambda what: click.echo(f"training {what}", err=True))
     _show_memory_plans(not quiet)
-    results = run_classification(fitted, images, cfg, progress=progress, use_images=not no_sfcn, budget=_budget(memory_budget))
+    results = run_classification(fitted, images, cfg, progress=progress, use_images=not no_sfcn, budget=_budget(memory_budget), features=features)
     report = write_classification(out, results, cfg, f"Fitted cohort: `{source}` ({len(fitted.subject_ids)} subjects).", overwrite=overwrite)
     click.echo(f"wrote {report}")
     click.echo(results_table(results))

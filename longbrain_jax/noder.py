@@ -130,7 +130,7 @@ def coarse_shape(shape: Sequence[int], factor: int) -> tuple[int, ...]:
 def init(key: jax.Array, shape: Sequence[int], cfg: NODERConfig) -> Any:
     """Parameters of one subject's velocity network for images of spatial `shape`."""
     shape = tuple(int(n) for n in shape)
-    return Velocity(shape, cfg).init(key, jnp.zeros((*shape, len(shape))), jnp.zeros(()))["params"]
+    return Velocity(shape, cfg).init(key, jnp.zeros((*shape, len(shape)), jnp.float32), jnp.zeros((), jnp.float32))["params"]
 
 
 def flow(params: Any, times: Float[Array, " K"], shape: tuple[int, ...], cfg: NODERConfig, t_end: Float[Array, ""] | None = None):
@@ -145,7 +145,7 @@ def flow(params: Any, times: Float[Array, " K"], shape: tuple[int, ...], cfg: NO
         v = net.apply({"params": params}, u, t)
         return grid.warp(v, u)  # v evaluated at phi_t(x) = x + u(x)
 
-    u0 = jnp.zeros((*shape, len(shape)), jnp.float32)
+    u0 = jnp.zeros((*shape, len(shape)), jnp.asarray(times).dtype)  # float64 in the finite-difference checks
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field), SOLVERS[cfg.solver](), t0=0.0, t1=jnp.maximum(t1, 1e-6), dt0=cfg.step_years, y0=u0,
         saveat=diffrax.SaveAt(ts=jnp.minimum(times, jnp.maximum(t1, 1e-6))), adjoint=ADJOINTS[cfg.adjoint](),
@@ -169,19 +169,19 @@ def subject_loss(
     d = len(shape)
     times = jax.lax.cummax(jnp.where(observed, times, 0.0))  # unobserved slots: a repeat of an observed time
     us = flow(params, times, shape, cfg)
-    w = observed.astype(jnp.float32)
+    w = observed.astype(volumes.dtype)
     warped = jax.vmap(lambda u: grid.warp(volumes[0], u))(us)
     ncc = jax.vmap(lambda a, b: metrics.local_ncc(a, b, cfg.ncc_window))(warped, volumes)
     net = Velocity(tuple(shape), cfg)
     vs = jax.vmap(lambda u, t: net.apply({"params": params}, u, t))(us, times)
-    vox = vs * (jnp.asarray(shape, jnp.float32) - 1.0) / 2.0  # voxels per year
+    vox = vs * (jnp.asarray(shape, vs.dtype) - 1.0) / 2.0  # voxels per year
     smooth = jax.vmap(lambda v: sum(jnp.mean(jnp.sum(jnp.diff(v, axis=a) ** 2, -1)) for a in range(d)))(vox)
     border = jnp.zeros(shape, bool)
     for a in range(d):
         idx = [slice(None)] * d
         idx[a] = jnp.array([0, shape[a] - 1])
         border = border.at[tuple(idx)].set(True)
-    boundary = jax.vmap(lambda u: jnp.sum(jnp.where(border[..., None], u**2, 0.0)) / jnp.sum(border))(us)
+    boundary = jax.vmap(lambda u: jnp.sum(jnp.where(border[..., None], u**2, 0.0)) / jnp.sum(border, dtype=u.dtype))(us)
     n = jnp.maximum(jnp.sum(w), 1.0)
     ncc_term = jnp.sum(w * (1.0 - ncc)) / n
     smooth_term = jnp.sum(w * smooth) / n

@@ -15,6 +15,7 @@ from longbrain_jax.baselines.sfcn import SFCN, stack_timepoints
 from longbrain_jax.classification import (
     ClassifyConfig,
     paired_split,
+    read_features,
     run_classification,
     standardise,
     write_classification,
@@ -134,6 +135,25 @@ def test_paired_split_keeps_anatomies_apart(key):
     assert abs(int(y[train].sum()) - len(train) / 2) <= 1
 
 
+def test_feature_tables_are_read_per_subject_and_bad_ones_are_named(tmp_path):
+    table = tmp_path / "aseg.tsv"
+    table.write_text("participant_id\thippocampus\tventricles\r\nsub-02\t3.5\t10\r\n01\t4.0\t9.5\r\nsub-09\t1\t1\r\n", encoding="utf-8")
+    x = read_features(table, ["01", "02", "03"], required=["01", "02"])
+    np.testing.assert_array_equal(x[:2], [[4.0, 9.5], [3.5, 10.0]])
+    assert x.dtype == np.float32 and np.all(np.isnan(x[2]))  # not in a class: may be absent
+    with pytest.raises(InputError, match=r"aseg.tsv: has no row for 1 subject\(s\): 03"):
+        read_features(table, ["01", "02", "03"])
+    table.write_text("participant_id\thippocampus\nsub-01\tn/a\n")
+    with pytest.raises(InputError, match=r"aseg.tsv:row 1: column 'hippocampus' holds 'n/a', not a number"):
+        read_features(table, ["01"])
+    table.write_text("participant_id\thippocampus\nsub-01\t1\n01\t2\n")
+    with pytest.raises(InputError, match="row 2: subject 01 appears twice"):
+        read_features(table, ["01"])
+    table.write_text("subject\thippocampus\n01\t1\n")
+    with pytest.raises(InputError, match="needs a participant_id column"):
+        read_features(table, ["01"])
+
+
 def test_features_are_classified_under_the_same_splits_and_must_be_one_finite_row_per_subject():
     groups = tuple("dementia" if i % 2 else "healthy" for i in range(24))
     cohort = types.SimpleNamespace(subject_ids=tuple(f"{i:02d}" for i in range(24)), groups=groups)
@@ -146,9 +166,9 @@ def test_features_are_classified_under_the_same_splits_and_must_be_one_finite_ro
     assert results["num_folds"] == 3 and not set(results["train"]) & set(results["test"])
 
     fitted = types.SimpleNamespace(subject_ids=("a", "b", "c"), groups=("healthy", "dementia", "healthy"))
-    with pytest.raises(InputError, match=r"features 'volumes': need finite \(subjects, F\) = \(3, F\) rows, got shape \(2, 4\)"):
+    with pytest.raises(InputError, match=r"features 'volumes': need \(subjects, F\) = \(3, F\) rows, got shape \(2, 4\)"):
         run_classification(fitted, None, SMALL, features={"volumes": np.zeros((2, 4))})
-    with pytest.raises(InputError, match="features 'volumes'.*non-finite"):
+    with pytest.raises(InputError, match=r"features 'volumes': non-finite values for subject\(s\) \['b'\]"):
         run_classification(fitted, None, SMALL, features={"volumes": np.array([[0.0], [np.nan], [1.0]])})
 
 
@@ -188,9 +208,11 @@ def test_classify_cli_on_a_fit(tmp_path):
     args = ["classify", str(tmp_path / "fit"), str(tmp_path / "cls"), "--token-widths", "8,8", "--head-width", "8", "--epochs", "2",
             "--sfcn-channels", "4,4,4,4,4", "--streams", "P_time", "--tokens", "standardised", "--quiet",
             "--group-column", "dx", "--negative", "Nondemented,CN", "--positive", "Demented,AD"]  # fmt: skip
-    result = CliRunner().invoke(main, args)
+    aseg = tmp_path / "aseg.tsv"  # the two Converted subjects have no row: they are not classified
+    aseg.write_text("participant_id\thippocampus\n" + "".join(f"sub-{s}\t{4000 - 100 * (i % 2)}\n" for i, s in enumerate(cohort.subject_ids[:8])))
+    result = CliRunner().invoke(main, [*args, "--features", str(aseg)])
     assert result.exit_code == 0, result.output
-    assert "leaves out 2 subject(s) of other groups (Converted: 2)" in result.output
+    assert "leaves out 2 subject(s) of other groups (Converted: 2)" in result.output and "| features logistic | aseg |" in result.output
     report = (tmp_path / "cls" / "report.md").read_text()
     assert "Classes: Nondemented (negative, 0) vs Demented (positive, 1)" in report and "SFCN" in result.output
     again = CliRunner().invoke(main, args)

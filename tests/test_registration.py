@@ -117,7 +117,7 @@ def test_a_known_2d_deformation_is_recovered():
     shape = (32, 32)
     x = grid.normalised_grid(shape)
     r = jnp.linalg.norm(x, axis=-1)
-    base = grid.gaussian_smooth(jnp.cos(6 * x[..., 0]) * jnp.sin(5 * x[..., 1]) + (r < 0.5), 1.0)
+    base = grid.gaussian_smooth(jnp.cos(6 * x[..., 0]) * jnp.sin(5 * x[..., 1]) + (r < 0.5).astype(jnp.float32), 1.0)
     contraction = -0.12 * x * jnp.exp(-((r[..., None] / 0.6) ** 2))  # a smooth shrinking of the centre
     times = jnp.array([0.0, 1.0, 2.0, 3.0])
     # follow-up at t is the baseline pushed through the flow; the true phi_t undoes it

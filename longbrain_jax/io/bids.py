@@ -131,7 +131,7 @@ def _find_nifti(stem: Path) -> Path | None:
 
 
 # -- TSV tables ------------------------------------------------------------------------
-def _read_tsv(path: Path) -> list[dict[str, str]]:
+def read_tsv(path: Path) -> list[dict[str, str]]:
     """The rows of a TSV table as dicts of stripped strings.
 
     Tables as spreadsheets export them are read too: a UTF-8 byte-order mark, CRLF line
@@ -214,7 +214,7 @@ def _participants(root: Path, cfg: LoadConfig) -> list[dict[str, str]]:
     if cfg.group_column is not None and not table.is_file():
         raise InputError(table, f"not found, so there is no column {cfg.group_column!r} for groups")
     if table.is_file():
-        rows = _read_tsv(table)
+        rows = read_tsv(table)
         if not rows:
             raise InputError(table, "lists no participants: empty cohort")
         if _column(rows[0], "participant_id") is None:
@@ -254,7 +254,7 @@ def _scan_subject(root: Path, row: dict[str, str], cfg: LoadConfig, group_column
     table = root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv"
     if not table.is_file():
         raise InputError(table, "sessions file not found (it must give each session's age in years)")
-    rows = _read_tsv(table)
+    rows = read_tsv(table)
     if not rows:
         raise InputError(table, "lists no sessions")
     session_column, age_column = _column(rows[0], "session_id"), _column(rows[0], cfg.age_column)

@@ -140,7 +140,7 @@ class RandomFeatures(nn.Module):
         features = []
         for i, c in enumerate(self.channels):
             if i:
-                x = nn.avg_pool(x, (2,) * d, strides=(2,) * d, padding="SAME")
+                x = nn.pool(x, 0.0, jax.lax.add, (2,) * d, (2,) * d, "SAME") / 2.0**d  # flax's avg_pool, whose int divisor strict promotion refuses
             x = nn.relu(Conv(c, (3,) * d)(x))
             features.append(x)
         return features

@@ -120,7 +120,7 @@ def sample_patches(
         threshold = foreground_threshold(image) if threshold is None else threshold
         centre = jnp.minimum(corner + edge // 2, shape - 1)
         inside = image[tuple(centre[:, d] for d in range(len(spatial_shape)))] > threshold
-        score = inside + 0.5 * jax.random.uniform(k_pick, (drawn,))
+        score = inside.astype(jnp.float32) + 0.5 * jax.random.uniform(k_pick, (drawn,))
         corner = corner[jax.lax.top_k(score, num_patches)[1]]
     offsets = jnp.stack(jnp.meshgrid(*[jnp.arange(size)] * len(spatial_shape), indexing="ij"), -1).reshape(-1, len(spatial_shape))
     index = jnp.minimum(corner[:, None, :] + offsets[None], shape - 1).astype(jnp.float32)
