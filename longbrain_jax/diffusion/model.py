@@ -218,6 +218,8 @@ def train_block(state: Training, data: Sequences, first_step: Int[Array, ""], nu
     per call on the CPU, where this network's step ran 5-8x slower inside a compiled loop (0.7 s
     against 5.4 s per step, batch 8, 4 frames on a 29 x 35 grid, 2 cores; jax-ml/jax#12868)."""
     step = lambda s, i: train_step(s, data, first_step + i, cfg=cfg, vocab=vocab, batch=batch)  # noqa: E731
+    if max_steps == 1:  # `train` never asks for 0 steps: the plain step, without the guard of a traced length
+        return repeat_steps(step, state, 1)
     return repeat_steps(step, state, num_steps, max_steps)
 
 
