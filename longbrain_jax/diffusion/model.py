@@ -274,9 +274,9 @@ def train(
             k = min(max(block, 50), cfg.steps - step, cfg.checkpoint_every - step % cfg.checkpoint_every)
             losses = []
             for first in range(step, step + k, block):  # dispatched asynchronously; the losses are read once
-                n = min(block, step + k - first)
-                state, values = train_block(state, device_data, jnp.int32(first), jnp.int32(n), cfg=cfg, vocab=vocab, batch=batch, max_steps=block)
-                losses.append(values[:n])
+                count = min(block, step + k - first)  # not `n`, the subject count above
+                state, values = train_block(state, device_data, jnp.int32(first), jnp.int32(count), cfg=cfg, vocab=vocab, batch=batch, max_steps=block)
+                losses.append(values[:count])
             history[step : step + k] = np.asarray(jnp.concatenate(losses))
             step += k
             if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
