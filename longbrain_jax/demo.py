@@ -40,7 +40,7 @@ from longbrain_jax.progress import progress_bar
 from longbrain_jax.registration import DisplacementConfig, RegistrationConfig
 from longbrain_jax.registration.cohort import register_cohort
 from longbrain_jax.registration.evaluate import evaluate_against_truth, summarise
-from longbrain_jax.report import markdown_table, save_figure, series_montage
+from longbrain_jax.report import jacobian_overlay, markdown_table, save_figure
 from longbrain_jax.segmenter import SegmenterConfig
 from longbrain_jax.simulate import SimulationConfig, Simulator
 from longbrain_jax.simulate.simulator import PIPELINE
@@ -285,13 +285,10 @@ def _fit_table(cohort: Cohort, fit: FitResult) -> list[list[object]]:
 
 def _jacobian_figure(path: Path, cohort: Cohort, jac_last: dict[int, np.ndarray]) -> None:
     picks = [cohort.groups.index(g) for g in ("healthy", "dementia") if g in cohort.groups]
-    rows = [[cohort.volumes[i, 0], cohort.volumes[i, int(cohort.num_scans[i]) - 1], jac_last[i]] for i in picks]
-    titles = [
-        ["baseline", f"+{cohort.times[i, int(cohort.num_scans[i]) - 1]:.1f} y", "|J| since baseline"] for i in picks
-    ]
+    titles = [[f"true |J| at +{cohort.times[i, int(cohort.num_scans[i]) - 1]:.1f} y"] for i in picks]
     names = [f"sub-{cohort.subject_ids[i]} ({cohort.groups[i]})" for i in picks]
-    styles = [("gray", -1.0, 1.0), ("gray", -1.0, 1.0), ("RdBu_r", 0.5, 1.5)]
-    save_figure(series_montage(rows, names, titles, column_styles=styles), path)
+    masks = [cohort.labels[i, 0] > 0 for i in picks]
+    save_figure(jacobian_overlay([cohort.volumes[i, 0] for i in picks], [[jac_last[i]] for i in picks], names, titles, masks=masks), path)
 
 
 def _classify_section(fit_dir: Path, cohort: Cohort, cfg: ClassifyConfig) -> str:
@@ -324,7 +321,8 @@ def _register_section(out: Path, bids: Path, cohort: Cohort, cfg: DemoConfig) ->
         rows.append(jacs[1:])
     titles = [[f"{a:.0f} y" for a in source.ages[k, 1 : int(source.num_scans[k])]] + [f"{last + 5.0:.0f} y (no scan)"] for k in range(len(picks))]
     names = [f"sub-{source.subject_ids[k]} ({source.groups[k]})" for k in range(len(picks))]
-    save_figure(series_montage(rows, names, titles, cmap="RdBu_r", vmin=0.5, vmax=1.5), out / "jacobians.png")
+    masks = [source.labels[k, 0] > 0 for k in range(len(picks))] if source.labels is not None else None
+    save_figure(jacobian_overlay([source.volumes[k, 0] for k in range(len(picks))], rows, names, titles, masks=masks), out / "jacobians.png")
     summary = summarise(evaluate_against_truth(out, bids, reg))
     table = [[role, s["n"], s["dice_unregistered"], s["dice"], s["dice_truth"], s["jac_error"], s["jac_true_change"], s["monotone"], s["folding"]]
              for role, s in summary.items()]  # fmt: skip

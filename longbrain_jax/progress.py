@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar everywhere (tqdm.auto wants ipywidgets in a notebook)
 
 
 def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "it") -> tqdm:

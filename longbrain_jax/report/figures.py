@@ -1,4 +1,6 @@
-"""Figures for reports (matplotlib, non-interactive backend)."""
+"""Figures for reports. No backend is forced: matplotlib picks Agg where there is no
+display, and a notebook's inline backend shows the figures that `save_figure` does not
+close."""
 
 from __future__ import annotations
 
@@ -6,13 +8,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from longbrain_jax.files import atomic_file  # noqa: E402
+from longbrain_jax.files import atomic_file
 
 
 def middle_slice(volume: np.ndarray, axis: int = 2) -> np.ndarray:
@@ -53,6 +52,52 @@ def series_montage(
     for style, im in shown.items():
         cols = [j for j in range(n_cols) if styles[j] == style]
         fig.colorbar(im, ax=axes[:, cols].ravel().tolist(), shrink=0.7)
+    return fig
+
+
+def jacobian_overlay(
+    anatomy: Sequence[np.ndarray],
+    jacobians: Sequence[Sequence[np.ndarray]],
+    row_titles: Sequence[str],
+    col_titles: Sequence[Sequence[str]],
+    masks: Sequence[np.ndarray] | None = None,
+    span: float = 0.5,
+    unchanged: float = 0.01,
+    axis: int = 2,
+) -> plt.Figure:
+    """|J| maps drawn over the anatomy they describe.
+
+    Row i shows `anatomy[i]` (the baseline scan, 2D or 3D) alone, then each map of
+    `jacobians[i]` (|J| on the baseline grid) over it in a diverging colour map centred at
+    |J| = 1 (blue: tissue that shrank since baseline, red: grew; clipped to 1 +- `span`),
+    transparent where |J| is within `unchanged` of 1 and outside `masks[i]` (e.g. the
+    baseline's brain labels > 0) so the anatomy shows through. `col_titles[i]` names row
+    i's columns after the first.
+    """
+    n_rows, n_cols = len(anatomy), 1 + max(len(r) for r in jacobians)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols + 1.0, 2.3 * n_rows), squeeze=False)
+    shown = None
+    for i in range(n_rows):
+        base = np.rot90(middle_slice(anatomy[i], axis))
+        lo, hi = np.percentile(base, [1, 99])
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.axis("off")
+            if j > len(jacobians[i]):
+                continue
+            ax.imshow(base, cmap="gray", vmin=lo, vmax=hi)
+            if j == 0:
+                ax.set_title("baseline", fontsize=8)
+                continue
+            jac = np.rot90(middle_slice(jacobians[i][j - 1], axis))
+            hidden = np.abs(jac - 1.0) < unchanged
+            if masks is not None:
+                hidden |= ~np.rot90(middle_slice(np.asarray(masks[i], bool), axis))
+            shown = ax.imshow(np.ma.masked_where(hidden, jac), cmap="RdBu_r", vmin=1.0 - span, vmax=1.0 + span)
+            ax.set_title(col_titles[i][j - 1], fontsize=8)
+        axes[i, 0].text(-0.08, 0.5, row_titles[i], transform=axes[i, 0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
+    if shown is not None:
+        fig.colorbar(shown, ax=axes[:, 1:].ravel().tolist(), shrink=0.7, label="|J| since baseline")
     return fig
 
 
