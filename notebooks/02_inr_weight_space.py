@@ -40,7 +40,7 @@ from longbrain_jax.fit import FitConfig, StageConfig, fit_cohort, load_fit
 from longbrain_jax.fit.evaluate import reconstruct_volumes, role_summary
 from longbrain_jax.inr.spatiotemporal import INRConfig
 from longbrain_jax.io import read_bids
-from longbrain_jax.report import markdown_table
+from longbrain_jax.report import markdown_table, weight_embedding
 from longbrain_jax.simulate import SimulationConfig, read_volumes, simulate_cohort
 from longbrain_jax.weightspace.tokens import stream_vectors
 
@@ -105,20 +105,8 @@ plt.show()
 # twins share their anatomy, so P_space does not separate them.
 
 # %%
-groups = np.array(fitted.groups)
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-for ax, stream in zip(axes, ("P_space", "P_time", "P_com")):
-    x = stream_vectors(fitted.params, [stream]).astype(np.float64)
-    sd = x.std(0)
-    varying = sd > 1e-6 * sd.max()  # weights the fine-tune left where theta* put them carry no information
-    z = (x[:, varying] - x[:, varying].mean(0)) / sd[varying]
-    u, s, _ = np.linalg.svd(z, full_matrices=False)
-    for g, c in (("healthy", "tab:blue"), ("dementia", "tab:red")):
-        ax.scatter(*(u[groups == g, :2] * s[:2]).T, c=c, s=14, label=g)
-    ax.set_title(f"{stream}: {x.shape[1]} weights ({int(varying.sum())} vary)", fontsize=10)
-    ax.set_xlabel("PC 1")
-axes[0].legend()
-plt.tight_layout()
+weight_embedding({stream: stream_vectors(fitted.params, [stream]) for stream in ("P_space", "P_time", "P_com")}, fitted.groups)
+plt.show()
 
 # %% [markdown]
 # ## Classification from the weights, against the scans

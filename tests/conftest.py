@@ -46,8 +46,9 @@ def pytest_unconfigure(config):
 
 def pytest_collection_modifyitems(config, items):
     """The `slow` tests (minutes each) first, so that pytest-xdist's workers do not end on one of them
-    alone (with `--maxschedchunk 2` in pyproject.toml a worker is handed two tests at a time, so the
-    slow ones spread over both workers rather than queueing on the first)."""
+    alone. pyproject.toml's `--dist loadgroup --no-loadscope-reorder` hands a worker one test (or one
+    `xdist_group`) at a time in this order, so the slow ones spread over both workers; the tests that
+    share a costly module fixture form one group, built once rather than once per worker."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

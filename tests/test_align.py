@@ -273,6 +273,7 @@ def test_mutual_information_aligns_different_contrasts(slice2d):
     assert rot < 0.5 and shift < 0.5, (rot, shift)
 
 
+@pytest.mark.xdist_group("align_cohorts")  # one worker builds the module fixture once
 def test_recovers_the_simulators_misalignment(simulated, tmp_path):
     """The simulator's truth is in our convention (applying it aligns the scans) and the aligner finds it."""
     truths = sorted((simulated / "derivatives" / "simulator").glob(f"sub-*/ses-*/anat/*_{RIGID_TRUTH}"))
@@ -294,6 +295,7 @@ def test_recovers_the_simulators_misalignment(simulated, tmp_path):
 
 
 # -- outputs ------------------------------------------------------------------------------------------
+@pytest.mark.xdist_group("align_cohorts")  # one worker builds the module fixture once
 def test_align_dataset_writes_a_readable_aligned_dataset(dataset, tmp_path):
     root, truths, c = dataset
     out = align_dataset(root, tmp_path / "out", CFG)
@@ -331,6 +333,7 @@ def test_align_dataset_writes_a_readable_aligned_dataset(dataset, tmp_path):
     assert np.corrcoef(chunk.volumes[0, 0].ravel(), aligned.volumes[0, 2].ravel())[0, 1] > 0.98
 
 
+@pytest.mark.xdist_group("align_cohorts")  # one worker builds the module fixture once
 def test_align_dataset_is_atomic_and_rejects_bad_input(dataset, tmp_path, monkeypatch):
     root, _, _ = dataset
     with pytest.raises(InputError, match="dataset folder not found"):
@@ -357,6 +360,7 @@ def test_align_dataset_is_atomic_and_rejects_bad_input(dataset, tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "exists"]
 
 
+@pytest.mark.xdist_group("align_cohorts")  # one worker builds the module fixture once
 def test_dataset_without_follow_ups_still_writes(dataset, tmp_path):
     root, _, _ = dataset
     single = tmp_path / "single"
@@ -366,6 +370,7 @@ def test_dataset_without_follow_ups_still_writes(dataset, tmp_path):
     assert (out / "derivatives" / "longbrain-align" / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_from-orig_to-baseline_mode-image_xfm.txt").is_file()
 
 
+@pytest.mark.xdist_group("align_cohorts")  # one worker builds the module fixture once
 def test_cli_align_and_to_template(dataset, tmp_path):
     root, _, _ = dataset
     args = ["align", str(root), str(tmp_path / "out"), "--to-template", "--template-resolution", "4", "--chunk-size", "2", "--quiet"]

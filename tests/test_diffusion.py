@@ -60,18 +60,20 @@ def test_padding_frames_change_neither_the_loss_nor_the_real_frames_predictions(
     seq, _ = _sequences()
     params = dm.init_params(key, TINY, VOCAB, seq.frames.shape[1], COARSE)
     # a trained network's output is not zero: perturb the zero-initialised output layers
-    params = jax.tree_util.tree_map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
+    perturb = jax.jit(lambda tree: jax.tree_util.tree_map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), tree))
+    params = perturb(params)
     net, sched = dm.network(TINY, VOCAB), sch.schedule(TINY.diffusion_steps)
     batch = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[:2], seq)
     other = batch._replace(frames=batch.frames.at[0, -1].set(5.0))  # subject 0's last frame is padding
     unknown = jnp.asarray(VOCAB.unknown(1)[0])
-    loss = lambda b: dm.denoising_loss(params, b, jax.random.key(2), TINY, net, sched, unknown)  # noqa: E731
+    # compiled once each (op by op, the network's hundreds of primitives compile one at a time)
+    loss = jax.jit(lambda b: dm.denoising_loss(params, b, jax.random.key(2), TINY, net, sched, unknown))
     np.testing.assert_allclose(loss(batch), loss(other), rtol=1e-6)
     x = jax.random.normal(jax.random.key(3), batch.frames.shape)
-    a = dm.apply(params, net, x, jnp.int32(500), batch, batch.cond_ids)
-    b = dm.apply(params, net, x.at[0, -1].set(9.0), jnp.int32(500), batch, batch.cond_ids)
+    apply = jax.jit(lambda x: dm.apply(params, net, x, jnp.int32(500), batch, batch.cond_ids))
+    a, b = apply(x), apply(x.at[0, -1].set(9.0))
     np.testing.assert_allclose(a[0, :-1], b[0, :-1], atol=1e-5)  # real frames do not see the padding
-    assert float(jnp.max(jnp.abs(a[0, 0] - dm.apply(params, net, x.at[0, 1].set(9.0), jnp.int32(500), batch, batch.cond_ids)[0, 0]))) > 1e-4
+    assert float(jnp.max(jnp.abs(a[0, 0] - apply(x.at[0, 1].set(9.0))[0, 0]))) > 1e-4
 
 
 def test_resumed_training_equals_uninterrupted_and_sampling_is_per_subject(tmp_path):
@@ -147,6 +149,7 @@ def _dataset(root):
     return scan_bids(root)
 
 
+@pytest.mark.xdist_group("trained_diffusion")  # one worker builds the module fixture once
 def test_generate_sample_writes_every_subject_age_and_sample(trained, tmp_path):
     root, model = trained
     out = tmp_path / "gen"
@@ -165,6 +168,7 @@ def test_generate_sample_writes_every_subject_age_and_sample(trained, tmp_path):
     assert [float(r[1]) for r in written if r[0] == "s1"] == pytest.approx([baseline + 3], abs=1e-3)
 
 
+@pytest.mark.xdist_group("trained_diffusion")  # one worker builds the module fixture once
 @pytest.mark.parametrize("case", ["before_baseline", "unknown_group", "other_grid", "not_a_model", "no_ages", "years_not_after"])
 def test_generate_sample_refuses_bad_input_and_writes_nothing(trained, tmp_path, case):
     root, model = trained
@@ -188,6 +192,7 @@ def test_generate_train_refuses_a_cohort_without_follow_ups(tmp_path):
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.xdist_group("trained_diffusion")  # one worker builds the module fixture once
 def test_the_diffusion_forecaster_predicts_every_slot_from_the_baseline(trained):
     """The forecasting experiment's `diffusion` row with a trained model: the baseline slot is the
     baseline itself, every later slot a warped baseline with carried labels and a folding share."""

@@ -198,6 +198,25 @@ def test_evaluation_against_the_simulators_truth(tmp_path):
     assert [len(t) for t in pairs.times] == [1, 1]  # 4 scans, 2 held out: one training follow-up each
     pair_rows = score_fields(pairs.field, cohort, bids, cfg.holdout)
     assert [(r["session"], r["role"]) for r in pair_rows] == [(r["session"], r["role"]) for r in rows]
+    # the simulator's own field scored as a registration: no |J| error, every structure's change recovered
+    from longbrain_jax.grid import displacement_from_world
+    from longbrain_jax.io import load_displacement, load_image
+    from longbrain_jax.io.bids import derivative_path
+
+    def truth(i, t):
+        sid, years = cohort.subject_ids[i], cohort.ages[i] - cohort.ages[i, 0]
+        j = int(np.argmin(np.abs(years - t)))
+        if j == 0 or abs(years[j] - t) > 1e-4:  # between scans: no truth on disk, identity
+            return jnp.zeros(cohort.spatial_shape + (2,)), jnp.ones(cohort.spatial_shape)
+        det, _ = load_image(derivative_path(bids, sid, cohort.session_ids[i][j], "jacdet", PIPELINE))
+        u_mm, affine = load_displacement(derivative_path(bids, sid, cohort.session_ids[i][j], "truth", PIPELINE, suffix="xfm"))
+        return displacement_from_world(jnp.asarray(u_mm), affine), jnp.asarray(det)
+
+    for r in score_fields(truth, cohort, bids, cfg.holdout):
+        for s in STRUCTURES:
+            assert r[f"jac_error_{s}"] < 1e-6 and abs(r[f"volume_change_{s}"] - r[f"true_volume_change_{s}"]) < 1e-6
+        assert r["true_volume_change_lateral_ventricles"] > 0.0 > r["true_volume_change_hippocampus"]  # aging: ventricles grow
+    assert all(np.isfinite(r["volume_change_lateral_ventricles"]) for r in rows)
 
 
 def test_pairwise_fields_are_linear_in_time_between_and_after_the_known_ones(rng):

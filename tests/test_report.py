@@ -21,3 +21,21 @@ def test_jacobian_overlay_draws_each_map_over_its_baseline_and_hides_unchanged_a
     np.testing.assert_array_equal(np.ma.getmaskarray(overlay), (np.abs(np.rot90(jac) - 1.0) < 0.01) | ~np.rot90(mask))
     np.testing.assert_allclose(overlay.data, np.rot90(jac))
     assert images[1][1].get_clim() == (0.5, 1.5) and images[1][1].get_cmap().name == "RdBu_r"
+
+
+def test_weight_embedding_separates_groups_that_differ_and_ignores_weights_that_do_not_vary():
+    from longbrain_jax.report import weight_embedding
+
+    rng = np.random.default_rng(0)
+    groups = ["healthy"] * 5 + ["dementia"] * 5
+    x = rng.normal(size=(10, 6))
+    x[5:, :3] += 10.0  # the groups differ along three weights
+    x[:, 5] = 3.0  # a weight left where the shared initialisation put it
+    fig = weight_embedding({"P_time": x, "P_space": rng.normal(size=(10, 1))}, groups)
+    left = fig.axes[0]
+    assert left.get_title() == "P_time: 6 weights (5 vary)" and fig.axes[1].get_title() == "P_space: 1 weights (1 vary)"
+    healthy, dementia = (c.get_offsets() for c in left.collections)
+    assert len(healthy) == len(dementia) == 5
+    assert min(dementia[:, 0].min(), healthy[:, 0].min()) < 0 < max(dementia[:, 0].max(), healthy[:, 0].max())
+    gap = abs(dementia[:, 0].mean() - healthy[:, 0].mean())
+    assert gap > 2.0 * max(dementia[:, 0].std(), healthy[:, 0].std())  # PC 1 is the direction the groups differ along

@@ -124,6 +124,7 @@ def _by_subject(rows):
     return out
 
 
+@pytest.mark.xdist_group("simulated_cohort")  # one worker builds the module fixture once
 def test_regional_volume_change_matches_prescribed_rates(cohort_dir):
     root, cfg = cohort_dir
     rates = region_log_rates(cfg.atrophy)
@@ -140,6 +141,7 @@ def test_regional_volume_change_matches_prescribed_rates(cohort_dir):
         assert np.mean(errors) < LABEL_MEAN_TOLERANCE, region
 
 
+@pytest.mark.xdist_group("simulated_cohort")  # one worker builds the module fixture once
 def test_written_label_maps_show_faster_atrophy_in_dementia(cohort_dir):
     root, _ = cohort_dir
     cohort = read_bids(root, LoadConfig(normalise=None))
@@ -155,6 +157,7 @@ def test_written_label_maps_show_faster_atrophy_in_dementia(cohort_dir):
     assert mean["dementia"]["vent"] > mean["healthy"]["vent"] > 0
 
 
+@pytest.mark.xdist_group("simulated_cohort")  # one worker builds the module fixture once
 def test_ground_truth_deformation_is_consistent_and_never_folds(cohort_dir):
     root, _ = cohort_dir
     cohort = read_bids(root, LoadConfig(normalise=None))
@@ -189,6 +192,7 @@ def test_ground_truth_deformation_is_consistent_and_never_folds(cohort_dir):
                 assert metrics.ncc(grid.warp(scan, phi), baseline, mask) > metrics.ncc(scan, baseline, mask)
 
 
+@pytest.mark.xdist_group("simulated_cohort")  # one worker builds the module fixture once
 def test_paired_versions_share_anatomy(cohort_dir):
     root, _ = cohort_dir
     baseline = lambda s: nib.load(root / f"sub-{s}/ses-1/anat/sub-{s}_ses-1_T1w.nii.gz").get_fdata()  # noqa: E731

@@ -152,6 +152,11 @@ def apply(params, net: Denoiser, x: Array, step: Array, seq: Sequences, cond_ids
 
 def init_params(key: jax.Array, cfg: DiffusionConfig, vocab: Vocabulary, frames: int, coarse: Sequence[int]) -> Any:
     """Fresh denoiser parameters for sequences of `frames` frames on the velocity grid `coarse`."""
+    return _init_params(key, cfg, vocab, int(frames), tuple(int(n) for n in coarse))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))  # one compiled program, not one per layer shape
+def _init_params(key: jax.Array, cfg: DiffusionConfig, vocab: Vocabulary, frames: int, coarse: tuple[int, ...]) -> Any:
     net = network(cfg, vocab)
     d = len(coarse)
     padded = padded_shape(coarse, cfg.denoiser.factor)

@@ -99,30 +99,40 @@ def cohort_scores(
     return jnp.where(mask, psnr, jnp.nan), jnp.where(mask, ssim, jnp.nan)
 
 
+def carried_forward_psnr(result, volumes: np.ndarray) -> np.ndarray:
+    """(N, T) PSNR (dB) of carrying the previous training scan forward to each held-out scan.
+
+    The no-model prediction of a held-out scan: every scan has its own noise and bias, so
+    this shows what is predictable at all. NaN for training scans, padding and held-out
+    scans with no training scan before them. `volumes` are the fitted cohort's (N, T, *s).
+    """
+    out = np.full(result.roles.shape, np.nan)
+    for i, t in zip(*np.nonzero(result.roles > ROLES.index("train")), strict=True):
+        earlier = [j for j in range(t) if result.roles[i, j] == ROLES.index("train")]
+        if earlier:
+            out[i, t] = float(metrics.psnr(jnp.asarray(volumes[i, earlier[-1]]), jnp.asarray(volumes[i, t]), DATA_RANGE))
+    return out
+
+
 def role_summary(result, volumes: np.ndarray, groups: tuple[str, ...]) -> list[dict]:
     """Median PSNR/SSIM of a `FitResult` per scan role and group, with a reference.
 
-    For held-out scans the reference is the PSNR of carrying the previous training
-    scan forward (the no-model prediction): every scan has its own noise and bias, so
-    this shows what is predictable at all. `volumes` are the fitted cohort's (N, T, *s).
+    For held-out scans the reference is `carried_forward_psnr`. `volumes` are the fitted
+    cohort's (N, T, *s).
 
     **Returns:** one dict per (role, group) present: role, group, n, psnr, ssim, carried_forward_psnr.
     """
+    carried = carried_forward_psnr(result, volumes)
     rows = []
     for role in ROLES[1:]:
         for group in sorted(set(groups), reverse=True):
             sel = (result.roles == ROLES.index(role)) & np.array([g == group for g in groups])[:, None]
             if not sel.any():
                 continue
-            carried = []
-            for i, t in zip(*np.nonzero(sel), strict=True):
-                earlier = [j for j in range(t) if result.roles[i, j] == 1]
-                if role != "train" and earlier:
-                    prev, scan = jnp.asarray(volumes[i, earlier[-1]]), jnp.asarray(volumes[i, t])
-                    carried.append(float(metrics.psnr(prev, scan, DATA_RANGE)))
+            reference = carried[sel][np.isfinite(carried[sel])]
             rows.append({
                 "role": role, "group": group, "n": int(sel.sum()),
                 "psnr": float(np.median(result.psnr[sel])), "ssim": float(np.median(result.ssim[sel])),
-                "carried_forward_psnr": float(np.median(carried)) if carried else float("nan"),
+                "carried_forward_psnr": float(np.median(reference)) if reference.size else float("nan"),
             })  # fmt: skip
     return rows

@@ -9,6 +9,8 @@ registration folder (`register_cohort`) and the simulated BIDS dataset with its
   reference;
 - error of the predicted |J| against the true |J| per structure (mean |difference|
   over the structure's baseline voxels) and the true mean change |J| - 1;
+- the structure's volume change as a fraction (mean |J| - 1 over its baseline voxels),
+  predicted and true: how much of the atrophy or expansion the registration recovers;
 - the Dice the simulator's own true field reaches (the ceiling on this grid);
 - the share of brain voxels whose predicted |J| changes monotonically over the
   observed times and a yearly grid (`metrics.monotone_fraction`), and the share of
@@ -99,6 +101,8 @@ def score_fields(field, cohort, bids_root: str | os.PathLike, holdout: str) -> l
                 region = np.isin(np.asarray(base_labels), ids)
                 row[f"jac_error_{name}"] = float(np.mean(np.abs(np.asarray(det) - true_det)[region])) if region.any() else float("nan")
                 row[f"jac_change_{name}"] = float(np.mean(np.abs(true_det - 1.0)[region])) if region.any() else float("nan")
+                row[f"volume_change_{name}"] = float(np.mean(np.asarray(det)[region]) - 1.0) if region.any() else float("nan")
+                row[f"true_volume_change_{name}"] = float(np.mean(true_det[region]) - 1.0) if region.any() else float("nan")
             rows.append(row)
     return rows
 

@@ -101,6 +101,34 @@ def jacobian_overlay(
     return fig
 
 
+def weight_embedding(vectors: dict[str, np.ndarray], groups: Sequence[str]) -> plt.Figure:
+    """First two principal components of each set of per-subject weights, coloured by group.
+
+    `vectors` maps a name (e.g. "P_time") to its (N, P) flat weights; `groups` has N
+    names. Weights that do not vary over subjects (left where the shared initialisation
+    put them) are dropped and the rest standardised before the SVD.
+    """
+    groups = np.asarray(groups)
+    names = list(dict.fromkeys(groups.tolist()))  # in order of first appearance
+    colours = dict(zip(names, plt.get_cmap("tab10").colors, strict=False))
+    fig, axes = plt.subplots(1, len(vectors), figsize=(3.7 * len(vectors), 3.2), squeeze=False)
+    for ax, (name, x) in zip(axes[0], vectors.items(), strict=True):
+        x = np.asarray(x, np.float64)
+        sd = x.std(0)
+        varying = sd > 1e-6 * max(float(sd.max()), 1e-30)
+        z = (x[:, varying] - x[:, varying].mean(0)) / sd[varying]
+        u, s, _ = np.linalg.svd(z, full_matrices=False)
+        pcs = u[:, :2] * s[:2] if z.shape[1] >= 2 else np.pad(u[:, :1] * s[:1], ((0, 0), (0, 1)))
+        for g in names:
+            ax.scatter(*pcs[groups == g].T, color=colours[g], s=16, label=g)
+        ax.set_title(f"{name}: {x.shape[1]} weights ({int(varying.sum())} vary)", fontsize=10)
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig: plt.Figure, path: str | os.PathLike, overwrite: bool = True, dpi: int = 110) -> Path:
     """Save `fig` as PNG atomically and close it."""
     path = Path(path)
