@@ -106,19 +106,20 @@ def weight_embedding(vectors: dict[str, np.ndarray], groups: Sequence[str]) -> p
 
     `vectors` maps a name (e.g. "P_time") to its (N, P) flat weights; `groups` has N
     names. Weights that do not vary over subjects (left where the shared initialisation
-    put them) are dropped and the rest standardised before the SVD.
+    put them) are dropped and the rest standardised; the components come from the (N, N)
+    Gram matrix, so memory stays at the weights' own size however many weights a subject has.
     """
     groups = np.asarray(groups)
     names = list(dict.fromkeys(groups.tolist()))  # in order of first appearance
     colours = dict(zip(names, plt.get_cmap("tab10").colors, strict=False))
     fig, axes = plt.subplots(1, len(vectors), figsize=(3.7 * len(vectors), 3.2), squeeze=False)
     for ax, (name, x) in zip(axes[0], vectors.items(), strict=True):
-        x = np.asarray(x, np.float64)
+        x = np.asarray(x, np.float32)
         sd = x.std(0)
         varying = sd > 1e-6 * max(float(sd.max()), 1e-30)
         z = (x[:, varying] - x[:, varying].mean(0)) / sd[varying]
-        u, s, _ = np.linalg.svd(z, full_matrices=False)
-        pcs = u[:, :2] * s[:2] if z.shape[1] >= 2 else np.pad(u[:, :1] * s[:1], ((0, 0), (0, 1)))
+        eigenvalues, eigenvectors = np.linalg.eigh((z @ z.T).astype(np.float64))  # ascending
+        pcs = eigenvectors[:, ::-1][:, :2] * np.sqrt(np.maximum(eigenvalues[::-1][:2], 0.0))
         for g in names:
             ax.scatter(*pcs[groups == g].T, color=colours[g], s=16, label=g)
         ax.set_title(f"{name}: {x.shape[1]} weights ({int(varying.sum())} vary)", fontsize=10)
