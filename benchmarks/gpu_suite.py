@@ -219,7 +219,7 @@ def section_diffusion(sizes: Sizes) -> dict:
     def run(state):
         for first in range(0, sizes.diffusion_steps, block):
             n = min(block, sizes.diffusion_steps - first)
-            state, _ = train_block(state, data, jnp.int32(first), jnp.int32(n), cfg=cfg, vocab=vocab, batch=sizes.diffusion_batch, max_steps=block)
+            state, _ = train_block(state, data, jnp.int32(len(seq.frames)), jnp.int32(first), jnp.int32(n), cfg=cfg, vocab=vocab, batch=sizes.diffusion_batch, max_steps=block)
         return state
 
     first, per_step, _ = _timed(run, _initial(cfg, vocab, frames, coarse), sizes.diffusion_steps)

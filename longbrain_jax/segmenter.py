@@ -35,7 +35,7 @@ from longbrain_jax import metrics
 from longbrain_jax.atlas import REGIONS
 from longbrain_jax.cnn import Conv, crop, pad_to_multiple, padded_shape
 from longbrain_jax.config import check_literals
-from longbrain_jax.engine.training import TrainState, block_steps, init_state, train_steps
+from longbrain_jax.engine.training import TrainState, block_steps, init_state, padded_scans, train_steps
 from longbrain_jax.memory import Budget, Program, plan_batch
 
 CLASSES = ("background", "cortical_gm", "cerebral_wm", "lateral_ventricles", "hippocampus", "other")
@@ -135,7 +135,7 @@ def train_batch(cfg: SegmenterConfig, shape: tuple[int, ...], budget: Budget, he
     s = jax.ShapeDtypeStruct
 
     def trace(b):  # the data is counted in held_bytes; a batch of b drawn from b scans
-        return train_block.trace(state, s((b, *shape), jnp.float32), s((b, *shape), jnp.int32), jnp.int32(0), jnp.int32(1),
+        return train_block.trace(state, s((b, *shape), jnp.float32), s((b, *shape), jnp.int32), jnp.int32(b), jnp.int32(0), jnp.int32(1),
                                  cfg=dataclasses.replace(cfg, batch_size=b), max_steps=1)  # fmt: skip
 
     program = Program(trace, ("segmenter-train", cfg, shape))
@@ -157,13 +157,13 @@ def _probabilities(params, images, cfg: SegmenterConfig):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_steps"), donate_argnums=0)
-def train_block(state: TrainState, images, classes, first_step, num_steps, *, cfg: SegmenterConfig, max_steps: int) -> tuple[TrainState, Array]:
+def train_block(state: TrainState, images, classes, count, first_step, num_steps, *, cfg: SegmenterConfig, max_steps: int) -> tuple[TrainState, Array]:
     """`num_steps` (<= `max_steps`) guarded Adam steps in one compiled loop, each on a batch of the
-    (device) data drawn with the engine's key for the step; returns the state and the steps' losses
-    (`max_steps`, zero past `num_steps`)."""
+    first `count` scans of the (device) data (`engine.training.padded_scans`) drawn with the
+    engine's key for the step; returns the state and the steps' losses (`max_steps`, zero past `num_steps`)."""
 
     def loss(params, key, step):
-        idx = jax.random.randint(key, (cfg.batch_size,), 0, images.shape[0])
+        idx = jax.random.randint(key, (cfg.batch_size,), 0, count)
         value = _loss(params, images[idx], classes[idx], cfg)
         return value, value
 
@@ -190,12 +190,12 @@ def train_segmenter(
     shape = images.shape[1:]
     params = _init(jax.random.fold_in(jax.random.key(cfg.seed), 0), tuple(cfg.channels), padded_shape(shape, cfg.factor))
     state = init_state(params, optax.adam(cfg.learning_rate))
-    data_x, data_y = jnp.asarray(images), jnp.asarray(classes)
+    (data_x, data_y), count = padded_scans(images, classes)
     losses = np.zeros(cfg.steps, np.float32)
     step = 0
     while step < cfg.steps:
         k = min(steps_per_call, cfg.steps - step)
-        state, block = train_block(state, data_x, data_y, jnp.int32(step), jnp.int32(k), cfg=cfg, max_steps=steps_per_call)
+        state, block = train_block(state, data_x, data_y, count, jnp.int32(step), jnp.int32(k), cfg=cfg, max_steps=steps_per_call)
         losses[step : step + k] = np.asarray(block)[:k]
         step += k
         if progress is not None:

@@ -87,7 +87,7 @@ def loss_of(coords, volumes, decades, mask):
         idx = jax.random.randint(key, (SAMPLES,), 0, coords.shape[0])
         a, b = trend(params, coords[idx])
         residual = a[None] + decades[:, None] * b[None] - volumes[:, idx]
-        return jnp.sum(jnp.where(mask[:, None], residual**2, 0.0)) / (jnp.sum(mask) * SAMPLES), None
+        return jnp.sum(jnp.where(mask[:, None], residual**2, 0.0)) / (jnp.sum(mask, dtype=jnp.float32) * SAMPLES), None
     return loss
 
 # %% [markdown]

@@ -7,11 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from longbrain_jax.engine.training import (
     block_steps,
     init_state,
+    padded_scans,
     repeat_steps,
+    scan_slots,
     step_key,
     train_chunk_steps,
     train_steps,
@@ -90,3 +93,17 @@ def test_a_non_finite_step_is_skipped_and_marked():
     state = init_state(jnp.ones(2), TX)
     end, _ = repeat_steps(lambda s, i: train_steps(s, loss, TX, jnp.int32(0), "shared", jnp.int32(0), i, 1), state, 4)
     assert not bool(end.alive) and int(end.diverged_at) == 2 and np.all(np.isfinite(np.asarray(end.params)))
+
+
+def test_padded_training_sets_share_one_program_and_draw_what_the_unpadded_set_would():
+    assert [scan_slots(n) for n in (1, 32, 33, 64, 65, 200)] == [32, 32, 64, 64, 128, 256]
+    with pytest.raises(ValueError, match="at least one scan"):
+        scan_slots(0)
+    images, labels = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5), np.ones((3, 4, 5), np.int32)
+    (x, y), count = padded_scans(images, labels)
+    assert x.shape == (32, 4, 5) and y.dtype == jnp.int32 and int(count) == 3
+    np.testing.assert_array_equal(x[:3], images)
+    assert not np.any(x[3:]) and not np.any(y[3:])
+    key = jax.random.key(7)
+    drawn = jax.jit(lambda k, m: jax.random.randint(k, (16,), 0, m))(key, count)  # the count traced, as in a training program
+    np.testing.assert_array_equal(drawn, jax.random.randint(key, (16,), 0, 3))

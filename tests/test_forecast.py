@@ -207,19 +207,23 @@ def test_segmenter_reaches_dice_on_tiny_simulated_scans():
 
 
 @pytest.mark.slow  # a whole command
+@pytest.mark.xdist_group("forecast_programs")  # after the demo test, whose compiled networks it reuses
 def test_forecast_command_scores_every_method_and_rejects_cohorts_without_held_out_scans(tmp_path):
     from click.testing import CliRunner
 
     from longbrain_jax.cli import main
+    from longbrain_jax.config import write_config
+    from longbrain_jax.demo import DemoConfig
     from longbrain_jax.io import load_image
     from longbrain_jax.simulate import SimulationConfig, simulate_cohort
     from tests.awkward import SHORT, make_awkward
 
     sim = SimulationConfig(num_subjects=3, resolution_mm=4.0, ndim=2, chunk_size=3, sampling="regular")
     bids = simulate_cohort(tmp_path / "bids", sim)
-    args = ["forecast", str(bids), str(tmp_path / "out"), "--method", "last_observation,voxelwise_linear,mrextrap",
-            "--ae-channels", "8,16", "--ae-steps", "6", "--adversarial-start", "3", "--noder-iterations", "3",
-            "--segmenter-steps", "5", "--quiet"]  # fmt: skip
+    # the quick demo's networks (the same programs as the demo test at 4 mm), given as a recorded configuration
+    write_config(DemoConfig().quick().forecast, tmp_path / "networks.json")
+    args = ["forecast", str(bids), str(tmp_path / "out"), "--config", str(tmp_path / "networks.json"),
+            "--method", "last_observation,voxelwise_linear,mrextrap", "--ae-steps", "12", "--segmenter-steps", "5", "--quiet"]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     rows = (tmp_path / "out" / "scores.tsv").read_text().splitlines()
@@ -237,8 +241,8 @@ def test_forecast_command_scores_every_method_and_rejects_cohorts_without_held_o
     # the saved autoencoder is reused by a second run, whose segmenter trains on a labelled dataset given
     # apart (here a copy of the same cohort: what matters is that its labels are read from there)
     labelled = shutil.copytree(bids, tmp_path / "labelled")
-    again = CliRunner().invoke(main, [*args[:2], str(tmp_path / "again"), "--method", "mrextrap", "--autoencoder", str(tmp_path / "out/autoencoder"),
-                                      "--segmenter-steps", "5", "--segmenter-bids", str(labelled), "--no-curve", "--quiet"])  # fmt: skip
+    again = CliRunner().invoke(main, [*args[:2], str(tmp_path / "again"), *args[3:5], "--method", "mrextrap", "--autoencoder",
+                                      str(tmp_path / "out/autoencoder"), "--segmenter-steps", "5", "--segmenter-bids", str(labelled), "--quiet"])  # fmt: skip
     assert again.exit_code == 0, again.output
     assert "volume_error_pct_hippocampus" in (tmp_path / "again" / "scores.tsv").read_text()
     unlabelled = CliRunner().invoke(main, [*args[:2], str(tmp_path / "out3"), "--segmenter-bids", str(tmp_path / "out"), "--quiet"])

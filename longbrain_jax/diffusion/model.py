@@ -39,7 +39,16 @@ from longbrain_jax.diffusion import svf
 from longbrain_jax.diffusion.config import DiffusionConfig
 from longbrain_jax.diffusion.denoiser import Denoiser
 from longbrain_jax.engine.checkpoint import StateCheckpoints
-from longbrain_jax.engine.training import TrainState, block_steps, init_state, loss_step, repeat_steps, step_key
+from longbrain_jax.engine.training import (
+    TrainState,
+    block_steps,
+    init_state,
+    loss_step,
+    padded_scans,
+    repeat_steps,
+    scan_slots,
+    step_key,
+)
 from longbrain_jax.memory import Budget, Program, plan_batch
 
 
@@ -194,14 +203,15 @@ class Training(NamedTuple):
     ema: Any
 
 
-def train_step(state: Training, data: Sequences, step: Int[Array, ""], *, cfg: DiffusionConfig, vocab: Vocabulary, batch: int
-               ) -> tuple[Training, Array]:  # fmt: skip
-    """One guarded AdamW step on `batch` subjects drawn with the engine's key for the step; the EMA follows
-    a kept step. Returns the state and the step's loss (NaN once diverged)."""
+def train_step(state: Training, data: Sequences, count: Int[Array, ""], step: Int[Array, ""], *, cfg: DiffusionConfig, vocab: Vocabulary,
+               batch: int) -> tuple[Training, Array]:  # fmt: skip
+    """One guarded AdamW step on `batch` subjects drawn from the first `count` of `data`
+    (`engine.training.padded_scans`) with the engine's key for the step; the EMA follows a kept
+    step. Returns the state and the step's loss (NaN once diverged)."""
     net, sched, tx = network(cfg, vocab), sch.schedule(cfg.diffusion_steps, cfg.schedule), _optimizer(cfg)
     unknown = jnp.asarray(vocab.unknown(1)[0])
     k_batch, k_loss = jax.random.split(step_key(jnp.int32(cfg.seed), "diffusion", jnp.int32(0), step))
-    idx = jax.random.randint(k_batch, (batch,), 0, data.frames.shape[0])
+    idx = jax.random.randint(k_batch, (batch,), 0, count)
     sub = jax.tree_util.tree_map(lambda a: a[idx], data)
 
     def loss(params, key, _):
@@ -215,14 +225,14 @@ def train_step(state: Training, data: Sequences, step: Int[Array, ""], *, cfg: D
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "vocab", "batch", "max_steps"), donate_argnums=0)
-def train_block(state: Training, data: Sequences, first_step: Int[Array, ""], num_steps: Int[Array, ""], *, cfg: DiffusionConfig,
-                vocab: Vocabulary, batch: int, max_steps: int) -> tuple[Training, Array]:  # fmt: skip
+def train_block(state: Training, data: Sequences, count: Int[Array, ""], first_step: Int[Array, ""], num_steps: Int[Array, ""], *,
+                cfg: DiffusionConfig, vocab: Vocabulary, batch: int, max_steps: int) -> tuple[Training, Array]:  # fmt: skip
     """`num_steps` (<= `max_steps`) `train_step`s from `first_step` in one compiled call
     (`engine.training.repeat_steps`); returns the state and the steps' losses (`max_steps`, zero past
     `num_steps`). `train` asks for `engine.training.block_steps(.., convolutional=True)` steps: one
     per call on the CPU, where this network's step ran 5-8x slower inside a compiled loop (0.7 s
     against 5.4 s per step, batch 8, 4 frames on a 29 x 35 grid, 2 cores; jax-ml/jax#12868)."""
-    step = lambda s, i: train_step(s, data, first_step + i, cfg=cfg, vocab=vocab, batch=batch)  # noqa: E731
+    step = lambda s, i: train_step(s, data, count, first_step + i, cfg=cfg, vocab=vocab, batch=batch)  # noqa: E731
     if max_steps == 1:  # `train` never asks for 0 steps: the plain step, without the guard of a traced length
         return repeat_steps(step, state, 1)
     return repeat_steps(step, state, num_steps, max_steps)
@@ -237,9 +247,9 @@ def batch_size(cfg: DiffusionConfig, vocab: Vocabulary, data: Sequences, budget:
     """Subjects per training step under `budget` (at most `cfg.batch_size`), the data held on the device."""
     n, frames, *coarse = data.frames.shape[:-1]
     state = jax.eval_shape(lambda: _initial(cfg, vocab, frames, tuple(coarse)))
-    held = sum(np.asarray(x).nbytes for x in data)
+    held = scan_slots(n) * sum(np.asarray(x)[0].nbytes for x in data)  # as `padded_scans` places it
     shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data)
-    program = Program(lambda b: train_block.trace(state, shapes, jnp.int32(0), jnp.int32(1), cfg=cfg, vocab=vocab, batch=b, max_steps=1),
+    program = Program(lambda b: train_block.trace(state, shapes, jnp.int32(n), jnp.int32(0), jnp.int32(1), cfg=cfg, vocab=vocab, batch=b, max_steps=1),
                       ("diffusion-train", cfg, vocab, n, frames, tuple(coarse)))  # fmt: skip
     return plan_batch("diffusion: training", "subjects per step", budget, cfg.batch_size,
                       lambda b, exact: program(b, exact) + held, compile_bytes=program.compile_bytes).sizes["subjects per step"]  # fmt: skip
@@ -266,7 +276,8 @@ def train(
     batch = batch or batch_size(cfg, vocab, data, budget or Budget.resolve())
     block = steps_per_call or block_steps(50, convolutional=True)
     state = _initial(cfg, vocab, frames, tuple(coarse))
-    device_data = jax.tree_util.tree_map(jnp.asarray, data)
+    padded, subjects = padded_scans(*(np.asarray(a) for a in data))
+    device_data = Sequences(*padded)
     history = np.zeros(cfg.steps, np.float32)
     ckpt = StateCheckpoints(checkpoint_dir) if checkpoint_dir is not None else None
     step = 0
@@ -280,7 +291,7 @@ def train(
             losses = []
             for first in range(step, step + k, block):  # dispatched asynchronously; the losses are read once
                 count = min(block, step + k - first)  # not `n`, the subject count above
-                state, values = train_block(state, device_data, jnp.int32(first), jnp.int32(count), cfg=cfg, vocab=vocab, batch=batch, max_steps=block)
+                state, values = train_block(state, device_data, subjects, jnp.int32(first), jnp.int32(count), cfg=cfg, vocab=vocab, batch=batch, max_steps=block)
                 losses.append(values[:count])
             history[step : step + k] = np.asarray(jnp.concatenate(losses))
             step += k

@@ -44,6 +44,7 @@ from longbrain_jax import segmenter as sg
 from longbrain_jax.cohort import ROLES, scan_roles
 from longbrain_jax.config import check_literals
 from longbrain_jax.diffusion import DiffusionConfig
+from longbrain_jax.engine.training import padded_bytes
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit.config import FitConfig, StageConfig
 from longbrain_jax.fit.evaluate import DATA_RANGE
@@ -169,7 +170,7 @@ def train_models(source, known: np.ndarray, cfg: ForecastConfig, budget: Budget,
         limit = plan_host("forecast: autoencoder scans", "scans", half, int(known.sum()), scan_bytes).sizes["scans"]
         images, _ = load_scans(source, known, limit, cfg.seed, chunk)
         ae_cfg = dataclasses.replace(cfg.autoencoder, ndim=len(shape))
-        ae_cfg = _fitted_batch(ae_cfg, ae.train_batch(ae_cfg, shape, budget, images.nbytes), "autoencoder")  # its scans sit on the device
+        ae_cfg = _fitted_batch(ae_cfg, ae.train_batch(ae_cfg, shape, budget, padded_bytes(images)), "autoencoder")  # its scans sit on the device
         bar = progress_bar(ae_cfg.steps, "autoencoder", enabled=show_progress, unit="step")
 
         def ae_progress(step, total, losses):
@@ -186,7 +187,7 @@ def train_models(source, known: np.ndarray, cfg: ForecastConfig, budget: Budget,
     if _has_labels(seg_source):
         limit = plan_host("forecast: segmenter scans", "scans", half, int((seg_which & seg_source.mask).sum()), scan_bytes).sizes["scans"]
         images, labels = load_scans(seg_source, seg_which, limit, cfg.seed + 1, chunk)
-        seg_cfg = _fitted_batch(cfg.segmenter, sg.train_batch(cfg.segmenter, shape, budget, images.nbytes + labels.nbytes), "segmenter")
+        seg_cfg = _fitted_batch(cfg.segmenter, sg.train_batch(cfg.segmenter, shape, budget, padded_bytes(images) + padded_bytes(labels)), "segmenter")
         bar = progress_bar(seg_cfg.steps, "segmenter", enabled=show_progress, unit="step")
         seg_params, _ = sg.train_segmenter(images, labels, seg_cfg, progress=lambda step, *_: bar.update(step - bar.n))
         bar.close()

@@ -45,12 +45,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
 from longbrain_jax.cnn import Conv, crop, pad_to_multiple, padded_shape
 from longbrain_jax.config import read_config, write_config
 from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
-from longbrain_jax.engine.training import all_finite, block_steps, optimiser_update, repeat_steps, step_key
+from longbrain_jax.engine.training import (
+    all_finite,
+    block_steps,
+    optimiser_update,
+    padded_scans,
+    repeat_steps,
+    step_key,
+)
 from longbrain_jax.memory import Budget, Program, plan_batch
 
 
@@ -346,7 +353,7 @@ def train_batch(cfg: AutoencoderConfig, shape: Sequence[int], budget: Budget, he
     state = jax.eval_shape(lambda: _init_state(jax.random.key(0), cfg, shape))
 
     def trace(b):  # the scans are counted in held_bytes; a batch of b drawn from b scans
-        return train_block.trace(state, jax.ShapeDtypeStruct((b, *shape), jnp.float32), jnp.int32(0), jnp.int32(1),
+        return train_block.trace(state, jax.ShapeDtypeStruct((b, *shape), jnp.float32), jnp.int32(b), jnp.int32(0), jnp.int32(1),
                                  cfg=dataclasses.replace(cfg, batch_size=b), max_steps=1)  # fmt: skip
 
     program = Program(trace, ("autoencoder-train", cfg, shape))
@@ -367,17 +374,18 @@ def inference_batch(params_shapes, cfg: AutoencoderConfig, shape: Sequence[int],
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_steps"), donate_argnums=0)
 def train_block(
-    state: AutoencoderState, images: Float[Array, "M *s"], first_step: Array, num_steps: Array, *, cfg: AutoencoderConfig, max_steps: int
-) -> tuple[AutoencoderState, Losses]:
+    state: AutoencoderState, images: Float[Array, "M *s"], count: Int[Array, ""], first_step: Array, num_steps: Array, *,
+    cfg: AutoencoderConfig, max_steps: int,
+) -> tuple[AutoencoderState, Losses]:  # fmt: skip
     """`num_steps` (<= `max_steps`) training steps in one compiled loop (`engine.training.repeat_steps`):
-    each draws a batch of `images` (on the device) with the engine's key for the step
+    each draws a batch of the first `count` `images` (on the device, `engine.training.padded_scans`) with the engine's key for the step
     (`engine.training.step_key`); a step whose loss or new parameters are not finite is skipped.
     Returns the state and every step's `Losses` (`max_steps` rows, zero past `num_steps`)."""
 
     def body(state, i):
         step = first_step + i
         k_batch, k_noise = jax.random.split(step_key(jnp.int32(cfg.seed), "autoencoder", jnp.int32(0), step))
-        batch = images[jax.random.randint(k_batch, (cfg.batch_size,), 0, images.shape[0])]
+        batch = images[jax.random.randint(k_batch, (cfg.batch_size,), 0, count)]
         new, losses = train_step(state, batch, k_noise, step >= cfg.adversarial_start, cfg=cfg)
         ok = jnp.isfinite(losses.total) & all_finite(new.params)
         return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state), losses
@@ -424,13 +432,13 @@ def train_autoencoder(
             step, meta = latest
             restored = ckpt.restore(step, {"state": state, "history": history})
             state, history, start = restored["state"], np.asarray(restored["history"]), int(meta["step"])
-        data = jnp.asarray(images)
+        (data,), count = padded_scans(images)
         step = start
         while step < cfg.steps:
             k = min(steps_per_call, cfg.steps - step)  # blocks end on checkpoints; one program serves every length
             if ckpt is not None:
                 k = min(k, cfg.checkpoint_every - step % cfg.checkpoint_every)
-            state, losses = train_block(state, data, jnp.int32(step), jnp.int32(k), cfg=cfg, max_steps=steps_per_call)
+            state, losses = train_block(state, data, count, jnp.int32(step), jnp.int32(k), cfg=cfg, max_steps=steps_per_call)
             losses = Losses(*(x[:k] for x in losses))
             history[step : step + k] = np.asarray(jnp.stack(losses, axis=1))
             step += k
