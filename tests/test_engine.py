@@ -96,12 +96,13 @@ def test_a_non_finite_step_is_skipped_and_marked():
 
 
 def test_padded_training_sets_share_one_program_and_draw_what_the_unpadded_set_would():
-    assert [scan_slots(n) for n in (1, 32, 33, 64, 65, 200)] == [32, 32, 64, 64, 128, 256]
+    assert [scan_slots(n) for n in (1, 16, 17, 20, 21, 33, 100, 1000)] == [16, 16, 20, 20, 24, 40, 112, 1024]
+    assert all(n <= scan_slots(n) <= max(16, 1.25 * n) for n in range(1, 3000))
     with pytest.raises(ValueError, match="at least one scan"):
         scan_slots(0)
     images, labels = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5), np.ones((3, 4, 5), np.int32)
     (x, y), count = padded_scans(images, labels)
-    assert x.shape == (32, 4, 5) and y.dtype == jnp.int32 and int(count) == 3
+    assert x.shape == (16, 4, 5) and y.dtype == jnp.int32 and int(count) == 3
     np.testing.assert_array_equal(x[:3], images)
     assert not np.any(x[3:]) and not np.any(y[3:])
     key = jax.random.key(7)

@@ -38,6 +38,8 @@ def test_notebook_runs_top_to_bottom(source, monkeypatch, request, tmp_path):
         monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(request.config.jax_cache_dir))  # the run's programs
         monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
         notebook = _runner().execute(source)  # nbclient raises on a cell's error
+        errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors  # this also catches one it was told to allow
         cells = sum(c.cell_type == "code" for c in notebook.cells)
     else:
         cells = _runner().execute_here(source, tmp_path)  # under the suite's strict promotion: the programs the tests compiled

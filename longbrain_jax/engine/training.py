@@ -146,11 +146,15 @@ def block_steps(steps_per_call: int, convolutional: bool) -> int:
 
 
 def scan_slots(count: int) -> int:
-    """Rows a training set of `count` scans is padded to on the device (`padded_scans`): 32, then
-    64, then the next multiple of 64 (at most 63 rows more than it holds)."""
+    """Rows a training set of `count` scans is padded to on the device (`padded_scans`): 16 for
+    up to 16 scans; beyond, the next multiple of a quarter of the power of two below `count`
+    (17 -> 20, 33 -> 40, 100 -> 112, 1000 -> 1024): at most a quarter more rows than it holds."""
     if count < 1:
         raise ValueError(f"a training set needs at least one scan, got {count}")
-    return 32 if count <= 32 else -(-count // 64) * 64
+    if count <= 16:
+        return 16
+    granule = 2 ** ((count - 1).bit_length() - 3)
+    return -(-count // granule) * granule
 
 
 def padded_bytes(array: np.ndarray) -> int:
