@@ -132,7 +132,10 @@ def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_t
     assert np.abs(f.images[0, 2] - volumes[0, 2]).mean() < np.abs(volumes[0, 1] - volumes[0, 2]).mean()
     assert f.labels[0, 2].sum() > labels[0, 1].sum() and float(f.extra["folding"].max()) == 0.0
     # vmapped training equals the per-subject loop from the same start. One step: over many float32
-    # steps AMSGrad amplifies reduction-order differences, which change with the CPU's vector width.
+    # steps AMSGrad amplifies reduction-order differences, which change with the CPU's vector width
+    # and XLA's emitters. Even one step's update is lr * g / (|g| + eps): for a gradient near zero
+    # that ratio follows the rounding, so parameters agree to a small share of the learning rate
+    # (measured: 6e-6 of 2e-2 under the suite's XLA flags) where another subject's data would move them by ~lr.
     start = noder._states(jax.random.split(jax.random.key(3), 2), (16, 16), TINY)
     args = (jnp.asarray(volumes), jnp.asarray(times), jnp.asarray(observed))
     together, together_terms = noder._train_block(start, *args, jnp.int32(0), jnp.int32(1), cfg=TINY, max_steps=25)  # fit_cohort's program
@@ -140,7 +143,7 @@ def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_t
         one = lambda x, i=i: x[i : i + 1]  # noqa: E731
         alone, terms = noder._train_block(jax.tree_util.tree_map(one, start), *map(one, args), jnp.int32(0), jnp.int32(1), cfg=TINY, max_steps=25)
         np.testing.assert_allclose(terms.total[:1], together_terms.total[:1, i : i + 1], rtol=1e-5)
-        chex.assert_trees_all_close(alone.params, jax.tree_util.tree_map(one, together.params), rtol=1e-5, atol=1e-7)
+        chex.assert_trees_all_close(alone.params, jax.tree_util.tree_map(one, together.params), rtol=0, atol=1e-3 * TINY.learning_rate)
 
 
 # -- autoencoder and segmenter -----------------------------------------------------------------------
