@@ -110,7 +110,7 @@ def test_noder_gradients_match_finite_differences(key):
 @pytest.mark.slow  # minutes of compiling on 2 CPU cores
 def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_the_loop():
     volumes = _discs()[None].repeat(2, 0)
-    volumes[1] = volumes[1, :, ::-1]
+    volumes[1] = np.roll(volumes[1], 2, axis=-1)  # a second subject whose data differ (the disc is symmetric)
     times = np.array([[0.0, 1.0, 2.0]] * 2, np.float32)
     observed = np.array([[True, True, False]] * 2)
     params, history = noder.fit_cohort(volumes, times, observed, TINY)  # two blocks of 25 steps: one compiled program, reused below
@@ -135,7 +135,8 @@ def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_t
     # steps AMSGrad amplifies reduction-order differences, which change with the CPU's vector width
     # and XLA's emitters. Even one step's update is lr * g / (|g| + eps): for a gradient near zero
     # that ratio follows the rounding, so parameters agree to a small share of the learning rate
-    # (measured: 6e-6 of 2e-2 under the suite's XLA flags) where another subject's data would move them by ~lr.
+    # (measured: 6e-6 of 2e-2 under the suite's XLA flags; 1% allowed for other CPUs) where another
+    # subject's data moves many of them by up to 2 lr (AMSGrad's first step is +-lr; measured: 29% past the bound).
     start = noder._states(jax.random.split(jax.random.key(3), 2), (16, 16), TINY)
     args = (jnp.asarray(volumes), jnp.asarray(times), jnp.asarray(observed))
     together, together_terms = noder._train_block(start, *args, jnp.int32(0), jnp.int32(1), cfg=TINY, max_steps=25)  # fit_cohort's program
@@ -143,7 +144,7 @@ def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_t
         one = lambda x, i=i: x[i : i + 1]  # noqa: E731
         alone, terms = noder._train_block(jax.tree_util.tree_map(one, start), *map(one, args), jnp.int32(0), jnp.int32(1), cfg=TINY, max_steps=25)
         np.testing.assert_allclose(terms.total[:1], together_terms.total[:1, i : i + 1], rtol=1e-5)
-        chex.assert_trees_all_close(alone.params, jax.tree_util.tree_map(one, together.params), rtol=0, atol=1e-3 * TINY.learning_rate)
+        chex.assert_trees_all_close(alone.params, jax.tree_util.tree_map(one, together.params), rtol=0, atol=1e-2 * TINY.learning_rate)
 
 
 # -- autoencoder and segmenter -----------------------------------------------------------------------
