@@ -6,7 +6,7 @@ of every deformation in the package.
 
 XLA compiles the tests' programs with LLVM's optimisations off and its classic CPU emitters
 (`TEST_XLA_FLAGS`): most of the suite's time is compiling programs that then run a few steps,
-and these flags halve it (README command on 2 cores: 1068 s -> 548 s, CPU 1979 s -> 992 s).
+and these flags halve it (README command on 2 cores: 1068 s -> 548 and 599 s, CPU 1979 s -> 992 and 1085 s).
 They change how fast code runs, not what it computes beyond float32 reduction order; the
 benchmarks and the demo run under XLA's defaults. A caller's own `XLA_FLAGS` wins (set it
 empty to test under the defaults); older jaxlib releases, on which they were not measured,
