@@ -74,6 +74,29 @@ def test_encoder_learns_a_separable_weight_set():
     assert trained.val_loss[trained.best_epoch] == np.nanmin(trained.val_loss)
 
 
+def test_batch_norm_statistics_are_ready_for_evaluation_after_a_short_training():
+    """Every subject's INR starts from one theta*, so raw tokens sit far from batch-norm's initial
+    statistics (mean 0, variance 1); so do unnormalised scans. With flax's default momentum (0.99)
+    evaluation still used most of those after a short run and put every test subject in one class
+    (encoder 0.75, SFCN 0.5 here); PyTorch's momentum (flax 0.9), as the papers trained, does not."""
+    rng = np.random.default_rng(0)
+    y = (np.arange(80) % 2).astype(np.int32)
+    shared = 4.0 * rng.standard_normal((12, 6)).astype(np.float32)
+    tokens = shared + 0.3 * rng.standard_normal((80, 12, 6)).astype(np.float32)
+    tokens[y == 1, :, 2] += 1.0  # class 1 moved every neuron's third weight
+    cfg = TrainConfig(epochs=20, batch_size=10, learning_rate=3e-3, validation_fraction=0)
+    model = TokenEncoderClassifier((16, 32), 16)
+    trained = train_classifier(model, tokens[:60], y[:60], cfg, jax.random.key(0))
+    assert np.mean(predict_proba(model, trained.variables, tokens[60:]).argmax(1) == y[60:]) >= 0.95
+    y = (np.arange(24) % 2).astype(np.int32)
+    scans = 3.0 + rng.standard_normal((24, 20, 24, 5)).astype(np.float32) + 0.5 * y[:, None, None, None]
+    model = SFCN((4, 8, 8, 8, 8), 8, dropout=0.0)
+    cfg = TrainConfig(epochs=30, batch_size=8, learning_rate=1e-2, validation_fraction=0)
+    trained = train_classifier(model, scans[:16], y[:16], cfg, jax.random.key(0))
+    predicted = predict_proba(model, trained.variables, scans[16:]).argmax(1)
+    assert np.mean(predicted == y[16:]) >= 0.85, predicted
+
+
 def test_a_diverging_classifier_keeps_its_last_finite_parameters(key):
     from longbrain_jax.weightspace.models import LinearClassifier
 

@@ -23,22 +23,25 @@ class SFCN(nn.Module):
     """Images (B, *spatial, C) -> logits (B, num_classes); D = len(spatial) is 2 or 3.
 
     Spatial axes of length 1 after pooling stay 1 (pooling pads), so small 2D slices work.
+    `norm_momentum`: batch-norm running statistics, PyTorch's default (its momentum 0.1 is
+    flax's 0.9; see `weightspace.models.TokenEncoderClassifier`).
     """
 
     channels: Sequence[int] = (32, 64, 128, 256, 256)
     final_channels: int = 64
     dropout: float = 0.5
     num_classes: int = 2
+    norm_momentum: float = 0.9
 
     @nn.compact
     def __call__(self, x: Float[Array, "B *spatial C"], train: bool = False) -> Float[Array, "B c"]:
         d = x.ndim - 2
         for c in self.channels:
             x = Conv(c, (3,) * d, padding="SAME")(x)
-            x = nn.BatchNorm(use_running_average=not train)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.norm_momentum)(x)
             x = nn.max_pool(x, (2,) * d, strides=(2,) * d, padding="SAME")
             x = nn.PReLU()(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train)(Conv(self.final_channels, (1,) * d)(x)))
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.norm_momentum)(Conv(self.final_channels, (1,) * d)(x)))
         x = jnp.mean(x, axis=tuple(range(1, d + 1)))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
