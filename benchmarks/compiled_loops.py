@@ -66,20 +66,23 @@ def sfcn(size: int, steps: int) -> dict:
     rng = np.random.default_rng(1)
     model, x = SFCN((8, 16, 32, 32)), jnp.asarray(rng.normal(size=(32, size, size, 4)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 2, 32).astype(np.int32))
-    var = clf._init(jax.random.key(0), x[:1], model=model)
+    var = clf._init(jax.random.split(jax.random.key(0), 1), x[:1], model=model)  # one model: a leading axis of 1
     params, state = var["params"], {k: v for k, v in var.items() if k != "params"}
-    sched = (100, 1e-3, 1e-4)
-    batches, w = jnp.asarray(rng.integers(0, 32, (steps, 4))), jnp.ones((steps, 4), jnp.float32)
-    keys = jax.random.split(jax.random.key(1), steps)
+    statics = {"model": model, "peak": 1e-3, "weight_decay": 1e-4}
+    warmup, total = jnp.array([30], jnp.int32), jnp.array([100], jnp.int32)
+    batches, w = jnp.asarray(rng.integers(0, 32, (steps, 1, 4))), jnp.ones((steps, 1, 4), jnp.float32)
+    keys = jax.random.split(jax.random.key(1), steps)[:, None]
+    numbers, active = jnp.arange(steps, dtype=jnp.int32)[:, None], jnp.ones((steps, 1), bool)
+    fresh = lambda: jax.vmap(lambda p: init_state(p, clf._optimizer(0.0, 1e-4)))(params)  # noqa: E731
 
     def epoch():
-        out = clf._train_epoch(init_state(params, clf._optimizer(*sched)), state, x, y, batches, w, keys, jnp.int32(0), model=model, schedule=sched)
+        out = clf._train_epoch(fresh(), state, x, y, batches, w, keys, numbers, active, warmup, total, shared=True, **statics)
         return jax.block_until_ready(out[0].params)
 
     def per_step():
-        t, s = init_state(params, clf._optimizer(*sched)), state
+        t, s = fresh(), state
         for b in range(steps):
-            t, s = clf._train_step(t, s, x[batches[b]], y[batches[b]], w[b], keys[b], jnp.int32(b), model=model, schedule=sched)
+            t, s, _ = clf._train_step(t, s, x[batches[b]], y[batches[b]], w[b], keys[b], numbers[b], active[b], warmup, total, **statics)
         return jax.block_until_ready(t.params)
 
     (loop, a), (one, b) = _timed(epoch, steps), _timed(per_step, steps)

@@ -160,15 +160,17 @@ def _classifier_steps(model, x: np.ndarray, batch: int, steps: int) -> dict:
     from longbrain_jax import classifier as clf
     from longbrain_jax.engine.training import init_state
 
-    variables = clf._init(jax.random.key(0), jnp.asarray(x[:1]), model=model)
+    variables = clf._init(jax.random.split(jax.random.key(0), 1), jnp.asarray(x[:1]), model=model)  # one model: a leading axis of 1
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-    schedule = (1000, 1e-3, 1e-4)
-    train = init_state(params, clf._optimizer(*schedule))
-    xb, yb, wb = jnp.asarray(x[:batch]), jnp.asarray(np.arange(batch) % 2, jnp.int32), jnp.ones(batch, jnp.float32)
+    statics = {"model": model, "peak": 1e-3, "weight_decay": 1e-4}
+    warmup, total = jnp.array([300], jnp.int32), jnp.array([1000], jnp.int32)
+    train = jax.vmap(lambda p: init_state(p, clf._optimizer(0.0, 1e-4)))(params)
+    xb, yb, wb = jnp.asarray(x[None, :batch]), jnp.asarray(np.arange(batch)[None] % 2, jnp.int32), jnp.ones((1, batch), jnp.float32)
 
     def run(carry):
         for i in range(steps):
-            carry = clf._train_step(*carry, xb, yb, wb, jax.random.key(i), jnp.int32(i), model=model, schedule=schedule)
+            carry = clf._train_step(*carry, xb, yb, wb, jax.random.key(i)[None], jnp.array([i], jnp.int32), jnp.ones(1, bool), warmup, total,
+                                    **statics)[:2]  # fmt: skip
         return carry
 
     first, per_step, _ = _timed(run, (train, state), steps)

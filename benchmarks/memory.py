@@ -180,7 +180,8 @@ def run_stage(stage: str, bids: str, work: str, budget_text: str, register_subje
                             finetune=StageConfig(2, 1e-3, 0.001), steps_per_call=2, checkpoint_every=2)  # fmt: skip
         fit_cohort(data, Path(work) / "fit", fit_cfg, budget=budget)  # under the same budget: the peak is the stage's
         train = TrainConfig(epochs=1)
-        cfg = ClassifyConfig(encoder=train, baseline=train, sfcn=train, combinations=(("P_time",), ("P_space", "P_time", "P_com")))
+        cfg = ClassifyConfig(encoder=train, baseline=train, sfcn=train, combinations=(("P_time",), ("P_space", "P_time", "P_com")),
+                             folds=2)  # the split and two folds: three runs per method, planned to train together  # fmt: skip
         run_classification(load_fit(Path(work) / "fit"), data, cfg, budget=budget)
     elif stage == "align":
         from longbrain_jax.align import AlignConfig, align_dataset

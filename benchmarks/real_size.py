@@ -3,9 +3,10 @@
 Simulates a 3D cohort (default 1.5 mm, 8 subjects x 4 scans, follow-ups misaligned by up
 to 5 degrees and 5 mm), then runs `longbrain align`, `fit`, `register`, `forecast` and
 `classify` on it as separate processes with `--memory-budget`, each with the default
-settings except network widths and step counts (given below, so that it ends in about an
-hour on 2 CPU cores: peak memory is set by the planned chunk and block sizes, not by the
-number of steps). Registration's widths are the smallest: at width 64 with 64 time features
+settings except network widths and step counts (given below; peak memory is set by the
+planned chunk and block sizes, not by the number of steps). On 2 CPU cores at 1.5 mm the run
+takes 1.5-2 hours, most of it the forecast's autoencoder (about 5 minutes per step of 4 scans;
+its adversarial steps longer). Registration's widths are the smallest: at width 64 with 64 time features
 one training step of 8 subjects x 4 scans (12 patches of 12^3 voxels each) is about 0.9
 TFLOP, over a minute on 2 cores, and its |J| maps evaluate the network's Jacobian at every
 voxel of every scan. Prints each stage's wall time and the peak resident memory of its process
@@ -14,8 +15,8 @@ voxel of every scan. Prints each stage's wall time and the peak resident memory 
     python benchmarks/real_size.py --work /tmp/real --budget 16G
     python benchmarks/real_size.py --work /tmp/real --resolution 3 --subjects 4   # a quick look
 
-Stages already done in WORK (their output folder exists) are skipped; pass `--fresh`
-to start over.
+Stages that finished in WORK (each leaves `WORK/<stage>.done`) are skipped, so a stopped run
+goes on from the stage it was in; pass `--fresh` to start over.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def stages(work: Path, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ("fit", ["fit", aligned, work / "fit", "--width", "64", "--shared-steps", "50", "--steps", "50", *budget]),
         ("register", ["register", aligned, work / "register", "--width", "32", "--time-features", "16", "--steps", "20", *budget]),
         ("forecast", ["forecast", aligned, work / "forecast", "--method", "last_observation,voxelwise_linear,mrextrap,noder",
-                      "--ae-channels", "8,16,32", "--ae-steps", "60", "--adversarial-start", "30", "--noder-iterations", "20",
-                      "--segmenter-steps", "40", "--no-curve", *budget]),
+                      "--ae-channels", "8,16,32", "--ae-steps", "4", "--adversarial-start", "2", "--noder-iterations", "4",
+                      "--segmenter-steps", "4", "--no-curve", *budget]),
         ("classify", ["classify", work / "fit", work / "classify", "--bids", aligned, "--folds", "2", "--repeats", "1",
                       "--epochs", "5", "--sfcn-channels", "8,16,16,16,16", *budget]),
     ]  # fmt: skip
@@ -86,8 +87,8 @@ def main() -> None:
               "scans": int(args.scans), "cpus": os.cpu_count(), "stages": {}}  # fmt: skip
     rows = []
     for name, command in stages(args.work, args):
-        out = Path(command[2]) if name not in ("simulate",) else Path(command[1])
-        if (only and name not in only) or (not only and out.exists()):
+        done = args.work / f"{name}.done"
+        if (only and name not in only) or (not only and done.exists()):
             continue
         print(f"== {name}: longbrain {' '.join(map(str, command))}", flush=True)
         seconds, peak = run_stage(command)
@@ -96,6 +97,7 @@ def main() -> None:
         rows.append((name, f"{seconds:8.1f} s  peak {format_size(peak * 2**20):>9}  "
                            f"({100 * peak / budget_mib:5.1f}% of {args.budget})"))  # fmt: skip
         print(f"{name}: {rows[-1][1]}", flush=True)  # each stage's figures as soon as it ends
+        done.write_text(rows[-1][1] + "\n")
     print_results(f"Real size: 3D {args.resolution} mm, {args.subjects} subjects x {args.scans} scans", rows, record)
 
 

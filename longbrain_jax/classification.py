@@ -28,15 +28,16 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
+import flax.linen as nn
 import jax
 import numpy as np
 
 from longbrain_jax import metrics
 from longbrain_jax.baselines.change_pca import change_images, pca_scores
 from longbrain_jax.baselines.sfcn import SFCN, stack_timepoints
-from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
+from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifiers
 from longbrain_jax.cohort import one_version_per_unit, stratified_kfold, train_test_split
 from longbrain_jax.config import check_literals, write_config
 from longbrain_jax.engine.store import rows
@@ -133,8 +134,20 @@ def standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
     return (x - mean) / np.where(std > 0, std, 1.0)
 
 
+class _Method(NamedTuple):
+    """A classifier of the experiment: its name, input, `inputs(train)` (every subject's inputs,
+    standardised on the rows `train` when `per_run`, else the same for every run), model and training."""
+
+    name: str
+    streams: str
+    inputs: Callable[[np.ndarray], np.ndarray]
+    model: nn.Module
+    train: TrainConfig
+    per_run: bool
+
+
 class _Methods:
-    """Every method's (name, streams, input builder, model, training config).
+    """Every method of the experiment (`_Method`).
 
     SFCN's stacked scans are built from `images` (a `Cohort` or a streamed `BIDSDataset`)
     in memory or, when they do not fit the host budget, in a `engine.store.RowStore` under `folder`.
@@ -149,10 +162,11 @@ class _Methods:
         for streams in cfg.combinations:
             name = combination_name(streams)
             tokens = stream_tokens(self.fitted.params, streams)
-            build = (lambda train, t=tokens: standardise(t, train)) if cfg.tokens == "standardised" else (lambda train, t=tokens: t)
-            yield "INR encoder", name, build, encoder, cfg.encoder
+            per_run = cfg.tokens == "standardised"
+            build = (lambda train, t=tokens: standardise(t, train)) if per_run else (lambda train, t=tokens: t)
+            yield _Method("INR encoder", name, build, encoder, cfg.encoder, per_run)
             flat = stream_vectors(self.fitted.params, streams)
-            yield "INR logistic", name, (lambda train, f=flat: standardise(f, train)), LinearClassifier(), cfg.baseline
+            yield _Method("INR logistic", name, (lambda train, f=flat: standardise(f, train)), LinearClassifier(), cfg.baseline, True)
         if self.images is not None:
             src = self.images
 
@@ -161,14 +175,15 @@ class _Methods:
                 return stack_timepoints(chunk.volumes, chunk.mask, cfg.sfcn_scans)
 
             stacked = rows(build, src.num_subjects, (*src.spatial_shape, cfg.sfcn_scans), self.budget, self.folder, "sfcn-inputs")
-            yield "SFCN", "images", (lambda train: stacked), SFCN(cfg.sfcn_channels), cfg.sfcn
+            yield _Method("SFCN", "images", (lambda train: stacked), SFCN(cfg.sfcn_channels), cfg.sfcn, False)
             per_subject = 3 * 4 * src.max_scans * math.prod(src.spatial_shape)  # its scans, label maps, its change image
             n = src.num_subjects
             chunk = plan_host("classify: change images", "subjects per chunk", self.budget, n, per_subject).sizes["subjects per chunk"]
             changes = np.concatenate([_changes(src.select(np.arange(i, min(i + chunk, n))), cfg.change_voxels) for i in range(0, n, chunk)])
-            yield "change-image PCA", "last - first scan", (lambda train: pca_scores(changes, train, cfg.change_components)), LinearClassifier(), cfg.baseline
+            yield _Method("change-image PCA", "last - first scan", (lambda train: pca_scores(changes, train, cfg.change_components)),
+                          LinearClassifier(), cfg.baseline, True)  # fmt: skip
         for name, x in self.features.items():
-            yield "features logistic", name, (lambda train, x=x: standardise(x, train)), LinearClassifier(), cfg.features
+            yield _Method("features logistic", name, (lambda train, x=x: standardise(x, train)), LinearClassifier(), cfg.features, True)
 
 
 def read_features(path: str | os.PathLike, subject_ids: Sequence[str], required: Sequence[str] | None = None) -> np.ndarray:
@@ -214,12 +229,17 @@ def subjects_of(images, indices):
     return images.subset(indices) if isinstance(images, BIDSDataset) else images.select(indices)
 
 
-def _evaluate(method, train: np.ndarray, test: np.ndarray, y: np.ndarray, key: jax.Array, budget: Budget) -> dict:
-    _, _, build, model, train_cfg = method
-    x = build(train)  # every subject's inputs (standardised on `train` where the method standardises)
-    trained = train_classifier(model, x, y, train_cfg, key, budget, rows=train)  # the same shapes in every fold
-    test_rows = x[test] if isinstance(x, np.ndarray) else _Rows(x, test)  # on disk: read by batch
-    return _scores(y[test], predict_proba(model, trained.variables, test_rows)) | {"best_epoch": trained.best_epoch}
+def _evaluate(method: _Method, runs: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray, keys: list[jax.Array], budget: Budget) -> list[dict]:
+    """Train `method` on each run's (train, test) rows (the paper's split and every k-fold run), as
+    many runs together as the budget holds (`classifier.train_classifiers`), and score each on its test rows."""
+    x = (lambda i: method.inputs(runs[i][0])) if method.per_run else method.inputs(runs[0][0])
+    trained = train_classifiers(method.model, x, y, method.train, keys, [train for train, _ in runs], budget)
+    scores = []
+    for i, ((_, test), t) in enumerate(zip(runs, trained, strict=True)):
+        xi = x(i) if method.per_run else x  # rebuilt: a run's inputs are not all held at once
+        test_rows = xi[test] if isinstance(xi, np.ndarray) else _Rows(xi, test)  # on disk: read by batch
+        scores.append(_scores(y[test], predict_proba(method.model, t.variables, test_rows)) | {"best_epoch": t.best_epoch})
+    return scores
 
 
 class _Rows:
@@ -287,14 +307,13 @@ def run_classification(
     rows = []
     folder = tempfile.TemporaryDirectory(prefix="longbrain-classify-")
     for m, method in enumerate(_Methods(fitted, images if use_images else None, cfg, budget, Path(folder.name), features)):
-        name, streams = method[0], method[1]
         if progress is not None:
-            progress(f"{name} {streams}")
+            progress(f"{method.name} {method.streams}")
         started = time.perf_counter()
-        split = _evaluate(method, train, test, y, jax.random.fold_in(key, 10 + m), budget)
-        fold = [_evaluate(method, tr, te, y, jax.random.fold_in(key, 10_000 + 100 * m + i), budget) for i, (tr, te) in enumerate(folds)]
-        rows.append({"method": name, "streams": streams, **split, **_mean_sd(fold, "accuracy"), **_mean_sd(fold, "balanced_accuracy"),
-                     "seconds": time.perf_counter() - started})  # fmt: skip
+        keys = [jax.random.fold_in(key, 10 + m)] + [jax.random.fold_in(key, 10_000 + 100 * m + i) for i in range(len(folds))]
+        split, *fold = _evaluate(method, [(train, test), *folds], y, keys, budget)
+        rows.append({"method": method.name, "streams": method.streams, **split, **_mean_sd(fold, "accuracy"),
+                     **_mean_sd(fold, "balanced_accuracy"), "seconds": time.perf_counter() - started})  # fmt: skip
     folder.cleanup()
     return {
         "rows": rows,

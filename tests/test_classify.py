@@ -20,7 +20,7 @@ from longbrain_jax.classification import (
     standardise,
     write_classification,
 )
-from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
+from longbrain_jax.classifier import TrainConfig, onecycle, predict_proba, train_classifier, train_classifiers
 from longbrain_jax.cli import main
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit import fit_cohort, load_fit
@@ -113,6 +113,58 @@ def test_a_diverging_classifier_keeps_its_last_finite_parameters(key):
     initial = LinearClassifier().init({"params": jax.random.split(key, 3)[1]}, jnp.asarray(x[:1]), train=False)
     chex.assert_trees_all_equal(broken.variables, initial)  # the first step was skipped: the initial parameters
     assert not np.allclose(clean.variables["params"]["Dense_0"]["kernel"], initial["params"]["Dense_0"]["kernel"])
+
+
+def test_onecycle_with_traced_lengths_is_optax_schedule():
+    import optax
+
+    steps = jnp.arange(603)  # one shape for every length: the eager ops compile once
+    for total in (1, 2, 3, 7, 10, 20, 99, 600):
+        ours = jax.vmap(lambda s, t=total: onecycle(s, jnp.int32(int(0.3 * t)), jnp.int32(t), 1e-3))(steps)
+        with jax.numpy_dtype_promotion("standard"):  # optax's schedule mixes bool and float
+            theirs = jax.vmap(optax.cosine_onecycle_schedule(total, 1e-3))(steps)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-12)
+
+
+def test_classifiers_trained_together_match_each_trained_alone():
+    """The k-fold runs of a method train in one vmapped program; each must train as it would alone:
+    its own rows (of different sizes here, so the runs have 3-5 steps per epoch and the shorter ones
+    skip steps), validation share and best epoch, shuffles, dropout and schedule.
+
+    Logistic regression agrees to float precision. The encoder agrees less closely: the biases
+    before batch-norm get no gradient (the normalisation removes them), Adam turns their float-noise
+    gradients into steps of +-lr and the tiny model amplifies that; under the suite's XLA flags any
+    change of reduction order (vmapped or not, one model alone included) moves its losses by ~1%."""
+    from longbrain_jax.weightspace.models import LinearClassifier
+
+    rng = np.random.default_rng(0)
+    y = (np.arange(48) % 2).astype(np.int32)
+    tokens = rng.standard_normal((48, 6, 5)).astype(np.float32)
+    tokens[y == 1, :, 1] += 0.8
+    runs = [np.sort(rng.choice(48, n, replace=False)) for n in (22, 30, 41)]
+    keys = [jax.random.key(i) for i in range(3)]
+    cfg = TrainConfig(epochs=4, batch_size=8, learning_rate=3e-2)
+    flat = tokens.reshape(48, -1)
+    for x in (flat, lambda i: standardise(flat, runs[i])):  # one input for all runs; inputs of their own, built per run
+        alone = train_classifiers(LinearClassifier(), x, y, cfg, keys, runs, together=1)
+        together = train_classifiers(LinearClassifier(), x, y, cfg, keys, runs)
+        assert [t.best_epoch for t in alone] == [t.best_epoch for t in together]
+        for a, b in zip(alone, together, strict=True):
+            np.testing.assert_allclose(a.train_loss, b.train_loss, rtol=1e-5)
+            np.testing.assert_allclose(a.val_loss, b.val_loss, rtol=1e-5)
+            chex.assert_trees_all_close(a.variables, b.variables, atol=1e-5)
+        assert len({t.best_epoch for t in alone} | {len(set(np.round(t.train_loss, 4))) for t in alone}) > 1  # the runs differ
+        if x is flat:
+            single = train_classifier(LinearClassifier(), flat, y, cfg, keys[1], rows=runs[1])
+            chex.assert_trees_all_equal(single.variables, alone[1].variables)
+
+    model = TokenEncoderClassifier((8, 16), 8, dropout=0.5)
+    cfg = dataclasses.replace(cfg, learning_rate=3e-3)
+    alone = train_classifiers(model, tokens, y, cfg, keys, runs, together=1)
+    together = train_classifiers(model, tokens, y, cfg, keys, runs)
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(a.train_loss, b.train_loss, rtol=5e-2)
+        np.testing.assert_allclose(predict_proba(model, a.variables, tokens), predict_proba(model, b.variables, tokens), atol=5e-2)
 
 
 @pytest.mark.parametrize("shape", [(20, 24), (12, 14, 10)])
