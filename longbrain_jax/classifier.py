@@ -196,11 +196,11 @@ def _step_program(model: nn.Module, row_shape: tuple[int, ...], cfg: TrainConfig
     return trace
 
 
-def train_batch(model: nn.Module, row_shape: tuple[int, ...], cfg: TrainConfig, budget: Budget, held_bytes: int = 0, models: int = 1) -> int:
-    """The training batch of `model` on inputs of `row_shape` under `budget` (at most `cfg.batch_size`;
-    `held_bytes`: the training inputs placed on the device beside it; `models` trained together)."""
+def train_batch(model: nn.Module, row_shape: tuple[int, ...], cfg: TrainConfig, budget: Budget, held_bytes: int = 0) -> int:
+    """The training batch of one `model` on inputs of `row_shape` under `budget` (at most `cfg.batch_size`;
+    `held_bytes`: the training inputs placed on the device beside it)."""
     trace = _step_program(model, row_shape, cfg)
-    program = Program(lambda b: trace(models, b), ("classifier", model, row_shape, cfg, models))
+    program = Program(lambda b: trace(1, b), ("classifier", model, row_shape, cfg))
     return plan_batch(f"classifier: {type(model).__name__}", "subjects per batch", budget, cfg.batch_size,
                       lambda b, exact: program(b, exact) + held_bytes, compile_bytes=program.compile_bytes).sizes["subjects per batch"]  # fmt: skip
 
