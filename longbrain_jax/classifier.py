@@ -270,9 +270,9 @@ def train_classifiers(model: nn.Module, x, y: np.ndarray, cfg: TrainConfig, keys
     `x`: the inputs every model trains on (N, ...; an array, or an `engine.store.RowStore` read a
     batch at a time), or a callable `i -> inputs of model i` (arrays (N, ...), e.g. standardised on
     model i's rows), built for the models being trained only; models whose inputs differ in shape
-    train in separate programs. Each model trains
-    exactly as it would alone: its own validation share, shuffles, dropout keys and one-cycle
-    schedule; a model with fewer batches per epoch than the others skips the extra steps. The
+    train in separate programs. Each model trains exactly as it would alone: its own validation
+    share, shuffles, dropout keys and one-cycle schedule; a model with fewer batches per epoch
+    than the others skips the extra steps. The
     batch is `cfg.batch_size` unless the budget holds less (warned); `together` caps the models
     per program (default: as many as the budget holds).
     """
@@ -292,7 +292,6 @@ def train_classifiers(model: nn.Module, x, y: np.ndarray, cfg: TrainConfig, keys
     together = models_together(model, row_shape, cfg, budget, min(len(keys), together or len(keys)), cfg.batch_size,
                                *((held, 0) if shared else (0, own_bytes)))  # fmt: skip
     plans = [_plan(k, np.asarray(r), y, cfg) for k, r in zip(keys, rows, strict=True)]
-    trained = []
     trained = {}
     for start in range(0, len(plans), together):
         group = range(start, min(start + together, len(plans)))
