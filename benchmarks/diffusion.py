@@ -25,6 +25,8 @@ What it measures, step by step:
        at the baseline, time 0 of the series), `metrics.monotone_fraction` inside the brain
        (baseline labels > 0), mean over samples and subjects (temporal consistency, which the
        paper does not measure);
+   (a-c) are given for the same draws made SVFs both ways (`DiffusionConfig.trajectory`:
+       `diffusion_*` for `--trajectory`, `diffusion_frames_*` or `diffusion_monotone_*` for the other);
    (c) calibration: the regional volumes (hippocampus, lateral ventricles, cortical GM,
        cerebral WM) of the carried labels of the K samples at the extrapolated scan; the
        share of (scan, structure) pairs whose true volume lies in the samples' 10th-90th
@@ -128,6 +130,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=8, help="sequences drawn per subject (K)")
     p.add_argument("--sample-steps", type=int, default=DiffusionConfig.sample_steps)
     p.add_argument("--guidance", type=float, default=DiffusionConfig.guidance, help="classifier-free guidance scale")
+    p.add_argument("--trajectory", choices=("monotone", "frames"), default=DiffusionConfig.trajectory,
+                   help="how samples become SVFs (the forecasting row); step 4 scores both side by side")  # fmt: skip
     # the evaluation
     p.add_argument(
         "--stage1-subjects", type=int, default=16, help="training subjects whose SVFs are scored against the truth"
@@ -186,7 +190,7 @@ def diffusion_config(args: argparse.Namespace) -> DiffusionConfig:
         svf=SVFConfig(velocity_factor=args.velocity_factor, steps=args.svf_steps, seed=args.seed),
         denoiser=DenoiserConfig(channels=tuple(int(c) for c in args.channels.split(","))),
         steps=args.steps, batch_size=args.batch_size, samples=args.samples, sample_steps=args.sample_steps,
-        guidance=args.guidance, seed=args.seed,
+        guidance=args.guidance, trajectory=args.trajectory, seed=args.seed,
     )  # fmt: skip
 
 
@@ -413,6 +417,9 @@ def main() -> None:
         model = gen.load_model(model_dir)
         scores, subject_rows = sample_scores(model, cohort, args.samples)
         figures |= scores
+        other = "frames" if model.cfg.trajectory == "monotone" else "monotone"  # the same draws made SVFs the other way
+        scores, _ = sample_scores(dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, trajectory=other)), cohort, args.samples)
+        figures |= {key.replace("diffusion_", f"diffusion_{other}_"): value for key, value in scores.items() if key != "diffusion_samples"}
 
         log(started, f"counterfactual cohort ({args.paired_anatomies} anatomies x 2)")
         _, paired = simulate(tmp / "paired", args, num_subjects=args.paired_anatomies, paired=True, sampling="regular",

@@ -675,6 +675,8 @@ def generate() -> None:
 @config_field("--frames", type=click.Choice(["rate", "velocity"]), config=GENERATE,
               help="A frame is the SVF per year since baseline (rate) or the SVF itself (velocity, the paper's).")
 @config_field("--prediction", type=click.Choice(["eps", "v"]), config=GENERATE)
+@config_field("--trajectory", type=click.Choice(["monotone", "frames"]), config=GENERATE,
+              help="Sampling: one direction walked at a non-decreasing pace (monotone) or each frame as drawn (frames, the paper's).")
 @config_field("--steps", type=int, config=GENERATE, help="Training steps of the denoiser.")
 @config_field("--batch-size", type=int, config=GENERATE, help="Most subjects per training step.")
 @config_field("--lr", type=float, config=GENERATE, fields=("learning_rate",))
@@ -731,6 +733,8 @@ def generate_train(bids_dir, out, group_column, common_grid, align_transform, me
 @click.option("--years", default="", help="Or: years after each subject's baseline, comma-separated (e.g. 2,5,10).")
 @click.option("--samples", type=int, default=None, help="Sequences drawn per subject (default: the model's configuration).")
 @click.option("--group", default=None, help="Generate every subject as this group (a counterfactual; default: each subject's own).")
+@click.option("--trajectory", type=click.Choice(["monotone", "frames"]), default=None,
+              help="One direction walked at a non-decreasing pace (monotone) or each frame as drawn (frames); default: the model's.")
 @group_column_option
 @common_grid_option
 @align_option
@@ -738,7 +742,8 @@ def generate_train(bids_dir, out, group_column, common_grid, align_transform, me
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def generate_sample(model_dir, bids_dir, out, ages, years, samples, group, group_column, common_grid, align_transform, memory_budget, overwrite, quiet) -> None:
+def generate_sample(model_dir, bids_dir, out, ages, years, samples, group, trajectory, group_column, common_grid, align_transform, memory_budget, overwrite,
+                    quiet) -> None:  # fmt: skip
     """Draw future scans, carried labels, |J| maps and velocity fields for every subject of BIDS_DIR at --ages (or --years)."""
     from longbrain_jax.diffusion.generate import check_group, load_model, sample_model
     from longbrain_jax.files import check_writable
@@ -749,6 +754,8 @@ def generate_sample(model_dir, bids_dir, out, ages, years, samples, group, group
         raise click.BadParameter("must be >= 1", param_hint="--samples")
     check_writable(out, overwrite)
     model = load_model(model_dir)
+    if trajectory is not None:
+        model = dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, trajectory=trajectory))
     check_group(model, group)
     dataset = _aligned(scan_bids(bids_dir, LoadConfig(group_column=group_column, common_grid=common_grid)), align_transform)
     bar = LazyBar("sampling", enabled=not quiet, unit="subject")

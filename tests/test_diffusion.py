@@ -56,6 +56,43 @@ def test_frames_are_rates_and_back():
     assert dm.to_frames(v, intervals, "velocity") is v
 
 
+def test_a_monotone_path_keeps_steady_and_accelerating_sequences_and_orders_noisy_ones():
+    """`monotone_path`: v_k = t_k r comes back unchanged, v_k = g(t_k) r (g increasing) too; a pace
+    that goes back is pooled to one (isotonic), a negative one clipped at 0; padding stays zero; and
+    frames drawn with independent noise (the 0.26 monotone share of the benchmark) become a path
+    whose |J| changes monotonically in nearly every voxel (monotone share 0.26 -> 1.0 here)."""
+    from longbrain_jax import metrics
+
+    r = _pattern() * 0.004  # per year, normalised units
+    t = np.array([[2.0, 5.0, 9.0]], np.float32)
+    mask = np.ones((1, 3), bool)
+    steady = (t[0, :, None, None, None] * r)[None, None]  # (1, 1, 3, *c, 2)
+    np.testing.assert_allclose(dm.monotone_path(steady, t, mask), steady, rtol=1e-5, atol=1e-9)
+    pace = np.array([1.0, 2.0, 8.0], np.float32)  # speeding up
+    accelerating = (pace[:, None, None, None] * r)[None, None]
+    np.testing.assert_allclose(dm.monotone_path(accelerating, t, mask), accelerating, rtol=1e-5, atol=1e-9)
+    back = (np.array([-1.0, 4.0, 3.0], np.float32)[:, None, None, None] * r)[None, None]
+    got = dm.monotone_path(back, t, mask)
+    along = np.sum(got * r, axis=(-3, -2, -1)) / np.sum(r * r)
+    np.testing.assert_allclose(along[0, 0], np.array([0.0, 3.5, 3.5]) * np.sum(back[0, 0, 2] * r) / np.sum(r * r) / 3.0, rtol=1e-5)
+    padded = np.array([[True, True, False]])
+    assert not dm.monotone_path(steady + 1.0, t, padded)[0, 0, 2].any()
+
+    rng = np.random.default_rng(0)
+    shape = (20, 24)
+    noise = np.stack([np.asarray(grid.gaussian_smooth(jnp.asarray(rng.standard_normal((*COARSE, 2)), jnp.float32), 1.0, ndim=2)) for _ in range(3)])
+    noise *= np.sqrt(np.mean(r**2) / np.mean(noise**2))  # each frame's rate off by as much as the rate itself
+    noisy = (t[0, :, None, None, None] * (r + noise))[None, None]
+    times = jnp.asarray(np.r_[0.0, t[0]], jnp.float32)
+
+    def share(v):
+        dets = [np.ones(shape)] + [np.asarray(grid.jacobian_determinant(dm.field(jnp.asarray(f), shape, TINY.svf))) for f in v[0, 0]]
+        return float(metrics.monotone_fraction(jnp.asarray(np.stack(dets)), times))
+
+    drawn, walked = share(noisy), share(dm.monotone_path(noisy, t, mask))
+    assert drawn < 0.7 and walked > 0.95, (drawn, walked)
+
+
 def test_padding_frames_change_neither_the_loss_nor_the_real_frames_predictions(key):
     seq, _ = _sequences()
     params = dm.init_params(key, TINY, VOCAB, seq.frames.shape[1], COARSE)
@@ -160,8 +197,14 @@ def test_generate_sample_writes_every_subject_age_and_sample(trained, tmp_path):
     assert "sub-s0_age-095p0_sample-0_dseg.nii.gz" in files and "sub-s0_age-095p0_sample-0_desc-velocity.nii.gz" in files
     rows = (out / "generated.tsv").read_text().splitlines()
     assert len(rows) == 1 + 4 * 2 * 2  # subjects x ages x samples
+    import nibabel as nib
+
+    early, late = (np.asarray(nib.load(out / "sub-s0" / f"sub-s0_age-{a}_sample-0_desc-velocity.nii.gz").dataobj).ravel() for a in ("095p0", "099p0"))
+    assert np.dot(early, late) >= 0.999 * np.linalg.norm(early) * np.linalg.norm(late)  # one direction (the default, monotone)
+    assert np.linalg.norm(late) >= np.linalg.norm(early)  # walked at a non-decreasing pace
     years = tmp_path / "years"
-    result = CliRunner().invoke(main, ["generate", "sample", str(model), str(root), str(years), "--years", "3", "--samples", "1", "--quiet"])
+    result = CliRunner().invoke(main, ["generate", "sample", str(model), str(root), str(years), "--years", "3", "--samples", "1", "--trajectory", "frames",
+                                       "--quiet"])  # fmt: skip
     assert result.exit_code == 0, result.output
     baseline = float((root / "sub-s1" / "sub-s1_sessions.tsv").read_text().splitlines()[1].split("\t")[1])
     written = [line.split("\t") for line in (years / "generated.tsv").read_text().splitlines()[1:]]

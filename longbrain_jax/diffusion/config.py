@@ -43,6 +43,11 @@ class DiffusionConfig:
       clean frames are clipped to [-clip, clip] at every sampling step (frames have unit
       RMS; at the noisiest steps an eps-prediction's x0 is divided by sqrt(alpha_bar) ~ 0.03,
       which a barely trained network turns into fields that fold); 0: no clipping.
+    - `trajectory`: how a sampled sequence becomes SVFs. "monotone" (default): one direction
+      per sequence, the least-squares rate through its frames, walked at a non-decreasing pace
+      (`model.monotone_path`), so each voxel's volume change keeps its sign over time (the
+      consistency the paper lacks); "frames": each generated frame as drawn, as the paper.
+      Sampling only: a trained model can be sampled either way.
     - `checkpoint_every`: training steps between checkpoints (resume restarts there).
     - `seed`.
     """
@@ -64,6 +69,7 @@ class DiffusionConfig:
     guidance: float = 1.0
     samples: int = 8
     clip: float = 8.0
+    trajectory: Literal["monotone", "frames"] = "monotone"
     checkpoint_every: int = 500
     seed: int = 0
 

@@ -228,13 +228,16 @@ def generate_velocities(
     model: DiffusionModel, baselines: np.ndarray, baseline_ages: np.ndarray, target_ages: np.ndarray, groups: Sequence[str],
     sexes: Sequence[str], subjects: np.ndarray, num_samples: int, budget: Budget | None = None,
 ) -> np.ndarray:  # fmt: skip
-    """SVFs (N, K, F, *c, D) drawn for baselines (N, *s) at `target_ages` (N, F) (NaN: no frame);
+    """SVFs (N, K, F, *c, D) drawn for baselines (N, *s) at `target_ages` (N, F) (NaN: no frame; zero
+    there), made one monotone path per sequence unless `model.cfg.trajectory` is "frames";
     `subjects` (N,) key each subject's draws."""
     seq = dm.conditions(baselines, baseline_ages, target_ages, model.vocab.ids(groups, sexes), model.coarse, len(model.shape))
     frames = dm.sample_sequences(model.params, seq, subjects, num_samples, model.cfg, model.vocab, budget)
     intervals = np.broadcast_to(np.asarray(seq.intervals)[:, None], frames.shape[:3])
     velocities = dm.from_frames(frames * model.scale, intervals, model.cfg.frames)
     mask = np.asarray(seq.frame_mask)
+    if model.cfg.trajectory == "monotone":
+        return dm.monotone_path(velocities, np.asarray(seq.intervals), mask)
     return velocities * mask.reshape(mask.shape[0], 1, mask.shape[1], *(1,) * (frames.ndim - 3))
 
 

@@ -115,6 +115,44 @@ def from_frames(frames: np.ndarray, intervals: np.ndarray, kind: str) -> np.ndar
     return frames * intervals.reshape(intervals.shape + (1,) * (frames.ndim - intervals.ndim))
 
 
+def monotone_path(velocities: np.ndarray, intervals: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Generated SVFs (N, K, F, *c, D) at `intervals` (N, F) years after the baseline (`mask` (N, F):
+    real frames) -> one direction per sequence, walked at a non-decreasing pace.
+
+    Per (subject, sample): the direction r (*c, D) is the least-squares rate through its frames,
+    r = sum_k t_k v_k / sum_k t_k^2; frame k's pace s_k = <v_k, r> / <r, r> (years at that rate);
+    the paces are made non-decreasing in t and >= 0 (isotonic regression, pool adjacent
+    violators, then clipped at 0) and frame k becomes s_k r. To first order log|J| of exp(s r)
+    is s div r, so every voxel's volume change keeps one sign over time, which independently
+    drawn frames do not (monotone share 0.26 measured; `DiffusionConfig.trajectory`). A steady
+    sequence (v_k = t_k r) is returned unchanged; one that accelerates uniformly keeps its pace;
+    regions that speed up at different times are not represented. Padded frames stay zero."""
+    t = np.where(mask, intervals, 0.0).astype(np.float64)  # (N, F)
+    flat = velocities.reshape(*velocities.shape[:3], -1).astype(np.float64)  # (N, K, F, P)
+    rate = np.einsum("nf,nkfp->nkp", t, flat) / np.maximum(np.sum(t**2, axis=1), 1e-12)[:, None, None]
+    norm = np.sum(rate**2, axis=-1)  # (N, K)
+    pace = np.einsum("nkfp,nkp->nkf", flat, rate) / np.where(norm > 0, norm, 1.0)[..., None]
+    out = np.zeros_like(flat)
+    for i in range(flat.shape[0]):
+        frames = np.flatnonzero(mask[i])
+        order = frames[np.argsort(intervals[i, frames], kind="stable")]
+        for k in range(flat.shape[1]):
+            walked = np.maximum(_isotonic(pace[i, k, order]), 0.0)
+            out[i, k, order] = walked[:, None] * rate[i, k][None]
+    return out.reshape(velocities.shape).astype(velocities.dtype)
+
+
+def _isotonic(y: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence nearest `y` (F,) in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for value in y:
+        blocks.append([float(value), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, c1), (m2, c2) = blocks.pop(-2), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return np.repeat([m for m, _ in blocks], [int(c) for _, c in blocks])
+
+
 def training_sequences(
     velocities: np.ndarray, valid: np.ndarray, images: np.ndarray, ages: np.ndarray, cond_ids: np.ndarray, kind: str,
     scale: float | None = None,
