@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int
+from scipy.optimize import isotonic_regression
 
 from longbrain_jax import grid
 from longbrain_jax.cnn import padded_shape
@@ -121,8 +122,8 @@ def monotone_path(velocities: np.ndarray, intervals: np.ndarray, mask: np.ndarra
 
     Per (subject, sample): the direction r (*c, D) is the least-squares rate through its frames,
     r = sum_k t_k v_k / sum_k t_k^2; frame k's pace s_k = <v_k, r> / <r, r> (years at that rate);
-    the paces are made non-decreasing in t and >= 0 (isotonic regression, pool adjacent
-    violators, then clipped at 0) and frame k becomes s_k r. To first order log|J| of exp(s r)
+    the paces are made non-decreasing in t and >= 0 (`scipy.optimize.isotonic_regression`,
+    then clipped at 0) and frame k becomes s_k r. To first order log|J| of exp(s r)
     is s div r, so every voxel's volume change keeps one sign over time, which independently
     drawn frames do not (monotone share 0.26 measured; `DiffusionConfig.trajectory`). A steady
     sequence (v_k = t_k r) is returned unchanged; one that accelerates uniformly keeps its pace;
@@ -135,22 +136,13 @@ def monotone_path(velocities: np.ndarray, intervals: np.ndarray, mask: np.ndarra
     out = np.zeros_like(flat)
     for i in range(flat.shape[0]):
         frames = np.flatnonzero(mask[i])
+        if not frames.size:
+            continue
         order = frames[np.argsort(intervals[i, frames], kind="stable")]
         for k in range(flat.shape[1]):
-            walked = np.maximum(_isotonic(pace[i, k, order]), 0.0)
+            walked = np.maximum(isotonic_regression(pace[i, k, order]).x, 0.0)
             out[i, k, order] = walked[:, None] * rate[i, k][None]
     return out.reshape(velocities.shape).astype(velocities.dtype)
-
-
-def _isotonic(y: np.ndarray) -> np.ndarray:
-    """The non-decreasing sequence nearest `y` (F,) in least squares (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [mean, count]
-    for value in y:
-        blocks.append([float(value), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            (m1, c1), (m2, c2) = blocks.pop(-2), blocks.pop()
-            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
-    return np.repeat([m for m, _ in blocks], [int(c) for _, c in blocks])
 
 
 def training_sequences(
