@@ -33,11 +33,19 @@ What it measures, step by step:
        percentile interval (well calibrated: about 0.8);
    (d) counterfactual: a small paired cohort (`--paired-anatomies` anatomies x healthy /
        dementia-like twin, regular ages, seed + 3000); each healthy twin's baseline generated
-       as "healthy" and as "dementia" (same keys), and the hippocampal volume of the carried
-       labels at the last age (mean over the K samples) compared; also the true dementia
-       twin's hippocampus against the true healthy twin's at that age.
-   (e) TODO: group recognisability (does a classifier trained on real trajectories name the
-       group of generated ones?).
+       as "healthy" and as "dementia" (same keys): the hippocampal atrophy rate (% per year,
+       `regional_rates`, mean over the K samples) compared (the goal: faster as dementia in
+       >= 90 %), and the hippocampal volume of the carried labels at the last age (whole
+       voxels: 27 mm^3 steps in 2D at 3 mm); also the true dementia twin's hippocampus
+       against the true healthy twin's at that age.
+   (e) group recognisability: each sequence's regional volume change (% per year; the soft
+       volume of each SCORED structure of the baseline labels carried by each frame's map, a
+       least-squares slope through the origin over the intervals) classified healthy / dementia
+       by logistic regression trained on the stage 1 SVFs of the first `--recognition-subjects`
+       training subjects (real trajectories, the model's own training data); its accuracy on
+       the counterfactual cohort's stage 1 SVFs (real, held out) against its accuracy on
+       sequences generated from the same baselines with their true groups (K each). Goal: the
+       two within 0.05.
 5. All figures printed as one table and one JSON line, and written to `--out`:
    results.json, stage1.tsv, diffusion_subjects.tsv, counterfactual.tsv, the model
    (`model/`) and the forecasting report (`forecasting/`).
@@ -78,11 +86,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import print_results  # noqa: E402
 
-from longbrain_jax import metrics  # noqa: E402
+from longbrain_jax import grid, metrics  # noqa: E402
 from longbrain_jax.atlas import REGIONS  # noqa: E402
 from longbrain_jax.diffusion import DenoiserConfig, DiffusionConfig, SVFConfig, svf  # noqa: E402
 from longbrain_jax.diffusion import generate as gen  # noqa: E402
@@ -101,7 +110,7 @@ from longbrain_jax.simulate.simulator import PIPELINE  # noqa: E402
 
 #: what `--quick` sets (each only where the option was left at its default)
 QUICK = {"train_subjects": 12, "steps": 30, "samples": 2, "svf_steps": 20, "sample_steps": 5, "stage1_subjects": 4,
-         "eval_subjects": 4, "segmenter_subjects": 4, "paired_anatomies": 2, "ae_steps": 20, "noder_iterations": 5,
+         "eval_subjects": 4, "segmenter_subjects": 4, "paired_anatomies": 2, "recognition_subjects": 8, "ae_steps": 20, "noder_iterations": 5,
          "segmenter_steps": 20}  # fmt: skip
 #: seed offsets of the cohorts (the evaluation cohort uses --seed itself, as benchmarks/forecasting.py)
 SEGMENTER_SEED, TRAIN_SEED, PAIRED_SEED = 1000, 2000, 3000
@@ -137,7 +146,10 @@ def parse_args() -> argparse.Namespace:
         "--stage1-subjects", type=int, default=16, help="training subjects whose SVFs are scored against the truth"
     )
     p.add_argument("--eval-subjects", type=int, default=16)
-    p.add_argument("--paired-anatomies", type=int, default=8, help="anatomies of the counterfactual cohort")
+    p.add_argument("--paired-anatomies", type=int, default=16,
+                   help="anatomies of the counterfactual cohort (also the held-out set of (e))")
+    p.add_argument("--recognition-subjects", type=int, default=64,
+                   help="training subjects whose stage 1 SVFs train the group classifier of (e)")
     p.add_argument("--methods", default="last_observation,voxelwise_linear,mrextrap,noder,diffusion")
     p.add_argument("--ae-steps", type=int, default=1500)
     p.add_argument("--ae-channels", default="16,32,64")
@@ -225,14 +237,18 @@ def train(cohort, model_dir: Path, cfg: DiffusionConfig, started: float) -> dict
 
 
 # -- 2. stage 1 against the truth --------------------------------------------------------------------
-def score_stage_one(bids: Path, cohort, n: int, cfg: DiffusionConfig) -> tuple[dict, list[dict]]:
-    """The first `n` training subjects registered again (stage 1 is deterministic, so these are the SVFs the
-    model learned from, before their smoothing) and scored against the simulator's truth."""
-    sub = cohort.select(np.arange(min(n, cohort.num_subjects)))
+def score_stage_one(bids: Path, cohort, n: int, registered: int, cfg: DiffusionConfig) -> tuple[dict, list[dict], np.ndarray]:
+    """The first max(`n`, `registered`) training subjects registered again (stage 1 is deterministic, so these
+    are the SVFs the model learned from, before their smoothing), the first `n` scored against the simulator's
+    truth; also their regional rates (`regional_rates`, for (e))."""
+    sub = cohort.select(np.arange(min(max(n, registered), cohort.num_subjects)))
     t0 = time.perf_counter()
     velocities, valid = svf.register_cohort(sub.volumes, sub.mask, cfg.svf)
     seconds = time.perf_counter() - t0
-    rows = svf.evaluate_against_truth(velocities, valid, bids, sub.subject_ids, sub.session_ids, cfg.svf)
+    rates = real_rates(velocities, valid, sub, cfg.svf)
+    n = min(n, sub.num_subjects)
+    velocities, valid = velocities[:n], valid[:n]
+    rows = svf.evaluate_against_truth(velocities, valid, bids, sub.subject_ids[:n], sub.session_ids[:n], cfg.svf)
     keys = (
         "displacement_rmse_mm",
         "true_displacement_rms_mm",
@@ -243,8 +259,8 @@ def score_stage_one(bids: Path, cohort, n: int, cfg: DiffusionConfig) -> tuple[d
     )
     summary = {f"stage1_{k}": mean_of(rows, k) for k in keys}
     summary |= {"stage1_folding_max": float(max(r["folding"] for r in rows)), "stage1_pairs": len(rows),
-                "stage1_seconds_per_pair": seconds / max(len(rows), 1)}  # fmt: skip
-    return summary, rows
+                "stage1_seconds_per_pair": seconds / max(int(sub.mask[:, 1:].sum()), 1)}  # fmt: skip
+    return summary, rows, rates
 
 
 # -- 3. forecasting ----------------------------------------------------------------------------------
@@ -356,18 +372,99 @@ def counterfactual(model, cohort, samples: int) -> tuple[dict, list[dict]]:
         rows.append({"pair_id": pair, "age": float(sub.ages[j, last]), "baseline_hippocampus": volume(sub.labels[j, 0], affine, "hippocampus"),
                      "generated_healthy": generated["healthy"], "generated_dementia": generated["dementia"],
                      "true_healthy": true_h, "true_dementia": true_d})  # fmt: skip
+    intervals = np.nan_to_num(target - sub.ages[:, :1])
+    rates = {g: np.mean([regional_rates(v[:, k], np.isfinite(target), sub.labels[:, 0], intervals, model.cfg.svf)[:, 0]
+                         for k in range(samples)], axis=0) for g, v in drawn.items()}  # fmt: skip
+    for r, h, d in zip(rows, rates["healthy"], rates["dementia"], strict=True):
+        r |= {"generated_healthy_rate_pct_per_year": float(h), "generated_dementia_rate_pct_per_year": float(d)}
     gen_diff = np.array([r["generated_dementia"] - r["generated_healthy"] for r in rows])
     true_diff = np.array([r["true_dementia"] - r["true_healthy"] for r in rows])
     return {
         "counterfactual_anatomies": len(rows),
         "counterfactual_dementia_smaller_share": float(np.mean(gen_diff < 0)),
+        "counterfactual_dementia_faster_rate_share": float(np.mean(rates["dementia"] < rates["healthy"])),
+        "counterfactual_mean_rate_difference_pct_per_year": float(np.mean(rates["dementia"] - rates["healthy"])),
         "counterfactual_tie_share": float(np.mean(gen_diff == 0)),
-        "counterfactual_goal_met": bool(np.mean(gen_diff < 0) >= 0.9),
+        "counterfactual_goal_met": bool(np.mean(rates["dementia"] < rates["healthy"]) >= 0.9),
         "counterfactual_mean_difference_mm3": float(np.mean(gen_diff)),
         "counterfactual_true_dementia_smaller_share": float(np.mean(true_diff < 0)),
         "counterfactual_true_mean_difference_mm3": float(np.mean(true_diff)),
         "counterfactual_direction_agrees_share": float(np.mean(np.sign(gen_diff) == np.sign(true_diff))),
     }, rows
+
+
+def _soft_volumes(velocity, indicators, svf_cfg: SVFConfig) -> jnp.ndarray:
+    """(R,) voxel counts of the structures `indicators` (R, *s) float carried by the map of an effective velocity."""
+    u = dm.field(velocity, indicators.shape[1:], svf_cfg)
+    return jax.vmap(lambda m: jnp.sum(grid.warp(m, u)))(indicators)
+
+
+_soft_volumes = jax.jit(_soft_volumes, static_argnames=("svf_cfg",))
+
+
+def regional_rates(velocities: np.ndarray, valid: np.ndarray, labels: np.ndarray, intervals: np.ndarray, svf_cfg: SVFConfig) -> np.ndarray:
+    """(N, len(SCORED)) % per year: the soft volume of each SCORED structure of each subject's baseline labels
+    (N, *s) carried by its frames' maps (effective velocities (N, F, *c, D), `valid` (N, F), years since the
+    baseline `intervals` (N, F)), a least-squares slope through the origin of (V_f / V_0 - 1) x 100 over the
+    intervals. Continuous where carried label maps move in whole voxels."""
+    out = np.zeros((len(labels), len(SCORED)), np.float32)
+    for i in range(len(labels)):
+        masks = jnp.asarray(np.stack([np.isin(labels[i], REGIONS[s]) for s in SCORED]).astype(np.float32))
+        base = np.maximum(np.asarray(masks.sum(axis=tuple(range(1, masks.ndim)))), 1.0)
+        frames = np.flatnonzero(valid[i])
+        if not frames.size:
+            continue
+        change = np.stack([100.0 * (np.asarray(_soft_volumes(jnp.asarray(velocities[i, f]), masks, svf_cfg)) / base - 1.0) for f in frames])
+        t = intervals[i, frames][:, None]
+        out[i] = (t * change).sum(0) / (t**2).sum(0)
+    return out
+
+
+def real_rates(velocities: np.ndarray, valid: np.ndarray, cohort, svf_cfg: SVFConfig) -> np.ndarray:
+    """`regional_rates` of stage 1's SVFs (`svf.register_cohort`'s (N, T, ...), slot 0 the baseline), smoothed as
+    the model learns them."""
+    effective = np.asarray(jax.vmap(jax.vmap(lambda v: svf.smooth(v, svf_cfg)))(jnp.asarray(velocities[:, 1:])))
+    intervals = np.where(cohort.mask[:, 1:], cohort.ages[:, 1:] - cohort.ages[:, :1], 0.0)
+    return regional_rates(effective, np.asarray(valid[:, 1:]), cohort.labels[:, 0], intervals, svf_cfg)
+
+
+def recognisability(model, cohort, train_rates: np.ndarray, train_groups: np.ndarray, samples: int) -> dict:
+    """(e) logistic regression (healthy 0 / dementia 1) on standardised regional rates of real training
+    trajectories; its accuracy on `cohort`'s real (stage 1) trajectories and on K generated ones per subject."""
+    from longbrain_jax.classification import standardise
+    from longbrain_jax.classifier import TrainConfig, predict_proba, train_classifier
+    from longbrain_jax.weightspace.models import LinearClassifier
+
+    keep = np.isin(train_groups, ("healthy", "dementia"))
+    x_train, y_train = train_rates[keep], (train_groups[keep] == "dementia").astype(np.int32)
+    velocities, valid = svf.register_cohort(cohort.volumes, cohort.mask, model.cfg.svf)
+    real = real_rates(velocities, valid, cohort, model.cfg.svf)
+    target = follow_up_targets(cohort)
+    drawn = gen.generate_velocities(model, cohort.volumes[:, 0], cohort.ages[:, 0], target, cohort.groups, cohort.sexes,
+                                    np.arange(cohort.num_subjects), samples)  # fmt: skip
+    intervals = np.nan_to_num(target - cohort.ages[:, :1])
+    generated = np.concatenate([regional_rates(drawn[:, k], np.isfinite(target), cohort.labels[:, 0], intervals, model.cfg.svf)
+                                for k in range(samples)])  # fmt: skip
+    y_test = (np.asarray(cohort.groups) == "dementia").astype(np.int32)
+    everything = np.concatenate([x_train, real, generated])
+    z = standardise(everything, np.arange(len(x_train)))
+    model_ = LinearClassifier()
+    trained = train_classifier(model_, z[: len(x_train)], y_train, TrainConfig(epochs=200, batch_size=16, learning_rate=1e-2,
+                               validation_fraction=0.0), jax.random.key(0))  # fmt: skip
+    predicted = predict_proba(model_, trained.variables, z).argmax(-1)
+    p_train, p_real, p_gen = np.split(predicted, [len(x_train), len(x_train) + len(real)])
+    acc_real, acc_gen = float(np.mean(p_real == y_test)), float(np.mean(p_gen == np.tile(y_test, samples)))
+    return {
+        "recognition_train_subjects": len(x_train),
+        "recognition_train_accuracy": float(np.mean(p_train == y_train)),
+        "recognition_real_accuracy": acc_real,
+        "recognition_generated_accuracy": acc_gen,
+        "recognition_gap": abs(acc_real - acc_gen),
+        "recognition_goal_met": bool(abs(acc_real - acc_gen) <= 0.05),
+        "recognition_real_dementia_minus_healthy_hippocampus_rate": float(real[y_test == 1, 0].mean() - real[y_test == 0, 0].mean()),
+        "recognition_generated_dementia_minus_healthy_hippocampus_rate":
+            float(generated[np.tile(y_test, samples) == 1, 0].mean() - generated[np.tile(y_test, samples) == 0, 0].mean()),
+    }
 
 
 # -- 5. output ---------------------------------------------------------------------------------------
@@ -400,8 +497,9 @@ def main() -> None:
                                             sampling="irregular", age_range=(50.0, 75.0), seed=args.seed + TRAIN_SEED)  # fmt: skip
         figures |= train(train_cohort, model_dir, cfg, started)
         log(started, f"trained in {figures['train_seconds']:.1f} s; scoring stage 1 on {args.stage1_subjects} subjects")
-        stage1, stage1_rows = score_stage_one(train_bids, train_cohort, args.stage1_subjects, cfg)
+        stage1, stage1_rows, train_rates = score_stage_one(train_bids, train_cohort, args.stage1_subjects, args.recognition_subjects, cfg)
         figures |= stage1
+        train_groups = np.asarray(train_cohort.groups[: len(train_rates)])
         del train_cohort
 
         log(started, f"simulating the evaluation cohort ({args.eval_subjects} subjects) and its segmenter cohort")
@@ -426,6 +524,8 @@ def main() -> None:
                              seed=args.seed + PAIRED_SEED)  # fmt: skip
         cf, cf_rows = counterfactual(model, paired, args.samples)
         figures |= cf
+        log(started, f"group recognisability: a classifier of {len(train_rates)} training subjects' stage 1 rates")
+        figures |= recognisability(model, paired, train_rates, train_groups, args.samples)
     figures["total_seconds"] = time.perf_counter() - started
 
     print("\n" + table)

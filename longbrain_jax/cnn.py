@@ -31,19 +31,6 @@ def lecun_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> Flo
 Conv = functools.partial(nn.Conv, kernel_init=lecun_normal)
 
 
-def upsample(h: Float[Array, "B *s C"], factor: int = 2) -> Float[Array, "B *S C"]:
-    """Nearest-neighbour upsampling of the spatial axes by an integer `factor` (S = factor * s).
-
-    The values of `jax.image.resize(h, ..., "nearest")` at an integer factor, made by a
-    broadcast and a reshape: their gradient is a sum, where resize's gathers transpose to
-    scatter-adds, slow on the CPU and, at 1.5 mm, constant-folded by XLA for minutes.
-    """
-    b, *spatial, c = h.shape
-    split = [v for n in spatial for v in (n, 1)]
-    grown = [v for n in spatial for v in (n, factor)]
-    return jnp.broadcast_to(h.reshape(b, *split, c), (b, *grown, c)).reshape(b, *[n * factor for n in spatial], c)
-
-
 # -- any grid through a network that halves it: pad up, crop back ---------------------------
 def padded_shape(shape: Sequence[int], factor: int) -> tuple[int, ...]:
     """`shape` rounded up to a multiple of `factor` per axis."""

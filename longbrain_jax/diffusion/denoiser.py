@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from longbrain_jax.cnn import Conv, upsample
+from longbrain_jax.cnn import Conv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +165,8 @@ class Denoiser(nn.Module):
                 skips.append(h)
                 h = Conv(cfg.channels[level + 1], (3,) * d, strides=(2,) * d)(h)
         for c, skip in zip(reversed(cfg.channels[:-1]), reversed(skips), strict=True):
-            h = upsample(h)
+            n, *sp, ch = h.shape
+            h = jax.image.resize(h, (n, *[2 * s for s in sp], ch), "nearest")
             h = jnp.concatenate([Conv(c, (1,) * d)(h), skip], axis=-1)
             for _ in range(cfg.blocks):
                 h = ResBlock(c, cfg.groups)(h, emb)

@@ -47,7 +47,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int
 
-from longbrain_jax.cnn import Conv, crop, pad_to_multiple, padded_shape, upsample
+from longbrain_jax.cnn import Conv, crop, pad_to_multiple, padded_shape
 from longbrain_jax.config import read_config, write_config
 from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
 from longbrain_jax.engine.training import (
@@ -112,7 +112,8 @@ class Decoder(nn.Module):
         for level, c in reversed(list(enumerate(self.channels))):
             h = ResBlock(c, self.groups)(h)
             if level > 0:
-                h = upsample(h)
+                b, *spatial, ch = h.shape
+                h = jax.image.resize(h, (b, *[2 * n for n in spatial], ch), "nearest")
                 h = Conv(c, (3,) * d)(h)
         h = nn.swish(nn.GroupNorm(min(self.groups, h.shape[-1]))(h))
         return Conv(1, (3,) * d)(h)
