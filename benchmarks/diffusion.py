@@ -10,7 +10,9 @@ What it measures, step by step:
 2. **Stage 1 ceiling.** The SVFs of the first `--stage1-subjects` training subjects scored
    against the simulator's true deformations (`svf.evaluate_against_truth`): displacement
    RMSE (mm), mean | |J| - |J_true| |, folding. The simulator's flow is not stationary, so
-   this bounds what stage 2 can learn.
+   this bounds what stage 2 can learn. Also, over the `--recognition-subjects` registered,
+   each SCORED structure's mean volume change (% per year) the SVFs carry
+   (`regional_rates`) beside the true label maps' (`true_rates`).
 3. **Forecasting.** The cohort of `benchmarks/forecasting.py` (16 subjects, regular ages 50,
    58, 67, 75, seed `--seed`; the last scan held out for extrapolation, the middle-but-one
    for interpolation) and its separate segmenter cohort (seed + 1000); every forecaster in
@@ -136,6 +138,7 @@ def parse_args() -> argparse.Namespace:
         "--velocity-factor", type=int, default=2, help="velocity grid this many times coarser than the scans"
     )
     p.add_argument("--svf-steps", type=int, default=200, help="stage 1 Adam steps per pair")
+    p.add_argument("--svf-smooth-weight", type=float, default=SVFConfig.smooth_weight, help="stage 1 weight of mean ||grad v||^2")
     p.add_argument("--samples", type=int, default=8, help="sequences drawn per subject (K)")
     p.add_argument("--sample-steps", type=int, default=DiffusionConfig.sample_steps)
     p.add_argument("--guidance", type=float, default=DiffusionConfig.guidance, help="classifier-free guidance scale")
@@ -199,7 +202,7 @@ def mean_of(rows: list[dict], key: str) -> float:
 def diffusion_config(args: argparse.Namespace) -> DiffusionConfig:
     """The model's configuration from the options."""
     return DiffusionConfig(
-        svf=SVFConfig(velocity_factor=args.velocity_factor, steps=args.svf_steps, seed=args.seed),
+        svf=SVFConfig(velocity_factor=args.velocity_factor, steps=args.svf_steps, smooth_weight=args.svf_smooth_weight, seed=args.seed),
         denoiser=DenoiserConfig(channels=tuple(int(c) for c in args.channels.split(","))),
         steps=args.steps, batch_size=args.batch_size, samples=args.samples, sample_steps=args.sample_steps,
         guidance=args.guidance, trajectory=args.trajectory, seed=args.seed,
@@ -260,6 +263,9 @@ def score_stage_one(bids: Path, cohort, n: int, registered: int, cfg: DiffusionC
     summary = {f"stage1_{k}": mean_of(rows, k) for k in keys}
     summary |= {"stage1_folding_max": float(max(r["folding"] for r in rows)), "stage1_pairs": len(rows),
                 "stage1_seconds_per_pair": seconds / max(int(sub.mask[:, 1:].sum()), 1)}  # fmt: skip
+    truth = true_rates(sub)  # what the SVFs carry of each structure's volume change, over every registered subject
+    for j, s in enumerate(SCORED):
+        summary |= {f"stage1_{s}_rate_pct_per_year": float(rates[:, j].mean()), f"stage1_{s}_true_rate_pct_per_year": float(truth[:, j].mean())}
     return summary, rows, rates
 
 
@@ -415,8 +421,24 @@ def regional_rates(velocities: np.ndarray, valid: np.ndarray, labels: np.ndarray
         if not frames.size:
             continue
         change = np.stack([100.0 * (np.asarray(_soft_volumes(jnp.asarray(velocities[i, f]), masks, svf_cfg)) / base - 1.0) for f in frames])
-        t = intervals[i, frames][:, None]
-        out[i] = (t * change).sum(0) / (t**2).sum(0)
+        out[i] = slope_through_origin(intervals[i, frames], change)
+    return out
+
+
+def slope_through_origin(t: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """Least-squares slope (R,) of changes (F, R) over times (F,) on a line through the origin."""
+    t = np.asarray(t, np.float64)[:, None]
+    return (t * change).sum(0) / (t**2).sum(0)
+
+
+def true_rates(cohort) -> np.ndarray:
+    """(N, len(SCORED)) % per year from the true label maps' voxel counts, as `regional_rates` reads SVFs."""
+    out = np.zeros((cohort.num_subjects, len(SCORED)), np.float32)
+    for i in range(cohort.num_subjects):
+        frames = np.flatnonzero(cohort.mask[i, 1:]) + 1
+        if frames.size:
+            counts = np.array([[np.isin(cohort.labels[i, f], REGIONS[s]).sum() for s in SCORED] for f in [0, *frames]], np.float64)
+            out[i] = slope_through_origin(cohort.ages[i, frames] - cohort.ages[i, 0], 100.0 * (counts[1:] / np.maximum(counts[0], 1) - 1))
     return out
 
 
