@@ -321,14 +321,16 @@ def conv_workspace(jaxpr) -> int:
     in 0.9 GiB, batch 3 x 16 and batch 1 x 35 or 40 channels failed under a 6 GB address-space
     limit (1 x 36 did not), and a 1.5 mm forecast died asking for 26.0 GB, this matrix at batch
     x channels 128. Which sizes pack is Eigen's choice, so on the CPU plans count the largest
-    such matrix (convolutions run one at a time).
+    such matrix (convolutions run one at a time). Not counted: input-dilated convolutions (the
+    gradients of strided ones), which did not pack where they would have needed 57 GiB (the
+    1.5 mm autoencoder's discriminator, 4 scans per batch, trained in 14.8 GiB).
     """
     largest = 0
     for eqn in jaxpr.eqns:
         for value in eqn.params.values():
             for sub in _sub_jaxprs(value):
                 largest = max(largest, conv_workspace(sub))
-        if eqn.primitive.name != "conv_general_dilated":
+        if eqn.primitive.name != "conv_general_dilated" or any(d != 1 for d in eqn.params["lhs_dilation"]):
             continue
         lhs, rhs = (v.aval for v in eqn.invars)
         dims = eqn.params["dimension_numbers"]
