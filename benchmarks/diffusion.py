@@ -378,9 +378,7 @@ def counterfactual(model, cohort, samples: int) -> tuple[dict, list[dict]]:
         rows.append({"pair_id": pair, "age": float(sub.ages[j, last]), "baseline_hippocampus": volume(sub.labels[j, 0], affine, "hippocampus"),
                      "generated_healthy": generated["healthy"], "generated_dementia": generated["dementia"],
                      "true_healthy": true_h, "true_dementia": true_d})  # fmt: skip
-    intervals = np.nan_to_num(target - sub.ages[:, :1])
-    rates = {g: np.mean([regional_rates(v[:, k], np.isfinite(target), sub.labels[:, 0], intervals, model.cfg.svf)[:, 0]
-                         for k in range(samples)], axis=0) for g, v in drawn.items()}  # fmt: skip
+    rates = {g: sampled_rates(v, sub, target, model.cfg.svf)[..., 0].mean(0) for g, v in drawn.items()}
     for r, h, d in zip(rows, rates["healthy"], rates["dementia"], strict=True):
         r |= {"generated_healthy_rate_pct_per_year": float(h), "generated_dementia_rate_pct_per_year": float(d)}
     gen_diff = np.array([r["generated_dementia"] - r["generated_healthy"] for r in rows])
@@ -450,6 +448,13 @@ def real_rates(velocities: np.ndarray, valid: np.ndarray, cohort, svf_cfg: SVFCo
     return regional_rates(effective, np.asarray(valid[:, 1:]), cohort.labels[:, 0], intervals, svf_cfg)
 
 
+def sampled_rates(drawn: np.ndarray, cohort, target: np.ndarray, svf_cfg: SVFConfig) -> np.ndarray:
+    """(K, N, len(SCORED)) `regional_rates` of generated sequences (N, K, F, *c, D) drawn at `target` ages (N, F)."""
+    intervals = np.nan_to_num(target - cohort.ages[:, :1])
+    return np.stack([regional_rates(drawn[:, k], np.isfinite(target), cohort.labels[:, 0], intervals, svf_cfg)
+                     for k in range(drawn.shape[1])])  # fmt: skip
+
+
 def recognisability(model, cohort, train_rates: np.ndarray, train_groups: np.ndarray, samples: int) -> dict:
     """(e) logistic regression (healthy 0 / dementia 1) on standardised regional rates of real training
     trajectories; its accuracy on `cohort`'s real (stage 1) trajectories and on K generated ones per subject."""
@@ -464,9 +469,7 @@ def recognisability(model, cohort, train_rates: np.ndarray, train_groups: np.nda
     target = follow_up_targets(cohort)
     drawn = gen.generate_velocities(model, cohort.volumes[:, 0], cohort.ages[:, 0], target, cohort.groups, cohort.sexes,
                                     np.arange(cohort.num_subjects), samples)  # fmt: skip
-    intervals = np.nan_to_num(target - cohort.ages[:, :1])
-    generated = np.concatenate([regional_rates(drawn[:, k], np.isfinite(target), cohort.labels[:, 0], intervals, model.cfg.svf)
-                                for k in range(samples)])  # fmt: skip
+    generated = sampled_rates(drawn, cohort, target, model.cfg.svf).reshape(-1, len(SCORED))  # sample-major
     y_test = (np.asarray(cohort.groups) == "dementia").astype(np.int32)
     everything = np.concatenate([x_train, real, generated])
     z = standardise(everything, np.arange(len(x_train)))

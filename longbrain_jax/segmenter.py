@@ -114,11 +114,11 @@ def _logits(params, images, cfg: SegmenterConfig):
 def cross_entropy(logits: Array, onehot: Array) -> Array:
     """Mean softmax cross-entropy of logits (..., C) against one-hot targets (..., C).
 
-    Through the one-hot map, not optax's gather of each voxel's label logit: that gather is
-    followed by `[..., 0]`, whose gradient XLA builds as a scatter-add of constants over every
+    optax's one-hot form, not its integer-label one: that one gathers each voxel's label logit
+    and takes `[..., 0]`, whose gradient XLA builds as a scatter-add of constants over every
     voxel and constant-folds while compiling, for over a minute per program at 1.5 mm in 3D.
     """
-    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - jnp.sum(logits * onehot, axis=-1))
+    return jnp.mean(optax.softmax_cross_entropy(logits, onehot))
 
 
 def _loss(params, images, classes, cfg: SegmenterConfig):
