@@ -125,7 +125,8 @@ def test_a_known_2d_deformation_is_recovered():
     truth = [grid.invert_displacement(t * contraction) for t in times]
     cfg = RegistrationConfig(
         network=DisplacementConfig(ndim=2, width=32, hidden_layers=2, time_features=8, w0=3.0),
-        loss=LossConfig(regulariser_points=256), steps=600, learning_rate=2e-3, patches=16, patch_size=9, tissue_patches=False,
+        # 64 regulariser points: 600 steps in 43 s instead of 109 s at 256 (one core), the same |J| to 1e-3
+        loss=LossConfig(regulariser_points=64), steps=600, learning_rate=2e-3, patches=16, patch_size=9, tissue_patches=False,
     )  # fmt: skip
     state = register(np.asarray(scans)[None], np.asarray(times)[None], np.ones((1, 4), bool), cfg)
     params = jax.tree_util.tree_map(lambda a: a[0], state.params)

@@ -93,6 +93,7 @@ def subject_fields(params: dict, t: float, spatial_shape: tuple[int, ...], cfg: 
     """u (*spatial, D), |J| and d|J|/dt (*spatial) of one subject's INR at time t, on its voxel grid."""
     coords = grid.normalised_grid(spatial_shape).reshape(-1, len(spatial_shape))
     n = coords.shape[0]
+    block = min(block, n)  # a small image is one block, not one padded to `block` points
     pad = -(-n // block) * block - n
     coords = jnp.pad(coords, ((0, pad), (0, 0))).reshape(-1, block, coords.shape[-1])
     tt = jnp.asarray(t, jnp.float32)
