@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
 import diffrax
@@ -233,11 +233,14 @@ def subjects_per_program(cfg: NODERConfig, shape: tuple[int, ...], t_max: int, b
     return plan_batch("NODER: training", "subjects per program", budget, upper, program).sizes["subjects per program"]
 
 
-def fit_cohort(
+def fit_groups(
     volumes: np.ndarray, times: np.ndarray, observed: np.ndarray, cfg: NODERConfig = NODERConfig(),
     steps_per_call: int = 25, progress: Callable[[int, int, float], None] | None = None, budget: Budget | None = None,
-) -> tuple[Any, np.ndarray]:  # fmt: skip
-    """Fit one NODER per subject, subjects vmapped in programs as large as `budget` allows.
+) -> Iterator[tuple[slice, Any, np.ndarray]]:  # fmt: skip
+    """Fit one NODER per subject, subjects vmapped in programs as large as `budget` allows;
+    yields each program's (subjects as a slice, their stacked params, loss history
+    (iterations, subjects)) when it finishes, so a caller can use and drop a group's
+    networks before the next (a 2D 256 x 256 network is 5 MiB: a cohort's would grow with it).
 
     **Arguments:**
 
@@ -246,68 +249,84 @@ def fit_cohort(
     - `steps_per_call`: iterations per compiled call (progress is reported between).
     - `budget`: the memory budget (default `Budget.resolve()`); subject i's network
       starts from `split(key(seed), N)[i]`, however subjects are grouped.
-
-    Returns (stacked params, loss history (iterations, N)).
     """
     n, shape = volumes.shape[0], tuple(volumes.shape[2:])
     group = subjects_per_program(cfg, shape, volumes.shape[1], budget or Budget.resolve(), n, steps_per_call)
     keys = jax.random.split(jax.random.key(cfg.seed), n)
-    history = np.zeros((cfg.iterations, n), np.float32)
-    parts = []
     for start in range(0, n, group):
         sel = slice(start, min(start + group, n))
+        history = np.zeros((cfg.iterations, sel.stop - sel.start), np.float32)
         states = jax.jit(_states, static_argnums=(1, 2))(keys[sel], shape, cfg)
         args = (jnp.asarray(volumes[sel], jnp.float32), jnp.asarray(times[sel], jnp.float32), jnp.asarray(observed[sel], bool))
         done = 0
         while done < cfg.iterations:
             k = min(steps_per_call, cfg.iterations - done)
             states, terms = _train_block(states, *args, jnp.int32(done), jnp.int32(k), cfg=cfg, max_steps=steps_per_call)
-            history[done : done + k, sel] = np.asarray(terms.total)[:k]
+            history[done : done + k] = np.asarray(terms.total)[:k]
             done += k
             if progress is not None:
-                progress(done, cfg.iterations, float(np.median(history[done - 1, : sel.stop])))
-        parts.append(jax.device_get(states.params))
+                progress(done, cfg.iterations, float(np.median(history[done - 1])))
+        params = jax.device_get(states.params)
         del states, args
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *parts), history
+        yield sel, params, history
+
+
+def fit_cohort(
+    volumes: np.ndarray, times: np.ndarray, observed: np.ndarray, cfg: NODERConfig = NODERConfig(),
+    steps_per_call: int = 25, progress: Callable[[int, int, float], None] | None = None, budget: Budget | None = None,
+) -> tuple[Any, np.ndarray]:  # fmt: skip
+    """`fit_groups` with every group's networks kept: (stacked params, loss history (iterations, N))."""
+    groups = list(fit_groups(volumes, times, observed, cfg, steps_per_call, progress, budget))
+    params = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *(p for _, p, _ in groups))
+    return params, np.concatenate([h for _, _, h in groups], axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "shape"))
-def _predict_one(params, sources, labels, times, source_times, *, cfg, shape):
+def _predict_one(params, scans, labels, scan_times, times, slots, *, cfg, shape):
+    """One subject: scans (T, *s), labels (T, *s) or None, scan_times (T,), times and slots (K,)."""
+    source_times = scan_times[slots]
     t_end = jnp.maximum(jnp.max(times), jnp.max(source_times))
-    u_t = flow(params, times, shape, cfg, t_end)
-    u_s = flow(params, source_times, shape, cfg, t_end)
+
+    def solve(ts):  # the flow at times in any order (it is solved at non-decreasing times)
+        order = jnp.argsort(ts, stable=True)
+        return flow(params, ts[order], shape, cfg, t_end)[jnp.argsort(order, stable=True)]
+
+    u_t, u_s = solve(times), solve(source_times)
     # x -> phi_t(x) -> phi_s^-1(phi_t(x)); the identity's inverse (s = 0) is exactly 0
     us = jax.vmap(lambda ut, us_: grid.compose(grid.invert_displacement(us_), ut))(u_t, u_s)
-    images = jax.vmap(grid.warp)(sources, us)
-    carried = jax.vmap(grid.warp_labels)(labels, us)
+    images = jax.vmap(grid.warp)(scans[slots], us)
+    carried = None if labels is None else jax.vmap(grid.warp_labels)(labels[slots], us)
     folding = jax.vmap(lambda u: metrics.folding_fraction(grid.jacobian_determinant(u)))(us)
     return images, carried, folding
 
 
 def predict(
-    params: Any, sources: np.ndarray, source_labels: np.ndarray, times: np.ndarray, cfg: NODERConfig,
-    source_times: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """Per subject at `times` (N, K) years: images (N, K, *s), carried labels (N, K, *s), folding fraction (N, K).
+    params: Any, scans: np.ndarray, scan_labels: np.ndarray | None, scan_times: np.ndarray, times: np.ndarray,
+    cfg: NODERConfig, source_slots: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:  # fmt: skip
+    """Per subject at `times` (N, K) years since baseline: images (N, K, *s), carried labels
+    (N, K, *s, None without `scan_labels`) and the folding fraction (N, K) of each map.
 
-    Without `source_times`, `sources` (N, *s) are the baselines and every prediction is
-    baseline o phi_t (the paper's). With `source_times` (N, K) years, non-decreasing
-    along K like `times`, `sources` (N, K, *s) are observed scans at those times and
-    prediction k resamples its own source: source o phi_s^-1 o phi_t, so a forecast
-    starts from the most recent scan and carries only the deformation of the last
-    `t - s` years (the inverse by fixed-point iteration, `grid.invert_displacement`).
-    Folding is that of the composed map.
+    `scans` (N, T, *s) are each subject's scans at `scan_times` (N, T) years since baseline,
+    `scan_labels` (N, T, *s) their label maps. Prediction k of subject i resamples scan
+    `source_slots[i, k]` (default 0, the baseline: baseline o phi_t, the paper's) at time s
+    by source o phi_s^-1 o phi_t, so a forecast from the most recent scan carries only the
+    deformation of the last `t - s` years (the inverse by fixed-point iteration,
+    `grid.invert_displacement`). Folding is that of the composed map. Subjects run one at a
+    time into preallocated outputs: host memory is the outputs plus one subject's scans.
     """
-    n = sources.shape[0]
-    shape = tuple(int(m) for m in (sources.shape[1:] if source_times is None else sources.shape[2:]))
-    if source_times is None:
-        sources = np.broadcast_to(np.asarray(sources)[:, None], (n, times.shape[1], *shape))
-        source_labels = np.broadcast_to(np.asarray(source_labels)[:, None], sources.shape)
-        source_times = np.zeros_like(times)
-    out = [
-        _predict_one(jax.tree_util.tree_map(lambda x, i=i: x[i], params), jnp.asarray(sources[i], jnp.float32),
-                     jnp.asarray(source_labels[i]), jnp.asarray(times[i], jnp.float32), jnp.asarray(source_times[i], jnp.float32),
-                     cfg=cfg, shape=shape)
-        for i in range(n)
-    ]  # fmt: skip
-    return tuple(np.stack([np.asarray(o[k]) for o in out]) for k in range(3))
+    n, k = times.shape
+    shape = tuple(int(m) for m in scans.shape[2:])
+    slots = np.zeros((n, k), np.int32) if source_slots is None else np.asarray(source_slots, np.int32)
+    images = np.empty((n, k, *shape), np.float32)
+    carried = None if scan_labels is None else np.empty((n, k, *shape), np.asarray(scan_labels[:0]).dtype)
+    folding = np.empty((n, k), np.float32)
+    for i in range(n):
+        one = jax.tree_util.tree_map(lambda x, i=i: x[i], params)
+        labels = None if scan_labels is None else jnp.asarray(scan_labels[i])
+        out = _predict_one(one, jnp.asarray(scans[i], jnp.float32), labels, jnp.asarray(scan_times[i], jnp.float32),
+                           jnp.asarray(times[i], jnp.float32), jnp.asarray(slots[i]), cfg=cfg, shape=shape)  # fmt: skip
+        images[i], folding[i] = out[0], out[2]
+        if carried is not None:
+            carried[i] = out[1]
+    return images, carried, folding

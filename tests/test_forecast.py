@@ -115,18 +115,21 @@ def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_t
     observed = np.array([[True, True, False]] * 2)
     params, history = noder.fit_cohort(volumes, times, observed, TINY)  # two blocks of 25 steps: one compiled program, reused below
     assert np.all(history[-1] < 0.8 * history[0])
-    images, carried, folding = noder.predict(params, volumes[:, 0], (volumes[:, 0] > 0).astype(np.int32), times, TINY)
+    labels = (volumes > 0).astype(np.int32)
+    images, carried, folding = noder.predict(params, volumes, labels, times, times, TINY)
     assert float(folding.max()) == 0.0
     # the held-out (extrapolated) disc is closer than the last observation
     assert np.abs(images[0, 2] - volumes[0, 2]).mean() < np.abs(volumes[0, 1] - volumes[0, 2]).mean()
     assert carried[0, 2].sum() > carried[0, 0].sum()  # the carried label grows with the disc
-    # resampling a source scan: from the baseline it is the same prediction; from a scan at the
-    # target's own time, phi_s^-1 o phi_t is the identity up to the inversion's accuracy
-    labels = (volumes > 0).astype(np.int32)
-    base = noder.predict(params, volumes[:, [0, 0, 0]], labels[:, [0, 0, 0]], times, TINY, np.zeros_like(times))
-    np.testing.assert_allclose(base[0], images, atol=1e-5)
-    same = noder.predict(params, volumes, labels, times, TINY, times)
+    # resampling a source scan: from a scan at the target's own time, phi_s^-1 o phi_t is the
+    # identity up to the inversion's accuracy; targets and sources in any order give the same maps
+    slots = np.tile(np.arange(3), (2, 1))
+    same = noder.predict(params, volumes, labels, times, times, TINY, slots)
     assert np.abs(same[0] - volumes).mean() < 0.05 * np.abs(images[:, 2] - volumes[:, 0]).mean()  # measured: 0.004 vs 0.35
+    perm = [2, 0, 1]
+    shuffled = noder.predict(params, volumes, labels, times, times[:, perm], TINY, slots[:, perm])
+    np.testing.assert_allclose(shuffled[0], same[0][:, perm], atol=1e-5)
+    np.testing.assert_array_equal(shuffled[1], same[1][:, perm])
     # the forecaster from the most recent scan: the extrapolated disc from the t = 1 scan
     f = fc.noder_forecast(volumes, times + 60.0, observed, labels, TINY)
     assert np.abs(f.images[0, 2] - volumes[0, 2]).mean() < np.abs(volumes[0, 1] - volumes[0, 2]).mean()
@@ -146,6 +149,28 @@ def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_t
         np.testing.assert_allclose(terms.total[:1], together_terms.total[:1, i : i + 1], rtol=1e-5)
         chex.assert_trees_all_close(alone.params, jax.tree_util.tree_map(one, together.params), rtol=0, atol=1e-2 * TINY.learning_rate)
 
+
+
+@pytest.mark.slow  # compiles NODER's training for a group of one
+def test_noder_forecast_predicts_each_group_with_its_own_networks(monkeypatch):
+    # the forecaster trains and predicts a group at a time (a cohort's networks never all held):
+    # in groups of one it equals fitting every subject and predicting after
+    monkeypatch.setattr(noder, "subjects_per_program", lambda *args, **kwargs: 1)
+    volumes = _discs()[None].repeat(3, 0)
+    volumes[1], volumes[2] = np.roll(volumes[1], 2, axis=-1), np.roll(volumes[2], -1, axis=-2)
+    ages = np.array([[60.0, 61.0, 62.0], [60.0, 61.0, 63.0], [55.0, 57.0, 0.0]], np.float32)  # the last subject padded
+    known = np.array([[True, True, False], [True, True, False], [True, False, False]])
+    labels = (volumes > 0).astype(np.int32)
+    cfg = dataclasses.replace(TINY, iterations=3)
+    f = fc.noder_forecast(volumes, ages, known, labels, cfg)
+    times = np.maximum(ages - ages[:, :1], 0.0)
+    params, history = noder.fit_cohort(volumes, times, known, cfg)
+    images, carried, folding = noder.predict(params, volumes, labels, times, times, cfg, fc.last_known_slot(ages, known))
+    np.testing.assert_array_equal(f.images, images)
+    np.testing.assert_array_equal(f.labels, carried)
+    np.testing.assert_array_equal(f.extra["folding"], folding)
+    np.testing.assert_array_equal(f.extra["final_loss"], history[-1])
+    assert np.all(np.isfinite(f.images))
 
 # -- autoencoder and segmenter -----------------------------------------------------------------------
 AE = ae.AutoencoderConfig(ndim=2, channels=(8, 16), latent_channels=2, groups=4, discriminator_channels=(8, 8),

@@ -203,22 +203,19 @@ def noder_forecast(
     if source not in ("last", "baseline"):
         raise ValueError(f"source must be 'last' or 'baseline', got {source!r}")
     start = time.perf_counter()
-    times = ages - ages[:, :1]
-    params, history = noder.fit_cohort(volumes, times, known, cfg, budget=budget)
-    carry = labels if labels is not None else np.zeros(volumes.shape, np.int32)
-    if source == "baseline":
-        images, carried, folding = noder.predict(params, volumes[:, 0], carry[:, 0], times, cfg)
-    else:
-        slot = last_known_slot(ages, known)
-        rows = np.arange(len(slot))[:, None]
-        order = np.argsort(times, axis=1, kind="stable")  # the flow is solved at non-decreasing times
-        back = np.argsort(order, axis=1)
-        sort = lambda a: np.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)  # noqa: E731
-        unsort = lambda a: np.take_along_axis(a, back.reshape(back.shape + (1,) * (a.ndim - 2)), axis=1)  # noqa: E731
-        pred = noder.predict(params, sort(volumes[rows, slot]), sort(carry[rows, slot]), sort(times), cfg, sort(times[rows, slot]))
-        images, carried, folding = map(unsort, pred)
-    extra = {"folding": folding, "final_loss": history[-1] if len(history) else None}
-    return Forecast(images, carried if labels is not None else None, time.perf_counter() - start, extra)
+    times = np.maximum(ages - ages[:, :1], 0.0)  # padding slots (age 0) at the baseline
+    slots = np.zeros(known.shape, np.int32) if source == "baseline" else last_known_slot(ages, known)
+    images = np.empty(volumes.shape, np.float32)
+    carried = None if labels is None else np.empty(labels.shape, labels.dtype)
+    folding, final_loss = np.empty(known.shape, np.float32), np.empty(len(known), np.float32)
+    for sel, params, history in noder.fit_groups(volumes, times, known, cfg, budget=budget):  # each group's networks predict, then go
+        images[sel], group_labels, folding[sel] = noder.predict(params, volumes[sel], None if labels is None else labels[sel],
+                                                                times[sel], times[sel], cfg, slots[sel])  # fmt: skip
+        if carried is not None:
+            carried[sel] = group_labels
+        final_loss[sel] = history[-1] if len(history) else np.nan
+    extra = {"folding": folding, "final_loss": final_loss if cfg.iterations else None}
+    return Forecast(images, carried, time.perf_counter() - start, extra)
 
 
 def known_scans(cohort, known: np.ndarray):
