@@ -48,7 +48,7 @@ from longbrain_jax import grid, metrics
 from longbrain_jax.cnn import Conv
 from longbrain_jax.config import check_literals
 from longbrain_jax.engine.training import TrainState, init_state, train_chunk_steps
-from longbrain_jax.memory import Budget, Program, plan_batch
+from longbrain_jax.memory import Budget, Program, compile_measured, plan_batch
 
 SOLVERS = {"euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint, "ralston": diffrax.Ralston,
            "bosh3": diffrax.Bosh3, "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}  # fmt: skip
@@ -220,8 +220,11 @@ def _states(keys: jax.Array, shape: tuple[int, ...], cfg: NODERConfig) -> TrainS
     return jax.vmap(lambda p: init_state(p, _optimizer(cfg)))(params)
 
 
-def subjects_per_program(cfg: NODERConfig, shape: tuple[int, ...], t_max: int, budget: Budget, upper: int, steps_per_call: int = 25) -> int:
-    """Subjects trained in one vmapped program under `budget`."""
+def subjects_per_program(
+    cfg: NODERConfig, shape: tuple[int, ...], t_max: int, budget: Budget, upper: int, steps_per_call: int = 25, host_bytes: int = 0,
+) -> int:  # fmt: skip
+    """Subjects trained in one vmapped program under `budget`, beside `host_bytes` of host
+    memory the caller fills while the programs run (see `fit_groups`)."""
     s = jax.ShapeDtypeStruct
 
     def trace(n):
@@ -230,12 +233,13 @@ def subjects_per_program(cfg: NODERConfig, shape: tuple[int, ...], t_max: int, b
                                   s((n, t_max), jnp.bool_), jnp.int32(0), jnp.int32(steps_per_call), cfg=cfg, max_steps=steps_per_call)  # fmt: skip
 
     program = Program(trace, ("noder", cfg, shape, t_max, steps_per_call))
-    return plan_batch("NODER: training", "subjects per program", budget, upper, program).sizes["subjects per program"]
+    return plan_batch("NODER: training", "subjects per program", budget, upper, program, host_cost=lambda n: host_bytes).sizes["subjects per program"]
 
 
 def fit_groups(
     volumes: np.ndarray, times: np.ndarray, observed: np.ndarray, cfg: NODERConfig = NODERConfig(),
     steps_per_call: int = 25, progress: Callable[[int, int, float], None] | None = None, budget: Budget | None = None,
+    host_bytes: int = 0,
 ) -> Iterator[tuple[slice, Any, np.ndarray]]:  # fmt: skip
     """Fit one NODER per subject, subjects vmapped in programs as large as `budget` allows;
     yields each program's (subjects as a slice, their stacked params, loss history
@@ -249,9 +253,11 @@ def fit_groups(
     - `steps_per_call`: iterations per compiled call (progress is reported between).
     - `budget`: the memory budget (default `Budget.resolve()`); subject i's network
       starts from `split(key(seed), N)[i]`, however subjects are grouped.
+    - `host_bytes`: host memory the caller allocates between groups (outputs it fills,
+      programs it runs on each group: `predict_bytes`), planned beside the training.
     """
     n, shape = volumes.shape[0], tuple(volumes.shape[2:])
-    group = subjects_per_program(cfg, shape, volumes.shape[1], budget or Budget.resolve(), n, steps_per_call)
+    group = subjects_per_program(cfg, shape, volumes.shape[1], budget or Budget.resolve(), n, steps_per_call, host_bytes)
     keys = jax.random.split(jax.random.key(cfg.seed), n)
     for start in range(0, n, group):
         sel = slice(start, min(start + group, n))
@@ -298,6 +304,18 @@ def _predict_one(params, scans, labels, scan_times, times, slots, *, cfg, shape)
     carried = None if labels is None else jax.vmap(grid.warp_labels)(labels[slots], us)
     folding = jax.vmap(lambda u: metrics.folding_fraction(grid.jacobian_determinant(u)))(us)
     return images, carried, folding
+
+
+@functools.lru_cache(maxsize=16)
+def predict_bytes(cfg: NODERConfig, shape: tuple[int, ...], t: int, k: int, labels: bool) -> int:
+    """Memory one subject's `predict` takes: its program's buffers (XLA's, `t` scans, `k`
+    targets) and compiling it (measured on the CPU; 256 x 256, 5 and 5: 51 + 186 MiB)."""
+    s = jax.ShapeDtypeStruct
+    params = jax.eval_shape(lambda: init(jax.random.key(0), shape, cfg))
+    traced = _predict_one.trace(params, s((t, *shape), jnp.float32), s((t, *shape), jnp.int32) if labels else None,
+                                s((t,), jnp.float32), s((k,), jnp.float32), s((k,), jnp.int32), cfg=cfg, shape=shape)  # fmt: skip
+    buffers, compiling = compile_measured(traced)
+    return buffers + compiling
 
 
 def predict(
