@@ -24,7 +24,9 @@ the middle one of subjects with >= 4 for interpolation):
 subject, `HOST_COPIES` float32 copies of its T x V voxels: scans, labels, every method's
 prediction, the segmenter's class probabilities); the autoencoder and the U-Net train on
 at most as many known scans as half the free host budget holds (a seeded random subset
-when the cohort has more), with batches planned beside them.
+when the cohort has more), with batches planned beside them. NODER trains and predicts a
+group of subjects at a time (`noder.fit_groups`: a cohort's networks are never all held),
+its group planned beside the outputs it fills and its prediction program.
 """
 
 from __future__ import annotations
