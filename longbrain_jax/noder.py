@@ -253,8 +253,8 @@ def fit_groups(
     - `steps_per_call`: iterations per compiled call (progress is reported between).
     - `budget`: the memory budget (default `Budget.resolve()`); subject i's network
       starts from `split(key(seed), N)[i]`, however subjects are grouped.
-    - `host_bytes`: host memory the caller allocates between groups (outputs it fills,
-      programs it runs on each group: `predict_bytes`), planned beside the training.
+    - `host_bytes`: host memory the caller fills while the groups train (its outputs),
+      planned beside the training.
     """
     n, shape = volumes.shape[0], tuple(volumes.shape[2:])
     group = subjects_per_program(cfg, shape, volumes.shape[1], budget or Budget.resolve(), n, steps_per_call, host_bytes)
@@ -316,6 +316,14 @@ def predict_bytes(cfg: NODERConfig, shape: tuple[int, ...], t: int, k: int, labe
                                 s((t,), jnp.float32), s((k,), jnp.float32), s((k,), jnp.int32), cfg=cfg, shape=shape)  # fmt: skip
     buffers, compiling = compile_measured(traced)
     return buffers + compiling
+
+
+def plan_prediction(cfg: NODERConfig, shape: tuple[int, ...], t: int, k: int, labels: bool, budget: Budget, host_bytes: int = 0) -> None:
+    """Check (and log) that one subject's `predict` fits `budget` beside `host_bytes` of the
+    caller's outputs; it runs between training programs, so it is planned apart from them.
+    Raises `MemoryError` naming the stage if it does not fit."""
+    cost = predict_bytes(cfg, tuple(int(m) for m in shape), t, k, labels)
+    plan_batch("NODER: prediction", "subjects per call", budget, 1, lambda n, exact: cost, host_cost=lambda n: host_bytes)
 
 
 def predict(

@@ -26,7 +26,7 @@ prediction, the segmenter's class probabilities); the autoencoder and the U-Net 
 at most as many known scans as half the free host budget holds (a seeded random subset
 when the cohort has more), with batches planned beside them. NODER trains and predicts a
 group of subjects at a time (`noder.fit_groups`: a cohort's networks are never all held),
-its group planned beside the outputs it fills and its prediction program.
+its group planned beside the outputs it fills, its prediction program planned apart.
 """
 
 from __future__ import annotations

@@ -209,8 +209,9 @@ def noder_forecast(
     carried = None if labels is None else np.empty(labels.shape, labels.dtype)
     folding, final_loss = np.empty(known.shape, np.float32), np.empty(len(known), np.float32)
     outputs = images.nbytes + folding.nbytes + (0 if carried is None else carried.nbytes)  # filled while groups train
-    host = outputs + noder.predict_bytes(cfg, volumes.shape[2:], volumes.shape[1], volumes.shape[1], labels is not None)
-    for sel, params, history in noder.fit_groups(volumes, times, known, cfg, budget=budget, host_bytes=host):  # each group's networks predict, then go
+    for sel, params, history in noder.fit_groups(volumes, times, known, cfg, budget=budget, host_bytes=outputs):  # each group's networks predict, then go
+        if sel.start == 0:
+            noder.plan_prediction(cfg, volumes.shape[2:], volumes.shape[1], volumes.shape[1], labels is not None, budget or Budget.resolve(), outputs)
         images[sel], group_labels, folding[sel] = noder.predict(params, volumes[sel], None if labels is None else labels[sel],
                                                                 times[sel], times[sel], cfg, slots[sel])  # fmt: skip
         if carried is not None:
