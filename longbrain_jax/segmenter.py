@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import flax.linen as nn
@@ -213,27 +213,45 @@ def train_segmenter(
     return jax.device_get(state.params), losses
 
 
-def probabilities(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int | None = None) -> np.ndarray:
-    """Class probabilities (M, *spatial, len(CLASSES)) float32 of scans (M, *spatial), `batch_size`
-    scans at a time (default: planned from the memory budget)."""
-    images = np.asarray(images, np.float32)
+def _batches(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int | None) -> Iterator[tuple[slice, np.ndarray]]:
+    """(scans as a slice, their class probabilities (b, *spatial, len(CLASSES))) `batch_size` scans
+    at a time (default: planned from the memory budget): callers reduce each batch before the next,
+    so host memory holds one batch's probabilities, not the cohort's."""
     batch_size = batch_size or inference_batch(cfg, images.shape[1:], Budget.resolve())
-    out = [np.asarray(_probabilities(params, jnp.asarray(images[i : i + batch_size]), cfg)) for i in range(0, len(images), batch_size)]
-    return np.concatenate(out)
+    for i in range(0, len(images), batch_size):
+        sel = slice(i, min(i + batch_size, len(images)))
+        yield sel, np.asarray(_probabilities(params, jnp.asarray(images[sel], jnp.float32), cfg))
+
+
+def probabilities(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int | None = None) -> np.ndarray:
+    """Class probabilities (M, *spatial, len(CLASSES)) float32 of scans (M, *spatial)."""
+    images = np.asarray(images)
+    out = np.empty((*images.shape, len(CLASSES)), np.float32)
+    for sel, prob in _batches(params, images, cfg, batch_size):
+        out[sel] = prob
+    return out
 
 
 def segment(params: dict, images: np.ndarray, cfg: SegmenterConfig, batch_size: int | None = None) -> np.ndarray:
     """Class maps (M, *spatial) int32 (indices into `CLASSES`) of scans (M, *spatial)."""
-    return np.argmax(probabilities(params, images, cfg, batch_size), -1).astype(np.int32)
+    images = np.asarray(images)
+    out = np.empty(images.shape, np.int32)
+    for sel, prob in _batches(params, images, cfg, batch_size):
+        out[sel] = np.argmax(prob, -1)
+    return out
 
 
 def segmented_volumes(params: dict, images: np.ndarray, affine: np.ndarray, cfg: SegmenterConfig) -> np.ndarray:
     """Volumes (M, len(SCORED)) in mm^3 of the `SCORED` classes in scans (M, *spatial), soft or hard per `cfg.volumes`."""
-    prob = probabilities(params, images, cfg)
-    if cfg.volumes == "hard":
-        return class_volumes(np.argmax(prob, -1), affine)
-    ids = list(SCORED_IDS)
-    return prob[..., ids].sum(axis=tuple(range(1, prob.ndim - 1))) * float(metrics.voxel_volume(jnp.asarray(affine)))
+    images = np.asarray(images)
+    out = np.empty((len(images), len(SCORED)), np.float32)
+    voxel = float(metrics.voxel_volume(jnp.asarray(affine)))
+    for sel, prob in _batches(params, images, cfg, None):
+        if cfg.volumes == "hard":
+            out[sel] = class_volumes(np.argmax(prob, -1), affine)
+        else:
+            out[sel] = prob[..., list(SCORED_IDS)].sum(axis=tuple(range(1, prob.ndim - 1))) * voxel
+    return out
 
 
 def class_volumes(classes: Int[Array, "M *s"], affine: np.ndarray) -> np.ndarray:
