@@ -165,7 +165,8 @@ def run_stage(stage: str, bids: str, work: str, budget_text: str, register_subje
         from longbrain_jax.noder import NODERConfig
         from longbrain_jax.segmenter import SegmenterConfig
 
-        # 3D: autoencoder channels 8,16,32 (one 2 mm scan needs 3.5 GiB to train at 8,16,32 and 4.3 GiB at 16,32,64: use --budget 6G)
+        # 3D: autoencoder channels 8,16,32 (one 2 mm scan needs 3.5 GiB to train at 8,16,32 and 4.3 GiB at 16,32,64);
+        # NODER needs 6.13 GiB for one 2 mm subject (its program 3.25 GiB, compiling it 0.85): use --budget 7G
         cfg = ForecastConfig(methods=("last_observation", "mrextrap", "noder"),
                              autoencoder=AutoencoderConfig(ndim=ndim, channels=(16, 32, 64) if ndim == 2 else (8, 16, 32), steps=5, adversarial_start=2),
                              noder=NODERConfig(iterations=5), segmenter=SegmenterConfig(steps=5), curve=False)  # fmt: skip

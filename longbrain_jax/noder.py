@@ -48,7 +48,7 @@ from longbrain_jax import grid, metrics
 from longbrain_jax.cnn import Conv
 from longbrain_jax.config import check_literals
 from longbrain_jax.engine.training import TrainState, init_state, train_chunk_steps
-from longbrain_jax.memory import Budget, Program, compile_measured, plan_batch
+from longbrain_jax.memory import Budget, Program, compile_measured, plan_batch, release_memory
 
 SOLVERS = {"euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint, "ralston": diffrax.Ralston,
            "bosh3": diffrax.Bosh3, "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}  # fmt: skip
@@ -274,6 +274,7 @@ def fit_groups(
                 progress(done, cfg.iterations, float(np.median(history[done - 1])))
         params = jax.device_get(states.params)
         del states, args
+        release_memory()  # the group's buffers back to the system: resident memory would creep over hundreds of groups
         yield sel, params, history
 
 
