@@ -150,7 +150,6 @@ def test_noder_fits_a_growing_disc_without_folding_and_vmapped_training_equals_t
         chex.assert_trees_all_close(alone.params, jax.tree_util.tree_map(one, together.params), rtol=0, atol=1e-2 * TINY.learning_rate)
 
 
-
 @pytest.mark.slow  # compiles NODER's training for a group of one
 def test_noder_forecast_predicts_each_group_with_its_own_networks(monkeypatch):
     # the forecaster trains and predicts a group at a time (a cohort's networks never all held):
@@ -171,6 +170,7 @@ def test_noder_forecast_predicts_each_group_with_its_own_networks(monkeypatch):
     np.testing.assert_array_equal(f.extra["folding"], folding)
     np.testing.assert_array_equal(f.extra["final_loss"], history[-1])
     assert np.all(np.isfinite(f.images))
+
 
 # -- autoencoder and segmenter -----------------------------------------------------------------------
 AE = ae.AutoencoderConfig(ndim=2, channels=(8, 16), latent_channels=2, groups=4, discriminator_channels=(8, 8),

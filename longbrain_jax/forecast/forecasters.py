@@ -210,13 +210,14 @@ def noder_forecast(
     folding, final_loss = np.empty(known.shape, np.float32), np.empty(len(known), np.float32)
     outputs = images.nbytes + folding.nbytes + (0 if carried is None else carried.nbytes)  # filled while groups train
     for sel, params, history in noder.fit_groups(volumes, times, known, cfg, budget=budget, host_bytes=outputs):  # each group's networks predict, then go
-        if sel.start == 0:
+        if sel.start == 0:  # planned once, with the first group's programs already resident
             noder.plan_prediction(cfg, volumes.shape[2:], volumes.shape[1], volumes.shape[1], labels is not None, budget or Budget.resolve(), outputs)
         images[sel], group_labels, folding[sel] = noder.predict(params, volumes[sel], None if labels is None else labels[sel],
                                                                 times[sel], times[sel], cfg, slots[sel])  # fmt: skip
         if carried is not None:
             carried[sel] = group_labels
-        final_loss[sel] = history[-1] if len(history) else np.nan
+        if cfg.iterations:
+            final_loss[sel] = history[-1]
     extra = {"folding": folding, "final_loss": final_loss if cfg.iterations else None}
     return Forecast(images, carried, time.perf_counter() - start, extra)
 
