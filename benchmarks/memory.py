@@ -9,7 +9,8 @@ Each stage runs in a fresh process (so its peak resident memory, VmHWM, is its o
 
 Stages: read (chunked validation, as `longbrain inspect`), fit (theta*, fine-tuning and
 scoring, reconstruction), register (training and outputs), forecast (autoencoder,
-segmenter, NODER), classify (encoder, logistic regression, SFCN), align (if present).
+segmenter, NODER), classify (encoder, logistic regression, SFCN), align (if present),
+generate (the diffusion model: stage 1 SVFs, denoiser training, sampling and its outputs).
 Every plan is made from XLA's buffers (`memory.PLAN_EXACTLY`), not the cheap upper
 bound a run uses when even the bound fits, so each prediction can be compared with its
 measurement. Network widths and step counts are small (memory does not depend on step counts); the
@@ -18,7 +19,7 @@ predicted peak over the plans it logged, the measured peak, their ratio, and whe
 measurement stayed under the budget. Goals (issue 18): measured <= budget; prediction
 within 30% of the measurement.
 
-    python benchmarks/memory.py [--budget 3G --datasets 2d,3d --stages read,fit,register,forecast,classify,align]
+    python benchmarks/memory.py [--budget 3G --datasets 2d,3d --stages read,fit,register,forecast,classify,align,generate]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from _common import measure_in_child, print_results  # noqa: E402
 
-STAGES = ("read", "fit", "register", "forecast", "classify", "align")
+STAGES = ("read", "fit", "register", "forecast", "classify", "align", "generate")
 
 
 # -- datasets ------------------------------------------------------------------------------------
@@ -82,15 +83,22 @@ def simulated_3d(root: Path, subjects: int) -> Path:
 
 # -- one stage in a child process --------------------------------------------------------------
 class _Plans(logging.Handler):
-    """Collects every plan a stage logs, with the time it was made."""
+    """Collects every plan a stage logs, with the time it was made, and when each planning began."""
 
     def __init__(self):
         super().__init__()
-        self.plans = []
+        self.plans, self.starts = [], []
 
     def emit(self, record):
         if hasattr(record, "plan"):
             self.plans.append((time.perf_counter(), record.plan))
+        elif hasattr(record, "planning"):
+            self.starts.append(time.perf_counter())
+
+    def windows(self, end: float) -> list[tuple[float, float]]:
+        """Each plan's phase: from the start of its planning (the compilations that measure its
+        programs) to the next planning's start, or to `end`."""
+        return [(max([s for s in self.starts if s <= t] + [t]), min([s for s in self.starts if s > t] + [end])) for t, _ in self.plans]
 
 
 class _Sampler:
@@ -126,7 +134,7 @@ def run_stage(stage: str, bids: str, work: str, budget_text: str, register_subje
     collector, sampler = _Plans(), _Sampler()
     logger = logging.getLogger("longbrain_jax.memory")
     logger.addHandler(collector)
-    logger.setLevel(logging.DEBUG if os.environ.get("LONGBRAIN_MEMORY_DEBUG") else logging.INFO)
+    logger.setLevel(logging.DEBUG)  # the collector reads the planning records; the debug log is printed on request
     if os.environ.get("LONGBRAIN_MEMORY_DEBUG"):
         debug = logging.StreamHandler(sys.stderr)
         debug.setLevel(logging.DEBUG)
@@ -188,11 +196,17 @@ def run_stage(stage: str, bids: str, work: str, budget_text: str, register_subje
         from longbrain_jax.align import AlignConfig, align_dataset
 
         align_dataset(bids, out, AlignConfig(), budget=budget)
+    elif stage == "generate":
+        from longbrain_jax.diffusion import DiffusionConfig, SVFConfig
+        from longbrain_jax.diffusion.generate import load_model, sample_model, train_model
+
+        cfg = DiffusionConfig(svf=SVFConfig(steps=5), steps=5, checkpoint_every=5, sample_steps=4, samples=4)
+        train_model(data, out / "model", cfg, budget=budget)
+        sample_model(load_model(out / "model"), data, out / "samples", years=(2.0, 5.0), budget=budget)
     end = time.perf_counter()
     sampler.running = False
-    times = [t for t, _ in collector.plans] + [end]
     phases = [{"plan": p.describe(), "predicted_bytes": p.predicted_bytes, "exact": p.exact, "stage": p.stage,
-               "measured_bytes": sampler.peak_between(times[k], times[k + 1])} for k, (_, p) in enumerate(collector.plans)]  # fmt: skip
+               "measured_bytes": sampler.peak_between(*window)} for (_, p), window in zip(collector.plans, collector.windows(end), strict=True)]  # fmt: skip
     best = max(phases, key=lambda p: p["predicted_bytes"], default=None)
     from longbrain_jax.memory import process_peak
 

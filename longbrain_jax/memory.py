@@ -558,6 +558,7 @@ def plan_batch(
     memory in use is measured here) and memory in use read again; if it still does not fit,
     raises `MemoryError` naming the stage.
     """
+    logger.debug("%s: planning %s", stage, what, extra={"planning": stage})  # where the plan's own compilations start
     measure_in_use = in_use is None
     in_use = budget.in_use() if measure_in_use else in_use
     if compile_bytes is None:
@@ -599,9 +600,22 @@ def plan_batch(
     return plan
 
 
-def plan_host(stage: str, what: str, budget: Budget, upper: int, per_item: int, fixed: int = 0) -> Plan:
-    """The largest batch of items (subjects, scans) whose host arrays, `fixed + per_item * n` bytes, fit the host budget."""
-    return plan_batch(stage, what, budget.host(), upper, lambda n, exact: 0, Cost(fixed, per_item), compile_bytes=lambda exact: 0)
+def plan_host(stage: str, what: str, budget: Budget, upper: int, per_item: int, fixed: int = 0, in_use: int | None = None) -> Plan:
+    """The largest batch of items (subjects, scans) whose host arrays, `fixed + per_item * n` bytes, fit the host budget
+    beside `in_use` (default: measured; pass the reading a budget share was made from, so the two agree)."""
+    return plan_batch(stage, what, budget.host(), upper, lambda n, exact: 0, Cost(fixed, per_item), in_use=in_use, compile_bytes=lambda exact: 0)
+
+
+def plan_host_share(stage: str, what: str, budget: Budget, share: float, upper: int, per_item: int, fixed: int = 0) -> Plan:
+    """`plan_host` inside `share` of the host budget left free beside memory in use and `fixed`;
+    the rest is left to the programs that then run on what the items hold (each plans its own
+    sizes from what is left). One reading of memory in use serves the share and the plan, so
+    the plan never reaches past the budget."""
+    host = budget.host()
+    in_use = host.in_use()
+    room = int(share * max(host.bytes - in_use - fixed, 0))
+    part = Budget(in_use + fixed + room, host.platform, f"{share:.0%} of the free part of {host.source}", host.devices)
+    return plan_host(stage, what, part, upper, per_item, fixed, in_use)
 
 
 def agree(value: int) -> int:

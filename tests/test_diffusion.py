@@ -254,3 +254,31 @@ def test_the_diffusion_forecaster_predicts_every_slot_from_the_baseline(trained)
     np.testing.assert_array_equal(forecast.images[:, 0], cohort.volumes[:, 0])
     assert not np.allclose(forecast.images[0, 1], cohort.volumes[0, 0])
     assert forecast.extra["folding"].shape == cohort.mask.shape and np.all(np.isfinite(forecast.images))
+
+
+def test_subject_chunks_fit_their_share_of_the_free_budget():
+    """`generate`'s chunks: per-subject host arrays beside whole-cohort outputs in a quarter of what is free."""
+    from longbrain_jax.memory import Budget, process_resident
+
+    class Source:
+        num_subjects = 5
+
+    mib = 2**20
+    budget = Budget(process_resident() + 1024 * mib, "cpu", "test")
+    chunks = gen._chunks(Source(), budget, "test", 100 * mib)  # a quarter of ~1 GiB: 2 subjects
+    assert [c.tolist() for c in chunks] == [[0, 1], [2, 3], [4]]
+    chunks = gen._chunks(Source(), budget, "test", 100 * mib, fixed=600 * mib)  # a quarter of ~424 MiB: 1
+    assert [c.tolist() for c in chunks] == [[0], [1], [2], [3], [4]]
+    with pytest.raises(MemoryError, match="test: even 1 subjects per chunk"):
+        gen._chunks(Source(), budget, "test", 100 * mib, fixed=1100 * mib)
+
+
+@pytest.mark.xdist_group("trained_diffusion")  # one worker builds the module fixture once
+def test_sampling_in_chunks_of_one_subject_writes_the_same(trained, tmp_path, monkeypatch):
+    """A subject's draws are keyed by its index in the dataset, so the chunks a budget makes change nothing."""
+    root, model_dir = trained
+    model, source = gen.load_model(model_dir), _dataset(root)
+    gen.sample_model(model, source, tmp_path / "whole", years=(2.0,))
+    monkeypatch.setattr(gen, "_chunks", lambda source, *args, **kwargs: [np.array([i]) for i in range(source.num_subjects)])
+    gen.sample_model(model, source, tmp_path / "ones", years=(2.0,))
+    assert (tmp_path / "whole" / "generated.tsv").read_text() == (tmp_path / "ones" / "generated.tsv").read_text()

@@ -30,6 +30,7 @@ The baseline is each subject's first scan; the model sees nothing else of the su
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import Array
 
 from longbrain_jax import grid, metrics
 from longbrain_jax.atlas import REGIONS
@@ -52,10 +54,11 @@ from longbrain_jax.engine.rundir import prepare_output_dir, run_size
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import age_tag, atomic_dir, atomic_file, write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
-from longbrain_jax.memory import Budget, within_budget
+from longbrain_jax.memory import Budget, plan_host_share, within_budget
 
-#: what a chunk of stage 1 may hold on the host, as a share of the budget (scans and labels)
-STAGE1_SHARE = 0.25
+#: the share of the free host budget a chunk of subjects may hold (its scans, labels and velocities);
+#: the rest is left to the programs that run on the chunk (each plans its own batch from what is left)
+CHUNK_SHARE = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +79,19 @@ class DiffusionModel:
         return svf.coarse_shape(self.shape, self.cfg.svf.velocity_factor)
 
 
-def _chunks(source, budget: Budget) -> list[np.ndarray]:
+def _chunks(source, budget: Budget, stage: str, per_subject: int, fixed: int = 0) -> list[np.ndarray]:
+    """Subjects in chunks (arrays of indices) whose host arrays, `per_subject` bytes each beside `fixed`
+    (whole-cohort outputs), fit `CHUNK_SHARE` of the host budget left free (`memory.plan_host_share`, logged)."""
     n = source.num_subjects
-    per = source.scan_bytes() if hasattr(source, "scan_bytes") else int(source.volumes[0].nbytes * (2 if source.labels is not None else 1))
-    size = max(1, min(n, int(STAGE1_SHARE * budget.bytes // max(per, 1))))
+    size = plan_host_share(stage, "subjects per chunk", budget, CHUNK_SHARE, n, per_subject, fixed).sizes["subjects per chunk"]
     return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _scan_bytes(source) -> int:
+    """Host bytes of one subject's scans (and labels) as `select` reads them."""
+    if hasattr(source, "scan_bytes"):
+        return source.scan_bytes()
+    return int(source.volumes[0].nbytes * (2 if source.labels is not None else 1))
 
 
 def _check_trainable(source, known: np.ndarray | None = None) -> None:
@@ -98,11 +109,14 @@ def stage_one(source, cfg: DiffusionConfig, budget: Budget, progress: Callable[[
     known = source.mask if known is None else np.asarray(known, bool) & source.mask
     coarse = svf.coarse_shape(source.spatial_shape, cfg.svf.velocity_factor)
     d = len(coarse)
+    field = int(np.prod(coarse)) * d * 4  # one velocity field's bytes
+    outputs = n * (t_max * field + int(np.prod(coarse)) * (1 + d) * 4)  # velocities and baseline features, whole cohort
+    # per subject of a chunk: its scans, the velocities it returns and their smoothed copy
+    chunks = _chunks(source, budget, "generate: stage 1", _scan_bytes(source) + 2 * t_max * field, fixed=outputs)
     velocities = np.zeros((n, t_max, *coarse, d), np.float32)
     valid = np.zeros((n, t_max), bool)
     images = np.zeros((n, *coarse, 1 + d), np.float32)
     sexes: list[str] = [""] * n
-    chunks = _chunks(source, budget)
     for c, idx in enumerate(chunks):
         cohort = source.select(idx)
         t = cohort.max_scans
@@ -112,13 +126,20 @@ def stage_one(source, cfg: DiffusionConfig, budget: Budget, progress: Callable[[
                 progress({"stage": "svf", "chunk": c, "chunks": len(chunks), "done": done, "total": total, "loss": loss})
 
         v, ok = svf.register_cohort(cohort.volumes, cohort.mask & known[idx, :t], cfg.svf, budget, bar)
-        velocities[idx, :t], valid[idx, :t] = v, ok
+        # the effective (smoothed) velocity is what the map uses, and what the model learns
+        v = np.asarray(_smooth_all(jnp.asarray(v), cfg.svf))
+        velocities[idx, :t], valid[idx, :t] = v * ok.reshape(ok.shape + (1,) * (v.ndim - 2)), ok
         images[idx] = dm.baseline_features(cohort.volumes[:, 0], coarse)
         for i, s in zip(idx, cohort.sexes, strict=True):
             sexes[i] = s
-    # the effective (smoothed) velocity is what the map uses, and what the model learns
-    velocities = np.asarray(jax.vmap(jax.vmap(lambda v: svf.smooth(v, cfg.svf)))(jnp.asarray(velocities)))
-    return velocities * valid.reshape(valid.shape + (1,) * (velocities.ndim - 2)), valid, images, sexes
+        del cohort, v
+    return velocities, valid, images, sexes
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _smooth_all(velocities: Array, cfg: svf.SVFConfig) -> Array:
+    """`svf.smooth` of every field of (N, T, *c, D)."""
+    return jax.vmap(jax.vmap(lambda v: svf.smooth(v, cfg)))(velocities)
 
 
 def learn(
@@ -270,7 +291,10 @@ def sample_model(
     rows: list[list] = []
     header = ["participant_id", "age", "sample", "group", "folding"] + [f"volume_{r}" for r in REGIONS]
     with atomic_dir(out, overwrite=overwrite) as tmp:  # nothing appears at `out` unless every subject is written
-        for idx in _chunks(source, budget):
+        k, f = samples, targets.shape[1]
+        field = int(np.prod(model.coarse)) * len(model.shape) * 4
+        # per subject of a chunk: its scans and 4 copies of its K x F drawn fields (the frames, scaled, as velocities, on the path)
+        for idx in _chunks(source, budget, "generate: sampling", _scan_bytes(source) + 4 * k * f * field):
             cohort = source.select(idx)
             groups = [group or g for g in cohort.groups]
             v = generate_velocities(model, cohort.volumes[:, 0], cohort.ages[:, 0], targets[idx], groups, cohort.sexes, idx, samples, budget)

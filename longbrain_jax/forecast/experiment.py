@@ -54,7 +54,7 @@ from longbrain_jax.forecast.forecasters import FORECASTERS, Chunk, Context, Fore
 from longbrain_jax.inr import INRConfig
 from longbrain_jax.latent import autoencoder as ae
 from longbrain_jax.latent import mrextrap
-from longbrain_jax.memory import Budget, plan_host, within_budget
+from longbrain_jax.memory import Budget, plan_host, plan_host_share, within_budget
 from longbrain_jax.noder import NODERConfig
 
 METHODS = tuple(FORECASTERS)
@@ -165,11 +165,8 @@ def train_models(source, known: np.ndarray, cfg: ForecastConfig, budget: Budget,
 
     shape = tuple(source.spatial_shape)
     scan_bytes = 8 * int(np.prod(shape))
-    host = budget.host()
-    room = max(host.bytes - host.in_use(), scan_bytes)
-    half = Budget(host.in_use() + room // 2, host.platform, f"half the free part of {host.source}", host.devices)
     if "mrextrap" in cfg.methods and model is None:
-        limit = plan_host("forecast: autoencoder scans", "scans", half, int(known.sum()), scan_bytes).sizes["scans"]
+        limit = plan_host_share("forecast: autoencoder scans", "scans", budget, 0.5, int(known.sum()), scan_bytes).sizes["scans"]
         images, _ = load_scans(source, known, limit, cfg.seed, chunk)
         ae_cfg = dataclasses.replace(cfg.autoencoder, ndim=len(shape))
         ae_cfg = _fitted_batch(ae_cfg, ae.train_batch(ae_cfg, shape, budget, padded_bytes(images)), "autoencoder")  # its scans sit on the device
@@ -187,7 +184,7 @@ def train_models(source, known: np.ndarray, cfg: ForecastConfig, budget: Budget,
     seg_source = segmenter_source if segmenter_source is not None else source
     seg_which = seg_source.mask if segmenter_source is not None else known
     if _has_labels(seg_source):
-        limit = plan_host("forecast: segmenter scans", "scans", half, int((seg_which & seg_source.mask).sum()), scan_bytes).sizes["scans"]
+        limit = plan_host_share("forecast: segmenter scans", "scans", budget, 0.5, int((seg_which & seg_source.mask).sum()), scan_bytes).sizes["scans"]
         images, labels = load_scans(seg_source, seg_which, limit, cfg.seed + 1, chunk)
         seg_cfg = _fitted_batch(cfg.segmenter, sg.train_batch(cfg.segmenter, shape, budget, padded_bytes(images) + padded_bytes(labels)), "segmenter")
         bar = progress_bar(seg_cfg.steps, "segmenter", enabled=show_progress, unit="step")
