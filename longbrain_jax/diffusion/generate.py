@@ -125,7 +125,8 @@ def stage_one(source, cfg: DiffusionConfig, budget: Budget, progress: Callable[[
             if progress is not None:
                 progress({"stage": "svf", "chunk": c, "chunks": len(chunks), "done": done, "total": total, "loss": loss})
 
-        v, ok = svf.register_cohort(cohort.volumes, cohort.mask & known[idx, :t], cfg.svf, budget, bar)
+        # planned beside the cohort's outputs and the smoothed copy of the chunk's velocities
+        v, ok = svf.register_cohort(cohort.volumes, cohort.mask & known[idx, :t], cfg.svf, budget, bar, host_bytes=outputs + len(idx) * t * field)
         # the effective (smoothed) velocity is what the map uses, and what the model learns
         v = np.asarray(_smooth_all(jnp.asarray(v), cfg.svf))
         velocities[idx, :t], valid[idx, :t] = v * ok.reshape(ok.shape + (1,) * (v.ndim - 2)), ok

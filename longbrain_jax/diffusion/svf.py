@@ -222,8 +222,9 @@ def _train_block(states: TrainState, pairs, baselines, followups, first_step, nu
                              baselines, followups, max_steps=max_steps)  # fmt: skip
 
 
-def pairs_per_program(cfg: SVFConfig, shape: tuple[int, ...], budget: Budget, upper: int, steps_per_call: int = 50) -> int:
-    """Pairs trained in one vmapped program under `budget` (`memory.plan_batch`)."""
+def pairs_per_program(cfg: SVFConfig, shape: tuple[int, ...], budget: Budget, upper: int, steps_per_call: int = 50, host_bytes: int = 0) -> int:
+    """Pairs trained in one vmapped program under `budget` (`memory.plan_batch`), beside `host_bytes`
+    of host arrays its callers fill while it trains (their outputs)."""
     s = jax.ShapeDtypeStruct
 
     def trace(n):
@@ -233,13 +234,13 @@ def pairs_per_program(cfg: SVFConfig, shape: tuple[int, ...], budget: Budget, up
                                   cfg=cfg, max_steps=steps_per_call)  # fmt: skip
 
     program = Program(trace, ("diffusion_svf", cfg, shape, steps_per_call))
-    host = lambda n: 2 * n * math.prod(shape) * 4  # noqa: E731  (the chunk's baselines and follow-ups)
+    host = lambda n: 2 * n * math.prod(shape) * 4 + host_bytes  # noqa: E731  (the program's baselines and follow-ups)
     return plan_batch("SVF registration: training", "pairs per program", budget, upper, program, host).sizes["pairs per program"]
 
 
 def register_pairs(
     baselines: np.ndarray, followups: np.ndarray, cfg: SVFConfig = SVFConfig(), budget: Budget | None = None,
-    progress: Callable[[int, int, float], None] | None = None, steps_per_call: int = 50,
+    progress: Callable[[int, int, float], None] | None = None, steps_per_call: int = 50, host_bytes: int = 0,
 ) -> np.ndarray:  # fmt: skip
     """Register every baseline (P, *s) to its follow-up (P, *s); returns the velocities (P, *coarse, D) float32.
 
@@ -248,7 +249,8 @@ def register_pairs(
     group is padded with repeats of its last pair so every group runs the same compiled
     program. Each pair's result does not depend on the grouping (all start at v = 0 and
     draw nothing). `progress(done, total, median loss)` is called after each call. A pair
-    whose loss turns non-finite keeps its last finite velocity (logged).
+    whose loss turns non-finite keeps its last finite velocity (logged). `host_bytes`: host
+    arrays the caller fills meanwhile (planned beside the program, with this call's output).
     """
     baselines, followups = np.asarray(baselines, np.float32), np.asarray(followups, np.float32)
     if baselines.shape != followups.shape or baselines.ndim < 2:
@@ -258,7 +260,7 @@ def register_pairs(
     if p == 0:
         return out
     steps_per_call = max(1, min(steps_per_call, cfg.steps or 1))
-    group = pairs_per_program(cfg, shape, budget or Budget.resolve(), p, steps_per_call)
+    group = pairs_per_program(cfg, shape, budget or Budget.resolve(), p, steps_per_call, host_bytes + out.nbytes)
     for start in range(0, p, group):
         idx = np.minimum(np.arange(start, start + group), p - 1)  # the last group padded with its last pair
         states = _init_states(group, shape, cfg)
@@ -281,14 +283,15 @@ def register_pairs(
 
 def register_cohort(
     volumes: np.ndarray, mask: np.ndarray, cfg: SVFConfig = SVFConfig(), budget: Budget | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None, host_bytes: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Every observed follow-up (slot j > 0 with `mask` True) registered from its subject's slot 0.
 
     `volumes` (N, T, *s), `mask` (N, T) bool. Returns (velocities (N, T, *coarse, D) float32,
     zero at slot 0 and at padding; valid (N, T) bool, False at slot 0 and equal to
     `mask[:, 1:]` after it). Velocities are per pair, not per year: divide by the interval
-    for rates. A subject with a follow-up but no baseline is an error.
+    for rates. A subject with a follow-up but no baseline is an error. `host_bytes`: host arrays
+    the caller fills meanwhile (planned beside the training, as this call's outputs are).
     """
     volumes, mask = np.asarray(volumes), np.asarray(mask, bool)
     if volumes.shape[:2] != mask.shape:
@@ -302,7 +305,8 @@ def register_cohort(
     subjects, slots = np.nonzero(valid)
     velocities = np.zeros((*mask.shape, *coarse_shape(shape, cfg.velocity_factor), len(shape)), np.float32)
     if subjects.size:
-        velocities[subjects, slots] = register_pairs(volumes[subjects, 0], volumes[subjects, slots], cfg, budget, progress)
+        velocities[subjects, slots] = register_pairs(volumes[subjects, 0], volumes[subjects, slots], cfg, budget, progress,
+                                                     host_bytes=host_bytes + velocities.nbytes)  # fmt: skip
     return velocities, valid
 
 
