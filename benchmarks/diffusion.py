@@ -139,6 +139,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--svf-steps", type=int, default=200, help="stage 1 Adam steps per pair")
     p.add_argument("--svf-smooth-weight", type=float, default=SVFConfig.smooth_weight, help="stage 1 weight of mean ||grad v||^2")
+    p.add_argument("--svf-similarity", choices=["ssd", "lncc"], default=SVFConfig.similarity, help="stage 1 dissimilarity")
     p.add_argument("--samples", type=int, default=8, help="sequences drawn per subject (K)")
     p.add_argument("--sample-steps", type=int, default=DiffusionConfig.sample_steps)
     p.add_argument("--guidance", type=float, default=DiffusionConfig.guidance, help="classifier-free guidance scale")
@@ -202,7 +203,8 @@ def mean_of(rows: list[dict], key: str) -> float:
 def diffusion_config(args: argparse.Namespace) -> DiffusionConfig:
     """The model's configuration from the options."""
     return DiffusionConfig(
-        svf=SVFConfig(velocity_factor=args.velocity_factor, steps=args.svf_steps, smooth_weight=args.svf_smooth_weight, seed=args.seed),
+        svf=SVFConfig(velocity_factor=args.velocity_factor, steps=args.svf_steps, smooth_weight=args.svf_smooth_weight,
+                      similarity=args.svf_similarity, seed=args.seed),
         denoiser=DenoiserConfig(channels=tuple(int(c) for c in args.channels.split(","))),
         steps=args.steps, batch_size=args.batch_size, samples=args.samples, sample_steps=args.sample_steps,
         guidance=args.guidance, trajectory=args.trajectory, seed=args.seed,

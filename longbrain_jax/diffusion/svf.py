@@ -22,11 +22,13 @@ units (the grid spans [-1, 1] per axis), so a field transfers between resolution
 unchanged; stage 2 works on that grid. The map is
 exp(upsample(gaussian_smooth(v))) on the image grid.
 
-**Loss.** SSD (mean squared difference) of the warped baseline against the follow-up
-+ `smooth_weight` * mean ||grad v||^2 of the coarse velocity, the gradient taken in
-normalised coordinates (d v / d x is then dimensionless and independent of the grid's
-resolution). Images are expected intensity-normalised as `io.read_bids` does (about
-[-1, 1]); the SSD, and so the weight's balance, scales with the intensity range squared.
+**Loss.** A dissimilarity of the warped baseline against the follow-up, SSD (mean squared
+difference, the paper's) or 1 - local NCC (`metrics.local_ncc`, the field's usual choice for
+same-contrast scans: ANTs SyN's CC, VoxelMorph's NCC), + `smooth_weight` * mean ||grad v||^2
+of the coarse velocity, the gradient taken in normalised coordinates (d v / d x is then
+dimensionless and independent of the grid's resolution). Images are expected
+intensity-normalised as `io.read_bids` does (about [-1, 1]); the SSD, and so the weight's
+balance, scales with the intensity range squared, local NCC does not.
 
 **Why optimise each pair rather than train a registration network.** Optimisation per
 pair needs no training cohort, runs on real data unchanged (nothing learnt from the
@@ -54,7 +56,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +64,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
-from longbrain_jax import grid
+from longbrain_jax import grid, metrics
+from longbrain_jax.config import check_literals
 from longbrain_jax.engine.training import TrainState, init_state, train_chunk_steps
 from longbrain_jax.io import derivative_path, load_displacement, load_image, scan_path
 from longbrain_jax.memory import Budget, Program, plan_batch
@@ -84,23 +87,32 @@ class SVFConfig:
       it is upsampled to the image grid; 0: none.
     - `squaring_steps`: scaling-and-squaring steps of the exponential (the velocity is
       divided by 2**steps, then composed with itself `steps` times).
-    - `smooth_weight`: weight of mean ||grad v||^2 (normalised units) against the SSD.
-      By displacement error alone, measured on 12 simulated 2D pairs (4 subjects at 4 mm, scans at 50, 58, 67 and 75
-      registered from the first, intensities normalised to [-1, 1], scores against the
-      truth over the brain, 200 steps at 5e-3): 0.03 gave the lowest displacement error and
-      the best |J| correlation (RMSE 2.15 mm of 3.10 mm true RMS, |J| error 0.139 against a
-      true change of 0.180, r = 0.61); 0.01 and below overfit the scanner's noise and bias
-      (RMSE 2.41 mm, r = 0.59 at 0.01; 3.53 mm, r = 0.47 at 0.001); 0.1 and above oversmooth
-      (RMSE 2.30 mm, |J| error 0.134, r = 0.56 at 0.1; 2.76 mm, r = 0.32 at 1). Without
-      scanner effects (no noise, bias or scale) 0.001 is best (RMSE 1.24 mm, r = 0.82, against
-      1.53 mm, r = 0.80 at 0.03): lower it for clean or denoised data.
-      The default is 0.003, chosen for what stage 2 must learn, the regional volume change:
-      `benchmarks/svf_settings.py` (12 simulated 2D 3 mm subjects, 6 healthy / dementia-like
-      twins, scans 50-75, default scanner) measured the hippocampus at +0.04 %/yr carried by
-      0.03 against -1.45 %/yr true, dementia minus healthy +0.13 against -0.40 (no group
-      signal left); 0.003 carries -0.41 %/yr and -0.27, the lateral ventricles +4.9 %/yr
-      (true +6.3; 0.03: +3.0) and their group difference +1.08 (true +0.99; 0.03: +0.69),
-      at the same cost per pair.
+    - `similarity`: "lncc" (default: 1 - local NCC over cubic windows of `ncc_window` image
+      voxels) or "ssd" (the paper's). Chosen by what stage 2 must learn, the regional volume
+      change: `benchmarks/svf_settings.py` (12 simulated 2D 3 mm subjects, 6 healthy /
+      dementia-like twins, scans 50-75, default scanner; truth in %/yr: hippocampus -1.45,
+      dementia minus healthy -0.40; lateral ventricles +6.3, +0.99) measured, as carried
+      rate (correlation across subjects), group difference:
+      SSD at 0.003: hippocampus -0.41 (r 0.33), -0.27; ventricles +4.9 (0.72), +1.08;
+      cortical GM r 0.35, cerebral WM r -0.26.
+      LNCC at 0.001: hippocampus -0.89 (r 0.73), -0.54; ventricles +5.3 (0.70), +1.29;
+      cortical GM r 0.92, cerebral WM r 0.71; at the same cost per pair.
+      Window 5 (15 mm at 3 mm) against 3 and 9 at 0.003: 3 lost the ventricles' group
+      difference (+0.32), 9 carried a little less of the hippocampus (-0.71 against -0.77).
+    - `smooth_weight`: weight of mean ||grad v||^2 (normalised units) against the
+      dissimilarity; its scale depends on `similarity`. LNCC (same benchmark): 0.3, 0.1, 0.03,
+      0.01, 0.003, 0.001, 0.0003 carried hippocampus -0.02, -0.08, -0.32, -0.54, -0.77, -0.89,
+      -1.00 %/yr; the default is 0.001, the lowest measured end to end (0.0003's group difference,
+      -0.64, overshoots the true -0.40). SSD (mean squared difference of intensities normalised to about
+      [-1, 1]): use 0.003; 0.03 carried no hippocampal change (+0.04 %/yr, group difference
+      +0.13, wrong-signed). By displacement error alone, measured on 12 simulated 2D pairs
+      (4 subjects at 4 mm, scans at 50, 58, 67 and 75 registered from the first, 200 steps at
+      5e-3), SSD at 0.03 gave the lowest error (RMSE 2.15 mm of 3.10 mm true RMS, |J| r 0.61);
+      0.01 and below overfit the scanner's noise and bias (2.41 mm at 0.01; 3.53 mm at 0.001),
+      0.1 and above oversmooth (2.30 mm at 0.1; 2.76 mm at 1); without scanner effects 0.001
+      was best (1.24 mm, r 0.82). A displacement error over the whole brain is dominated by
+      the large structures; the regional volume change is what the generative model needs.
+    - `ncc_window`: the local NCC's window, odd, in image voxels.
     - `steps`, `learning_rate`: full-batch Adam per pair, from v = 0. At 5e-3 the
       simulated pairs above had converged by 100 steps (400 steps, or 2e-3 / 1e-2, changed the
       RMSE by under 0.02 mm); 200 leaves room for larger deformations.
@@ -111,13 +123,17 @@ class SVFConfig:
     velocity_factor: int = 2
     smoothing_sigma: float = 1.0
     squaring_steps: int = 7
-    smooth_weight: float = 0.003
+    similarity: Literal["lncc", "ssd"] = "lncc"
+    smooth_weight: float = 0.001
+    ncc_window: int = 5
     steps: int = 200
     learning_rate: float = 5e-3
     seed: int = 0
 
     def __post_init__(self):
+        check_literals(self)
         checks = {
+            "ncc_window": self.ncc_window >= 1 and self.ncc_window % 2 == 1,
             "velocity_factor": self.velocity_factor >= 1,
             "smoothing_sigma": self.smoothing_sigma >= 0,
             "squaring_steps": self.squaring_steps >= 0,
@@ -127,7 +143,7 @@ class SVFConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                rule = {"velocity_factor": ">= 1", "learning_rate": "> 0"}.get(name, ">= 0")
+                rule = {"velocity_factor": ">= 1", "learning_rate": "> 0", "ncc_window": "an odd number >= 1"}.get(name, ">= 0")
                 raise ValueError(f"SVFConfig.{name} must be {rule}, got {getattr(self, name)!r}")
 
 
@@ -176,17 +192,21 @@ def velocity_gradient_energy(v: Float[Array, "*coarse D"]) -> Float[Array, ""]:
 
 class Terms(NamedTuple):
     total: Array
-    ssd: Array
+    dissimilarity: Array
     smooth: Array
 
 
 def pair_loss(v: Float[Array, "*coarse D"], baseline: Float[Array, "*s"], followup: Float[Array, "*s"], cfg: SVFConfig) -> tuple[Array, Terms]:
-    """(loss, Terms) of one pair: mean (warp(baseline, exp(v)) - followup)^2 + smooth_weight * mean ||grad v||^2."""
-    u = displacement(v, baseline.shape, cfg)
-    ssd = jnp.mean((grid.warp(baseline, u) - followup) ** 2)
+    """(loss, Terms) of one pair: dissimilarity(warp(baseline, exp(v)), followup) + smooth_weight * mean ||grad v||^2,
+    the dissimilarity mean squared difference ("ssd") or 1 - mean local NCC ("lncc")."""
+    warped = grid.warp(baseline, displacement(v, baseline.shape, cfg))
+    if cfg.similarity == "lncc":
+        dissimilarity = 1.0 - metrics.local_ncc(warped, followup, cfg.ncc_window)
+    else:
+        dissimilarity = jnp.mean((warped - followup) ** 2)
     energy = velocity_gradient_energy(v)
-    total = ssd + cfg.smooth_weight * energy
-    return total, Terms(total, ssd, energy)
+    total = dissimilarity + cfg.smooth_weight * energy
+    return total, Terms(total, dissimilarity, energy)
 
 
 # -- training -------------------------------------------------------------------------------------
