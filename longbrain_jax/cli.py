@@ -671,6 +671,9 @@ def generate() -> None:
 @config_field("--velocity-factor", type=int, config=GENERATE, fields=("svf.velocity_factor",),
               help="The velocity grid (what is generated) is this many times coarser than the scans.")
 @config_field("--svf-steps", type=int, config=GENERATE, fields=("svf.steps",), help="Optimisation steps of each baseline-to-follow-up SVF.")
+@config_field("--svf-similarity", type=click.Choice(["lncc", "ssd"]), config=GENERATE, fields=("svf.similarity",),
+              help="Stage 1's dissimilarity: 1 - local NCC, or the paper's SSD (use --svf-smooth-weight 0.003 with it).")
+@config_field("--svf-smooth-weight", type=float, config=GENERATE, fields=("svf.smooth_weight",), help="Stage 1's weight of mean ||grad v||^2.")
 @config_field("--channels", config=GENERATE, fields=("denoiser.channels",), parse=_ints("--channels"), help="Denoiser channels per level.")
 @config_field("--frames", type=click.Choice(["rate", "velocity"]), config=GENERATE,
               help="A frame is the SVF per year since baseline (rate) or the SVF itself (velocity, the paper's).")
