@@ -10,8 +10,8 @@ frame's map, % per year) with the true label maps' (`diffusion.true_rates`): the
 subjects, the correlation across subjects, and the dementia-minus-healthy difference.
 
     python benchmarks/svf_settings.py
-    python benchmarks/svf_settings.py --clean --settings default,smooth_weight=0.003
-    python benchmarks/svf_settings.py --settings "smooth_weight=0.003;steps=800;learning_rate=0.01"
+    python benchmarks/svf_settings.py --clean --settings "default,similarity=ssd;smooth_weight=0.003"
+    python benchmarks/svf_settings.py --settings "smooth_weight=0.0003;steps=800;learning_rate=0.01"
 
 A setting is `default` or `;`-separated `SVFConfig` fields (`name=value`), settings are
 separated by commas.
@@ -53,7 +53,7 @@ def parse_setting(text: str) -> SVFConfig:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--anatomies", type=int, default=6, help="anatomies, each as a healthy and a dementia-like twin")
-    p.add_argument("--settings", default="default,smooth_weight=0.003,velocity_factor=1")
+    p.add_argument("--settings", default="default,similarity=ssd;smooth_weight=0.003,smooth_weight=0.003")
     p.add_argument("--clean", action="store_true", help="no scanner noise or bias field")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

@@ -74,11 +74,15 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
     """Rebuild `cls` from `config_to_dict` output: nested dataclasses by their annotated type,
-    lists back to tuples; fields missing from `data` keep their defaults."""
+    lists back to tuples; fields missing from `data` keep their defaults, except those in the
+    class's `RECORDED_BEFORE` (field -> the value runs had before the field existed)."""
     hints = _hints(cls)
+    before = getattr(cls, "RECORDED_BEFORE", {})
     kwargs = {}
     for field in dataclasses.fields(cls):
         if field.name not in data:
+            if field.name in before:
+                kwargs[field.name] = before[field.name]
             continue
         value = data[field.name]
         nested = _dataclass_type(hints.get(field.name))

@@ -28,7 +28,9 @@ same-contrast scans: ANTs SyN's CC, VoxelMorph's NCC), + `smooth_weight` * mean 
 of the coarse velocity, the gradient taken in normalised coordinates (d v / d x is then
 dimensionless and independent of the grid's resolution). Images are expected
 intensity-normalised as `io.read_bids` does (about [-1, 1]); the SSD, and so the weight's
-balance, scales with the intensity range squared, local NCC does not.
+balance, scales with the intensity range squared; local NCC does not, above the floor its
+`eps` sets (windows whose intensities vary with a standard deviation below about 0.01 in 2D,
+0.005 in 3D, at the default window, count as flat).
 
 **Why optimise each pair rather than train a registration network.** Optimisation per
 pair needs no training cohort, runs on real data unchanged (nothing learnt from the
@@ -56,7 +58,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -98,7 +100,7 @@ class SVFConfig:
       LNCC at 0.001: hippocampus -0.89 (r 0.73), -0.54; ventricles +5.3 (0.70), +1.29;
       cortical GM r 0.92, cerebral WM r 0.71; at the same cost per pair.
       Window 5 (15 mm at 3 mm) against 3 and 9 at 0.003: 3 lost the ventricles' group
-      difference (+0.32), 9 carried a little less of the hippocampus (-0.71 against -0.77).
+      difference (+0.32), 9 carried a little less of the hippocampus (-0.70 against -0.77).
     - `smooth_weight`: weight of mean ||grad v||^2 (normalised units) against the
       dissimilarity; its scale depends on `similarity`. LNCC (same benchmark): 0.3, 0.1, 0.03,
       0.01, 0.003, 0.001, 0.0003 carried hippocampus -0.02, -0.08, -0.32, -0.54, -0.77, -0.89,
@@ -122,6 +124,9 @@ class SVFConfig:
     - `seed`: keys the engine's per-step draws (this loss draws nothing; kept so the
       stage's keys are defined like every other stage's).
     """
+
+    # configs recorded before `similarity` existed registered by SSD (`config.config_from_dict`)
+    RECORDED_BEFORE: ClassVar[dict[str, object]] = {"similarity": "ssd"}
 
     velocity_factor: int = 2
     smoothing_sigma: float = 1.0
