@@ -108,9 +108,9 @@ class SVFConfig:
       -0.64, overshoots the true -0.40). End to end (`benchmarks/diffusion.py`, RESULTS.md) it
       cut the generated volume error from 15.7 % to 12.4 % and made the group counterfactual
       right for 15 of 16 anatomies (from 3), at the price of rougher fields: generated maps
-      folded in 1.9e-5 of voxels (0 before). Raise it where folding matters more. SSD (mean squared difference of intensities normalised to about
-      [-1, 1]): use 0.003; 0.03 carried no hippocampal change (+0.04 %/yr, group difference
-      +0.13, wrong-signed). By displacement error alone, measured on 12 simulated 2D pairs
+      folded in 1.9e-5 of voxels (0 before). Raise it where folding matters more.
+      SSD (mean squared difference of intensities normalised to about [-1, 1]): use 0.003;
+      0.03 carried no hippocampal change (+0.04 %/yr, group difference +0.13, wrong-signed). By displacement error alone, measured on 12 simulated 2D pairs
       (4 subjects at 4 mm, scans at 50, 58, 67 and 75 registered from the first, 200 steps at
       5e-3), SSD at 0.03 gave the lowest error (RMSE 2.15 mm of 3.10 mm true RMS, |J| r 0.61);
       0.01 and below overfit the scanner's noise and bias (2.41 mm at 0.01; 3.53 mm at 0.001),
