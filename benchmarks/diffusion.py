@@ -81,6 +81,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -95,6 +96,7 @@ from _common import print_results  # noqa: E402
 
 from longbrain_jax import grid, metrics  # noqa: E402
 from longbrain_jax.atlas import REGIONS  # noqa: E402
+from longbrain_jax.config import config_to_dict  # noqa: E402
 from longbrain_jax.diffusion import DenoiserConfig, DiffusionConfig, SVFConfig, svf  # noqa: E402
 from longbrain_jax.diffusion import generate as gen  # noqa: E402
 from longbrain_jax.diffusion import model as dm  # noqa: E402
@@ -145,6 +147,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=DiffusionConfig.guidance, help="classifier-free guidance scale")
     p.add_argument("--trajectory", choices=("monotone", "frames"), default=DiffusionConfig.trajectory,
                    help="how samples become SVFs (the forecasting row); step 4 scores both side by side")  # fmt: skip
+    p.add_argument("--unfold-sigmas", default=",".join(f"{s:g}" for s in DiffusionConfig.unfold_sigmas),
+                   help="widths that smooth a drawn sequence that folds (DiffusionConfig.unfold_sigmas); 'none': keep every draw")  # fmt: skip
+    p.add_argument("--model", type=Path, default=None,
+                   help="score a model this script trained before (same cohort options) instead of training one; it is copied "
+                        "to OUT/model with this command's sampling options (--samples, --sample-steps, --guidance, --trajectory, "
+                        "--unfold-sigmas)")  # fmt: skip
     # the evaluation
     p.add_argument(
         "--stage1-subjects", type=int, default=16, help="training subjects whose SVFs are scored against the truth"
@@ -207,8 +215,28 @@ def diffusion_config(args: argparse.Namespace) -> DiffusionConfig:
                       similarity=args.svf_similarity, seed=args.seed),
         denoiser=DenoiserConfig(channels=tuple(int(c) for c in args.channels.split(","))),
         steps=args.steps, batch_size=args.batch_size, samples=args.samples, sample_steps=args.sample_steps,
-        guidance=args.guidance, trajectory=args.trajectory, seed=args.seed,
+        guidance=args.guidance, trajectory=args.trajectory, unfold_sigmas=unfold_sigmas(args), seed=args.seed,
     )  # fmt: skip
+
+
+def unfold_sigmas(args: argparse.Namespace) -> tuple[float, ...]:
+    text = args.unfold_sigmas.strip().lower()
+    return () if text == "none" else tuple(float(v) for v in text.split(",") if v.strip())
+
+
+SAMPLING = ("samples", "sample_steps", "guidance", "trajectory", "unfold_sigmas")  # DiffusionConfig fields that sampling alone reads
+
+
+def reuse_model(source: Path, model_dir: Path, cfg: DiffusionConfig) -> None:
+    """`source` (a trained model) copied to `model_dir` with `cfg`'s sampling fields in its configuration."""
+    model = gen.load_model(source)  # refuses what is not a trained model
+    if source.resolve() != model_dir.resolve():
+        shutil.rmtree(model_dir, ignore_errors=True)
+        shutil.copytree(source, model_dir)
+    record = json.loads((model_dir / "config.json").read_text())
+    sampling = dataclasses.replace(model.cfg, **{f: getattr(cfg, f) for f in SAMPLING})
+    record["config"] = config_to_dict(sampling)
+    (model_dir / "config.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def train(cohort, model_dir: Path, cfg: DiffusionConfig, started: float) -> dict:
@@ -522,8 +550,13 @@ def main() -> None:
         log(started, f"simulating the training cohort ({args.train_subjects} subjects, paired, irregular ages)")
         train_bids, train_cohort = simulate(tmp / "train", args, num_subjects=max(1, args.train_subjects // 2), paired=True,
                                             sampling="irregular", age_range=(50.0, 75.0), seed=args.seed + TRAIN_SEED)  # fmt: skip
-        figures |= train(train_cohort, model_dir, cfg, started)
-        log(started, f"trained in {figures['train_seconds']:.1f} s; scoring stage 1 on {args.stage1_subjects} subjects")
+        if args.model is None:
+            figures |= train(train_cohort, model_dir, cfg, started)
+            log(started, f"trained in {figures['train_seconds']:.1f} s; scoring stage 1 on {args.stage1_subjects} subjects")
+        else:
+            reuse_model(args.model, model_dir, cfg)
+            cfg = gen.load_model(model_dir).cfg  # stage 1 scored as the model was trained
+            log(started, f"model of {args.model} (not trained here); scoring stage 1 on {args.stage1_subjects} subjects")
         stage1, stage1_rows, train_rates = score_stage_one(train_bids, train_cohort, args.stage1_subjects, args.recognition_subjects, cfg)
         figures |= stage1
         train_groups = np.asarray(train_cohort.groups[: len(train_rates)])

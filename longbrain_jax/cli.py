@@ -218,6 +218,11 @@ def _ints(what: str, count: int | None = None) -> Callable[[str], tuple]:
     return parse
 
 
+def _widths(text: str) -> tuple[float, ...]:
+    """--unfold-sigmas: comma-separated widths, or "none" for ()."""
+    return () if text.strip().lower() == "none" else _floats(text, "--unfold-sigmas")
+
+
 def _split(what: str, count: int) -> Callable[[str], tuple]:
     """A `parse` for `count` comma-separated values, one per field."""
 
@@ -680,6 +685,9 @@ def generate() -> None:
 @config_field("--prediction", type=click.Choice(["eps", "v"]), config=GENERATE)
 @config_field("--trajectory", type=click.Choice(["monotone", "frames"]), config=GENERATE,
               help="Sampling: one direction walked at a non-decreasing pace (monotone) or each frame as drawn (frames, the paper's).")
+@config_field("--unfold-sigmas", config=GENERATE, parse=lambda text: (_widths(text),),
+              help="Sampling: a drawn sequence that folds is smoothed at the first of these widths (velocity-grid voxels, "
+                   "comma-separated) that unfolds it; 'none' keeps every draw as drawn.")
 @config_field("--steps", type=int, config=GENERATE, help="Training steps of the denoiser.")
 @config_field("--batch-size", type=int, config=GENERATE, help="Most subjects per training step.")
 @config_field("--lr", type=float, config=GENERATE, fields=("learning_rate",))
@@ -738,6 +746,8 @@ def generate_train(bids_dir, out, group_column, common_grid, align_transform, me
 @click.option("--group", default=None, help="Generate every subject as this group (a counterfactual; default: each subject's own).")
 @click.option("--trajectory", type=click.Choice(["monotone", "frames"]), default=None,
               help="One direction walked at a non-decreasing pace (monotone) or each frame as drawn (frames); default: the model's.")
+@click.option("--unfold-sigmas", default=None, help="Widths (velocity-grid voxels) that smooth a drawn sequence that folds, "
+                                                    "or 'none'; default: the model's.")
 @group_column_option
 @common_grid_option
 @align_option
@@ -745,7 +755,7 @@ def generate_train(bids_dir, out, group_column, common_grid, align_transform, me
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_errors_exit_2
-def generate_sample(model_dir, bids_dir, out, ages, years, samples, group, trajectory, group_column, common_grid, align_transform, memory_budget, overwrite,
+def generate_sample(model_dir, bids_dir, out, ages, years, samples, group, trajectory, unfold_sigmas, group_column, common_grid, align_transform, memory_budget, overwrite,
                     quiet) -> None:  # fmt: skip
     """Draw future scans, carried labels, |J| maps and velocity fields for every subject of BIDS_DIR at --ages (or --years)."""
     from longbrain_jax.diffusion.generate import check_group, load_model, sample_model
@@ -759,6 +769,11 @@ def generate_sample(model_dir, bids_dir, out, ages, years, samples, group, traje
     model = load_model(model_dir)
     if trajectory is not None:
         model = dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, trajectory=trajectory))
+    if unfold_sigmas is not None:
+        try:
+            model = dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, unfold_sigmas=_widths(unfold_sigmas)))
+        except (ValueError, click.BadParameter):
+            raise InputError("--unfold-sigmas", f"needs increasing widths > 0 (velocity-grid voxels) or 'none', got {unfold_sigmas!r}") from None
     check_group(model, group)
     dataset = _aligned(scan_bids(bids_dir, LoadConfig(group_column=group_column, common_grid=common_grid)), align_transform)
     bar = LazyBar("sampling", enabled=not quiet, unit="subject")

@@ -106,8 +106,8 @@ def test_every_command_reruns_a_recorded_config_with_the_options_given(command, 
         "classify": (ClassifyConfig(head_width=32, folds=3, groups=GroupMap(("Nondemented",), ("Demented",))), "config.json",
                      [str(fitted), str(tmp_path / "out")], ["--epochs", "7"], {"encoder.epochs": 7, "baseline.epochs": 7, "sfcn.epochs": 7}),
         "generate train": (DiffusionConfig(steps=77, frames="velocity"), "config.json", [str(data), str(tmp_path / "out")],
-                           ["--channels", "8,16", "--svf-similarity", "ssd", "--svf-smooth-weight", "0.003"],
-                           {"denoiser.channels": (8, 16), "svf.similarity": "ssd", "svf.smooth_weight": 0.003}),
+                           ["--channels", "8,16", "--svf-similarity", "ssd", "--svf-smooth-weight", "0.003", "--unfold-sigmas", "none"],
+                           {"denoiser.channels": (8, 16), "svf.similarity": "ssd", "svf.smooth_weight": 0.003, "unfold_sigmas": ()}),
     }  # fmt: skip
     recorded, where, arguments, given, fields = cases[command]
     if command in ("register", "forecast"):  # the data's dimensionality, as a run on this dataset records it

@@ -93,6 +93,47 @@ def test_a_monotone_path_keeps_steady_and_accelerating_sequences_and_orders_nois
     assert drawn < 0.7 and walked > 0.95, (drawn, walked)
 
 
+def test_unfold_smooths_only_the_sequences_that_fold_until_they_do_not():
+    """`model.unfold`: a folding draw is smoothed (all its frames, the first width that works), a
+    smooth draw is kept bit for bit, a monotone path stays one, and a width too small is reported."""
+    cfg, shape = SVFConfig(), (20, 24)
+    rng = np.random.default_rng(0)
+    rough = rng.standard_normal((*COARSE, 2)).astype(np.float32)
+    r = rough * 0.3  # a monotone path s_k r that folds at its later pace
+    draws = np.stack([np.stack([rough * 0.001, rough * 0.002]), np.stack([rough * 0.2, rough * 0.3]), np.stack([r * 0.1, r])])[:, None]
+
+    def folds(sequence):
+        return any(bool(np.any(np.asarray(grid.jacobian_determinant(dm.field(jnp.asarray(v), shape, cfg))) <= 0)) for v in sequence)
+
+    assert [folds(d[0]) for d in draws] == [False, True, True]
+    out, sigma = dm.unfold(draws, shape, cfg, (0.5, 1.0, 2.0, 4.0))
+    assert out.shape == draws.shape and sigma.shape == (3, 1)
+    np.testing.assert_array_equal(out[0], draws[0])
+    assert sigma[0, 0] == 0 and sigma[1, 0] > 0 and sigma[2, 0] > 0
+    assert not folds(out[1, 0]) and not folds(out[2, 0])
+    for k in range(2):  # each frame smoothed with the width chosen: the same operator on every frame
+        want = grid.gaussian_smooth(jnp.asarray(draws[1, 0, k]), float(sigma[1, 0]), ndim=2)
+        np.testing.assert_allclose(out[1, 0, k], want, atol=1e-6)
+    np.testing.assert_allclose(out[2, 0, 0] * 10, out[2, 0, 1], rtol=1e-4, atol=1e-6)  # still s_k smooth(r)
+    assert sigma[1, 0] == 1.0 and folds(np.asarray(dm._smooth_frames(jnp.asarray(draws[1, 0]), 0.5)))  # the first width that works
+    _, too_small = dm.unfold(draws, shape, cfg, (0.01,))
+    assert np.isnan(too_small[1, 0]) and too_small[0, 0] == 0
+    kept, none = dm.unfold(draws, shape, cfg, ())
+    np.testing.assert_array_equal(kept, draws) and np.testing.assert_array_equal(none, 0)
+
+
+def test_a_model_recorded_before_unfolding_samples_every_draw_as_drawn():
+    from longbrain_jax.config import config_from_dict, config_to_dict
+
+    recorded = config_to_dict(DiffusionConfig())
+    del recorded["unfold_sigmas"]  # as models before the field wrote it
+    assert config_from_dict(DiffusionConfig, recorded).unfold_sigmas == ()
+    assert config_from_dict(DiffusionConfig, config_to_dict(DiffusionConfig())) == DiffusionConfig()
+    for bad in ((0.0, 1.0), (2.0, 1.0), (1.0, 1.0)):
+        with pytest.raises(ValueError, match="unfold_sigmas"):
+            DiffusionConfig(unfold_sigmas=bad)
+
+
 def test_padding_frames_change_neither_the_loss_nor_the_real_frames_predictions(key):
     seq, _ = _sequences()
     params = dm.init_params(key, TINY, VOCAB, seq.frames.shape[1], COARSE)
@@ -205,7 +246,7 @@ def test_generate_sample_writes_every_subject_age_and_sample(trained, tmp_path):
     assert np.linalg.norm(late) >= np.linalg.norm(early)  # walked at a non-decreasing pace
     years = tmp_path / "years"
     result = CliRunner().invoke(main, ["generate", "sample", str(model), str(root), str(years), "--years", "3", "--samples", "1", "--trajectory", "frames",
-                                       "--quiet"])  # fmt: skip
+                                       "--unfold-sigmas", "none", "--quiet"])  # fmt: skip
     assert result.exit_code == 0, result.output
     baseline = float((root / "sub-s1" / "sub-s1_sessions.tsv").read_text().splitlines()[1].split("\t")[1])
     written = [line.split("\t") for line in (years / "generated.tsv").read_text().splitlines()[1:]]
@@ -213,7 +254,7 @@ def test_generate_sample_writes_every_subject_age_and_sample(trained, tmp_path):
 
 
 @pytest.mark.xdist_group("trained_diffusion")  # one worker builds the module fixture once
-@pytest.mark.parametrize("case", ["before_baseline", "unknown_group", "other_grid", "not_a_model", "no_ages", "years_not_after"])
+@pytest.mark.parametrize("case", ["before_baseline", "unknown_group", "other_grid", "not_a_model", "no_ages", "years_not_after", "bad_unfold"])
 def test_generate_sample_refuses_bad_input_and_writes_nothing(trained, tmp_path, case):
     root, model = trained
     args = {"before_baseline": [str(model), str(root), "--ages", "61"],
@@ -221,7 +262,8 @@ def test_generate_sample_refuses_bad_input_and_writes_nothing(trained, tmp_path,
             "other_grid": [str(model), str(_bids(tmp_path, shape=(16, 24), name="other")), "--ages", "95"],
             "not_a_model": [str(root), str(root), "--ages", "95"],
             "no_ages": [str(model), str(root)],
-            "years_not_after": [str(model), str(root), "--years", "0,2"]}[case]  # fmt: skip
+            "years_not_after": [str(model), str(root), "--years", "0,2"],
+            "bad_unfold": [str(model), str(root), "--ages", "95", "--unfold-sigmas", "2,1"]}[case]  # fmt: skip
     out = tmp_path / "gen"
     result = CliRunner().invoke(main, ["generate", "sample", *args[:2], str(out), *args[2:], "--quiet"])
     assert result.exit_code == 2, result.output
@@ -272,6 +314,28 @@ def test_subject_chunks_fit_their_share_of_the_free_budget():
     assert [c.tolist() for c in chunks] == [[0], [1], [2], [3], [4]]
     with pytest.raises(MemoryError, match="test: even 1 subjects per chunk"):
         gen._chunks(Source(), budget, "test", 100 * mib, fixed=1100 * mib)
+
+
+def test_stage_one_chunks_count_every_host_array_a_chunk_holds(tmp_path, monkeypatch):
+    """Stage 1's per-subject cost covers the chunk's scans, the (baseline, follow-up) copies that
+    `register_cohort` hands to `register_pairs`, the velocities and their smoothed copy."""
+    from longbrain_jax.diffusion import svf
+
+    source = Cohort.from_subjects([make_subject(i, n, shape=(20, 24)) for i, n in enumerate((3, 4, 2))])
+    planned, held = [], []
+    chunks = gen._chunks
+    monkeypatch.setattr(gen, "_chunks", lambda src, budget, stage, per_subject, fixed=0: planned.append(per_subject) or chunks(src, budget, stage, per_subject, fixed))
+
+    def register_pairs(baselines, followups, cfg, *args, **kwargs):
+        held.append(baselines.nbytes + followups.nbytes)
+        return np.zeros((len(baselines), *svf.coarse_shape(baselines.shape[1:], cfg.velocity_factor), baselines.ndim - 1), np.float32)
+
+    monkeypatch.setattr(svf, "register_pairs", register_pairs)
+    gen.stage_one(source, TINY, gen.Budget.resolve())
+    field = int(np.prod(svf.coarse_shape((20, 24), TINY.svf.velocity_factor))) * 2 * 4
+    n, t = source.mask.shape
+    chunk = source.volumes.nbytes + (source.labels.nbytes if source.labels is not None else 0) + sum(held) + 2 * n * t * field
+    assert planned[0] * n >= chunk
 
 
 @pytest.mark.xdist_group("trained_diffusion")  # one worker builds the module fixture once

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -55,6 +56,8 @@ from longbrain_jax.errors import InputError
 from longbrain_jax.files import age_tag, atomic_dir, atomic_file, write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
 from longbrain_jax.memory import Budget, plan_host_share, within_budget
+
+logger = logging.getLogger(__name__)
 
 #: the share of the free host budget a chunk of subjects may hold (its scans, labels and velocities);
 #: the rest is left to the programs that run on the chunk (each plans its own batch from what is left)
@@ -111,8 +114,10 @@ def stage_one(source, cfg: DiffusionConfig, budget: Budget, progress: Callable[[
     d = len(coarse)
     field = int(np.prod(coarse)) * d * 4  # one velocity field's bytes
     outputs = n * (t_max * field + int(np.prod(coarse)) * (1 + d) * 4)  # velocities and baseline features, whole cohort
-    # per subject of a chunk: its scans, the velocities it returns and their smoothed copy
-    chunks = _chunks(source, budget, "generate: stage 1", _scan_bytes(source) + 2 * t_max * field, fixed=outputs)
+    # per subject of a chunk: its scans, the copies of its (baseline, follow-up) pairs that
+    # `svf.register_cohort` hands to `register_pairs`, the velocities it returns and their smoothed copy
+    pairs = 2 * (t_max - 1) * int(np.prod(source.spatial_shape)) * 4
+    chunks = _chunks(source, budget, "generate: stage 1", _scan_bytes(source) + pairs + 2 * t_max * field, fixed=outputs)
     velocities = np.zeros((n, t_max, *coarse, d), np.float32)
     valid = np.zeros((n, t_max), bool)
     images = np.zeros((n, *coarse, 1 + d), np.float32)
@@ -251,7 +256,8 @@ def generate_velocities(
     sexes: Sequence[str], subjects: np.ndarray, num_samples: int, budget: Budget | None = None,
 ) -> np.ndarray:  # fmt: skip
     """SVFs (N, K, F, *c, D) drawn for baselines (N, *s) at `target_ages` (N, F) (NaN: no frame; zero
-    there), made one monotone path per sequence unless `model.cfg.trajectory` is "frames";
+    there), made one monotone path per sequence unless `model.cfg.trajectory` is "frames", and
+    a sequence that folds smoothed until it does not (`model.cfg.unfold_sigmas`, logged);
     `subjects` (N,) key each subject's draws."""
     seq = dm.conditions(baselines, baseline_ages, target_ages, model.vocab.ids(groups, sexes), model.coarse, len(model.shape))
     frames = dm.sample_sequences(model.params, seq, subjects, num_samples, model.cfg, model.vocab, budget)
@@ -259,8 +265,16 @@ def generate_velocities(
     velocities = dm.from_frames(frames * model.scale, intervals, model.cfg.frames)
     mask = np.asarray(seq.frame_mask)
     if model.cfg.trajectory == "monotone":
-        return dm.monotone_path(velocities, np.asarray(seq.intervals), mask)
-    return velocities * mask.reshape(mask.shape[0], 1, mask.shape[1], *(1,) * (frames.ndim - 3))
+        velocities = dm.monotone_path(velocities, np.asarray(seq.intervals), mask)
+    else:
+        velocities = velocities * mask.reshape(mask.shape[0], 1, mask.shape[1], *(1,) * (frames.ndim - 3))
+    velocities, sigma = dm.unfold(velocities, model.shape, model.cfg.svf, model.cfg.unfold_sigmas)
+    if np.any(sigma != 0):
+        widths = sorted({float(s) for s in sigma[np.isfinite(sigma) & (sigma > 0)]})
+        logger.info("generate: %d of %d drawn sequences folded and were smoothed (widths %s, velocity-grid voxels)", int(np.sum(sigma != 0)), sigma.size, widths)
+    if np.any(np.isnan(sigma)):
+        logger.warning("generate: %d drawn sequences still fold after smoothing at %g velocity-grid voxels", int(np.sum(np.isnan(sigma))), model.cfg.unfold_sigmas[-1])
+    return velocities
 
 
 @within_budget

@@ -145,6 +145,42 @@ def monotone_path(velocities: np.ndarray, intervals: np.ndarray, mask: np.ndarra
     return out.reshape(velocities.shape).astype(velocities.dtype)
 
 
+def unfold(velocities: np.ndarray, shape: Sequence[int], svf_cfg: svf.SVFConfig, sigmas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Generated SVFs (N, K, F, *c, D) -> the same, where a sequence's map folds on the image grid
+    `shape` (|J| <= 0 at any voxel of any frame) with all its frames smoothed by the first Gaussian
+    width of `sigmas` (velocity-grid voxels) that leaves none folding; and (N, K) the width used
+    (0: kept as drawn; NaN: still folding at the last width, which is kept). Smoothing is linear,
+    so a monotone path (frames s_k r) stays one: s_k smooth(r)."""
+    out = np.array(velocities, copy=True)
+    used = np.zeros(out.shape[:2], np.float32)
+    if not len(sigmas):
+        return out, used
+    shape = tuple(int(s) for s in shape)
+    for i, k in np.ndindex(*out.shape[:2]):
+        if not _folds(jnp.asarray(out[i, k]), shape=shape, svf_cfg=svf_cfg):
+            continue
+        used[i, k] = np.nan
+        for sigma in sigmas:
+            smoothed = _smooth_frames(jnp.asarray(velocities[i, k]), float(sigma))
+            out[i, k] = np.asarray(smoothed)
+            if not _folds(smoothed, shape=shape, svf_cfg=svf_cfg):
+                used[i, k] = sigma
+                break
+    return out, used
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "svf_cfg"))
+def _folds(velocities: Float[Array, "F *c D"], *, shape: tuple[int, ...], svf_cfg: svf.SVFConfig) -> Bool[Array, ""]:
+    """Whether any frame's map exp(upsample(v)) folds on the image grid (frames one at a time)."""
+    one = lambda v: jnp.any(grid.jacobian_determinant(field(v, shape, svf_cfg)) <= 0)  # noqa: E731
+    return jnp.any(jax.lax.map(one, velocities))
+
+
+@functools.partial(jax.jit, static_argnames=("sigma",))
+def _smooth_frames(velocities: Float[Array, "F *c D"], sigma: float) -> Float[Array, "F *c D"]:
+    return jax.vmap(lambda v: grid.gaussian_smooth(v, sigma, ndim=v.ndim - 1))(velocities)
+
+
 def training_sequences(
     velocities: np.ndarray, valid: np.ndarray, images: np.ndarray, ages: np.ndarray, cond_ids: np.ndarray, kind: str,
     scale: float | None = None,
