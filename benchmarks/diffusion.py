@@ -22,7 +22,9 @@ What it measures, step by step:
 4. **Diffusion-only scores** on that cohort, from K = `--samples` sequences per subject drawn
    at its true follow-up ages (`generate.generate_velocities`):
    (a) folding: share of voxels with |J| <= 0 over every sample's map (`model.field`, then
-       `grid.jacobian_determinant`, as `model.scans_from_velocities` returns them);
+       `grid.jacobian_determinant`, as `model.scans_from_velocities` returns them), after
+       `model.unfold` smoothed the sequences that folded as drawn (their share:
+       `diffusion_unfolded_share`; `--unfold-sigmas none` scores the draws as drawn);
    (b) monotone share: per subject and sample, the |J| maps at its follow-up ages (|J| = 1
        at the baseline, time 0 of the series), `metrics.monotone_fraction` inside the brain
        (baseline labels > 0), mean over samples and subjects (temporal consistency, which the
@@ -67,6 +69,12 @@ minutes):
     python benchmarks/diffusion.py --quick --out /tmp/diffbench-quick
 
 Noise-free simulation (no Rician noise, no bias field): add `--snr 1000 --bias-sd 0`.
+
+A model trained by an earlier run, scored again with other sampling options (the cohort options
+must be those it was trained with; `--samples`, `--sample-steps`, `--guidance`, `--trajectory`,
+`--unfold-sigmas` given here replace the model's):
+
+    python benchmarks/diffusion.py --model diffusion-benchmark/model --unfold-sigmas none --out diffusion-rescored
 
 Accelerator, paper-like sizes (3D at 1.5 mm, velocity grid 4x coarser, about the paper's 32^3;
 a wider denoiser trained 100k steps):
@@ -142,13 +150,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--svf-steps", type=int, default=200, help="stage 1 Adam steps per pair")
     p.add_argument("--svf-smooth-weight", type=float, default=SVFConfig.smooth_weight, help="stage 1 weight of mean ||grad v||^2")
     p.add_argument("--svf-similarity", choices=["ssd", "lncc"], default=SVFConfig.similarity, help="stage 1 dissimilarity")
-    p.add_argument("--samples", type=int, default=8, help="sequences drawn per subject (K)")
-    p.add_argument("--sample-steps", type=int, default=DiffusionConfig.sample_steps)
-    p.add_argument("--guidance", type=float, default=DiffusionConfig.guidance, help="classifier-free guidance scale")
-    p.add_argument("--trajectory", choices=("monotone", "frames"), default=DiffusionConfig.trajectory,
-                   help="how samples become SVFs (the forecasting row); step 4 scores both side by side")  # fmt: skip
-    p.add_argument("--unfold-sigmas", default=",".join(f"{s:g}" for s in DiffusionConfig.unfold_sigmas),
-                   help="widths that smooth a drawn sequence that folds (DiffusionConfig.unfold_sigmas); 'none': keep every draw")  # fmt: skip
+    # sampling (default: DiffusionConfig's, or with --model the model's)
+    p.add_argument("--samples", type=int, default=None, help=f"sequences drawn per subject (K; {DiffusionConfig.samples})")
+    p.add_argument("--sample-steps", type=int, default=None, help=f"sampler steps ({DiffusionConfig.sample_steps})")
+    p.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale ({DiffusionConfig.guidance})")
+    p.add_argument("--trajectory", choices=("monotone", "frames"), default=None,
+                   help=f"how samples become SVFs (the forecasting row; {DiffusionConfig.trajectory}); step 4 scores both side by side")  # fmt: skip
+    p.add_argument("--unfold-sigmas", default=None,
+                   help="widths that smooth a drawn sequence that folds (DiffusionConfig.unfold_sigmas, "
+                        f"{','.join(f'{w:g}' for w in DiffusionConfig.unfold_sigmas)}); 'none': keep every draw")  # fmt: skip
     p.add_argument("--model", type=Path, default=None,
                    help="score a model this script trained before (same cohort options) instead of training one; it is copied "
                         "to OUT/model with this command's sampling options (--samples, --sample-steps, --guidance, --trajectory, "
@@ -214,28 +224,31 @@ def diffusion_config(args: argparse.Namespace) -> DiffusionConfig:
         svf=SVFConfig(velocity_factor=args.velocity_factor, steps=args.svf_steps, smooth_weight=args.svf_smooth_weight,
                       similarity=args.svf_similarity, seed=args.seed),
         denoiser=DenoiserConfig(channels=tuple(int(c) for c in args.channels.split(","))),
-        steps=args.steps, batch_size=args.batch_size, samples=args.samples, sample_steps=args.sample_steps,
-        guidance=args.guidance, trajectory=args.trajectory, unfold_sigmas=unfold_sigmas(args), seed=args.seed,
+        steps=args.steps, batch_size=args.batch_size, seed=args.seed, **sampling_options(args),
     )  # fmt: skip
 
 
-def unfold_sigmas(args: argparse.Namespace) -> tuple[float, ...]:
-    text = args.unfold_sigmas.strip().lower()
-    return () if text == "none" else tuple(float(v) for v in text.split(",") if v.strip())
+def sampling_options(args: argparse.Namespace) -> dict:
+    """The DiffusionConfig fields that sampling alone reads, as far as the command line gives them."""
+    given = {f: getattr(args, f) for f in ("samples", "sample_steps", "guidance", "trajectory", "unfold_sigmas") if getattr(args, f) is not None}
+    if "unfold_sigmas" in given:
+        text = given["unfold_sigmas"].strip().lower()
+        given["unfold_sigmas"] = () if text == "none" else tuple(float(v) for v in text.split(",") if v.strip())
+    return given
 
 
-SAMPLING = ("samples", "sample_steps", "guidance", "trajectory", "unfold_sigmas")  # DiffusionConfig fields that sampling alone reads
-
-
-def reuse_model(source: Path, model_dir: Path, cfg: DiffusionConfig) -> None:
-    """`source` (a trained model) copied to `model_dir` with `cfg`'s sampling fields in its configuration."""
+def reuse_model(source: Path, model_dir: Path, cohort, args: argparse.Namespace) -> None:
+    """`source` (a model this script trained on `cohort`) copied to `model_dir` with the sampling options given
+    written into its configuration; exits if it was trained on other subjects or another grid."""
     model = gen.load_model(source)  # refuses what is not a trained model
+    record = json.loads((source / "config.json").read_text())
+    if model.shape != tuple(cohort.spatial_shape) or record.get("subjects") != list(cohort.subject_ids):
+        sys.exit(f"--model {source}: trained on other subjects or another grid ({model.shape}) than this command's training cohort "
+                 f"({tuple(cohort.spatial_shape)}); give the options it was trained with")  # fmt: skip
     if source.resolve() != model_dir.resolve():
         shutil.rmtree(model_dir, ignore_errors=True)
         shutil.copytree(source, model_dir)
-    record = json.loads((model_dir / "config.json").read_text())
-    sampling = dataclasses.replace(model.cfg, **{f: getattr(cfg, f) for f in SAMPLING})
-    record["config"] = config_to_dict(sampling)
+    record["config"] = config_to_dict(dataclasses.replace(model.cfg, **sampling_options(args)))
     (model_dir / "config.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -344,8 +357,8 @@ def follow_up_targets(cohort) -> np.ndarray:
 def sample_scores(model, cohort, samples: int) -> tuple[dict, list[dict]]:
     """(a) folding, (b) monotone share and (c) calibration of K sequences per subject drawn at its follow-up ages."""
     target = follow_up_targets(cohort)
-    v = gen.generate_velocities(model, cohort.volumes[:, 0], cohort.ages[:, 0], target, cohort.groups, cohort.sexes,
-                                np.arange(cohort.num_subjects), samples)  # fmt: skip
+    v, widths = gen.generate_velocities(model, cohort.volumes[:, 0], cohort.ages[:, 0], target, cohort.groups, cohort.sexes,
+                                        np.arange(cohort.num_subjects), samples)  # fmt: skip
     rows, folding, covered = [], [], []
     for i, sid in enumerate(cohort.subject_ids):
         frames = np.flatnonzero(np.isfinite(target[i]))
@@ -374,6 +387,7 @@ def sample_scores(model, cohort, samples: int) -> tuple[dict, list[dict]]:
     return {
         "diffusion_folding_share": float(np.mean(folding)),
         "diffusion_folding_max": float(np.max(folding)),
+        "diffusion_unfolded_share": float(np.mean(widths != 0)),  # sequences `model.unfold` smoothed (they folded as drawn)
         "diffusion_monotone_share": mean_of(rows, "monotone"),
         "diffusion_calibration_coverage_10_90": float(np.mean(covered)),
         "diffusion_samples": samples,
@@ -391,7 +405,7 @@ def counterfactual(model, cohort, samples: int) -> tuple[dict, list[dict]]:
     sub = cohort.select(idx)
     target = follow_up_targets(sub)
     keys = np.arange(len(idx))
-    drawn = {g: gen.generate_velocities(model, sub.volumes[:, 0], sub.ages[:, 0], target, [g] * len(idx), sub.sexes, keys, samples)
+    drawn = {g: gen.generate_velocities(model, sub.volumes[:, 0], sub.ages[:, 0], target, [g] * len(idx), sub.sexes, keys, samples)[0]
              for g in ("healthy", "dementia")}  # fmt: skip
     rows = []
     for j, (pair, h, d) in enumerate(pairs):
@@ -497,8 +511,8 @@ def recognisability(model, cohort, train_rates: np.ndarray, train_groups: np.nda
     velocities, valid = svf.register_cohort(cohort.volumes, cohort.mask, model.cfg.svf)
     real = real_rates(velocities, valid, cohort, model.cfg.svf)
     target = follow_up_targets(cohort)
-    drawn = gen.generate_velocities(model, cohort.volumes[:, 0], cohort.ages[:, 0], target, cohort.groups, cohort.sexes,
-                                    np.arange(cohort.num_subjects), samples)  # fmt: skip
+    drawn, _ = gen.generate_velocities(model, cohort.volumes[:, 0], cohort.ages[:, 0], target, cohort.groups, cohort.sexes,
+                                       np.arange(cohort.num_subjects), samples)  # fmt: skip
     generated = sampled_rates(drawn, cohort, target, model.cfg.svf).reshape(-1, len(SCORED))  # sample-major
     y_test = (np.asarray(cohort.groups) == "dementia").astype(np.int32)
     everything = np.concatenate([x_train, real, generated])
@@ -554,9 +568,10 @@ def main() -> None:
             figures |= train(train_cohort, model_dir, cfg, started)
             log(started, f"trained in {figures['train_seconds']:.1f} s; scoring stage 1 on {args.stage1_subjects} subjects")
         else:
-            reuse_model(args.model, model_dir, cfg)
-            cfg = gen.load_model(model_dir).cfg  # stage 1 scored as the model was trained
+            reuse_model(args.model, model_dir, train_cohort, args)
             log(started, f"model of {args.model} (not trained here); scoring stage 1 on {args.stage1_subjects} subjects")
+        cfg = gen.load_model(model_dir).cfg  # what was trained (stage 1 scored as it) and is sampled
+        samples = cfg.samples
         stage1, stage1_rows, train_rates = score_stage_one(train_bids, train_cohort, args.stage1_subjects, args.recognition_subjects, cfg)
         figures |= stage1
         train_groups = np.asarray(train_cohort.groups[: len(train_rates)])
@@ -571,21 +586,21 @@ def main() -> None:
         forecasting, table = forecast(cohort, seg_cohort, model_dir, args, started)
         figures |= forecasting
 
-        log(started, f"diffusion scores: {args.samples} samples per subject")
+        log(started, f"diffusion scores: {samples} samples per subject")
         model = gen.load_model(model_dir)
-        scores, subject_rows = sample_scores(model, cohort, args.samples)
+        scores, subject_rows = sample_scores(model, cohort, samples)
         figures |= scores
         other = "frames" if model.cfg.trajectory == "monotone" else "monotone"  # the same draws made SVFs the other way
-        scores, _ = sample_scores(dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, trajectory=other)), cohort, args.samples)
+        scores, _ = sample_scores(dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, trajectory=other)), cohort, samples)
         figures |= {key.replace("diffusion_", f"diffusion_{other}_"): value for key, value in scores.items() if key != "diffusion_samples"}
 
         log(started, f"counterfactual cohort ({args.paired_anatomies} anatomies x 2)")
         _, paired = simulate(tmp / "paired", args, num_subjects=args.paired_anatomies, paired=True, sampling="regular",
                              seed=args.seed + PAIRED_SEED)  # fmt: skip
-        cf, cf_rows = counterfactual(model, paired, args.samples)
+        cf, cf_rows = counterfactual(model, paired, samples)
         figures |= cf
         log(started, f"group recognisability: a classifier of {len(train_rates)} training subjects' stage 1 rates")
-        figures |= recognisability(model, paired, train_rates, train_groups, args.samples)
+        figures |= recognisability(model, paired, train_rates, train_groups, samples)
     figures["total_seconds"] = time.perf_counter() - started
 
     print("\n" + table)
@@ -594,7 +609,7 @@ def main() -> None:
     write_rows(args.out / "counterfactual.tsv", cf_rows)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     (args.out / "results.json").write_text(
-        json.dumps({"figures": finite(figures), "config": config}, indent=2, sort_keys=True) + "\n"
+        json.dumps({"figures": finite(figures), "config": config, "model_config": config_to_dict(cfg)}, indent=2, sort_keys=True) + "\n"
     )
     print_results("Deformation diffusion: training, stage 1 ceiling, forecasting, samples, counterfactual",
                   [(k, fmt(v)) for k, v in figures.items()], finite(figures) | {"config": config})  # fmt: skip

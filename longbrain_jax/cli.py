@@ -39,13 +39,17 @@ def _show_warnings() -> None:
 
 def _show_memory_plans(enabled: bool = True) -> None:
     """Print the sizes every stage plans from the memory budget (`longbrain_jax.memory`), one line each."""
-    logger = logging.getLogger("longbrain_jax.memory")
+    _show_log("longbrain_jax.memory", "longbrain: memory: ", enabled)
+
+
+def _show_log(name: str, prefix: str, enabled: bool = True) -> None:
+    """Print the logger `name`'s records (INFO and above) on stderr after `prefix`; warnings even when not `enabled`."""
+    logger = logging.getLogger(name)
     logger.handlers.clear()
-    if enabled:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("longbrain: memory: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if enabled else logging.WARNING)
     logger.propagate = False
 
 
@@ -220,7 +224,12 @@ def _ints(what: str, count: int | None = None) -> Callable[[str], tuple]:
 
 def _widths(text: str) -> tuple[float, ...]:
     """--unfold-sigmas: comma-separated widths, or "none" for ()."""
-    return () if text.strip().lower() == "none" else _floats(text, "--unfold-sigmas")
+    if text.strip().lower() == "none":
+        return ()
+    widths = _floats(text, "--unfold-sigmas")
+    if not widths:
+        raise click.BadParameter(f"--unfold-sigmas needs widths or 'none', got {text!r}")
+    return widths
 
 
 def _split(what: str, count: int) -> Callable[[str], tuple]:
@@ -778,6 +787,7 @@ def generate_sample(model_dir, bids_dir, out, ages, years, samples, group, traje
     dataset = _aligned(scan_bids(bids_dir, LoadConfig(group_column=group_column, common_grid=common_grid)), align_transform)
     bar = LazyBar("sampling", enabled=not quiet, unit="subject")
     _show_memory_plans(not quiet)
+    _show_log("longbrain_jax.diffusion.generate", "longbrain: ", not quiet)  # how many drawn sequences were unfolded
     sample_model(model, dataset, out, _floats(ages, "--ages"), samples, group, overwrite=overwrite, progress=bar, budget=_budget(memory_budget),
                  years=_floats(years, "--years"))  # fmt: skip
     bar.close()

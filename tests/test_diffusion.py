@@ -119,7 +119,11 @@ def test_unfold_smooths_only_the_sequences_that_fold_until_they_do_not():
     _, too_small = dm.unfold(draws, shape, cfg, (0.01,))
     assert np.isnan(too_small[1, 0]) and too_small[0, 0] == 0
     kept, none = dm.unfold(draws, shape, cfg, ())
-    np.testing.assert_array_equal(kept, draws) and np.testing.assert_array_equal(none, 0)
+    np.testing.assert_array_equal(kept, draws)
+    np.testing.assert_array_equal(none, 0)
+    nan = draws[:1].copy()
+    nan[0, 0, 1, 0, 0, 0] = np.nan  # a draw that diverged is not passed as unfolded
+    assert np.isnan(dm.unfold(nan, shape, cfg, (0.5,))[1][0, 0])
 
 
 def test_a_model_recorded_before_unfolding_samples_every_draw_as_drawn():
@@ -129,7 +133,7 @@ def test_a_model_recorded_before_unfolding_samples_every_draw_as_drawn():
     del recorded["unfold_sigmas"]  # as models before the field wrote it
     assert config_from_dict(DiffusionConfig, recorded).unfold_sigmas == ()
     assert config_from_dict(DiffusionConfig, config_to_dict(DiffusionConfig())) == DiffusionConfig()
-    for bad in ((0.0, 1.0), (2.0, 1.0), (1.0, 1.0)):
+    for bad in ((0.0, 1.0), (2.0, 1.0), (1.0, 1.0), (1.0, float("inf"))):
         with pytest.raises(ValueError, match="unfold_sigmas"):
             DiffusionConfig(unfold_sigmas=bad)
 
@@ -239,6 +243,9 @@ def test_generate_sample_writes_every_subject_age_and_sample(trained, tmp_path):
     assert "sub-s0_age-095p0_sample-0_dseg.nii.gz" in files and "sub-s0_age-095p0_sample-0_desc-velocity.nii.gz" in files
     rows = (out / "generated.tsv").read_text().splitlines()
     assert len(rows) == 1 + 4 * 2 * 2  # subjects x ages x samples
+    header = rows[0].split("\t")
+    widths = [float(r.split("\t")[header.index("unfold_sigma")]) for r in rows[1:]]
+    assert all(w == 0 or w in TINY.unfold_sigmas for w in widths)  # as drawn, or the width that unfolded it
     import nibabel as nib
 
     early, late = (np.asarray(nib.load(out / "sub-s0" / f"sub-s0_age-{a}_sample-0_desc-velocity.nii.gz").dataobj).ravel() for a in ("095p0", "099p0"))

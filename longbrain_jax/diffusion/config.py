@@ -99,7 +99,7 @@ class DiffusionConfig:
                 ("samples >= 1", self.samples >= 1),
                 ("clip >= 0", self.clip >= 0),
                 ("checkpoint_every >= 1", self.checkpoint_every >= 1),
-                ("unfold_sigmas > 0 and increasing", all(s > 0 for s in self.unfold_sigmas)
+                ("unfold_sigmas finite, > 0 and increasing", all(0 < s < float("inf") for s in self.unfold_sigmas)
                  and list(self.unfold_sigmas) == sorted(set(self.unfold_sigmas))),
             )
             if not ok

@@ -21,7 +21,8 @@ subject's group replaced (a counterfactual), and writes per subject and age:
     OUT/sub-X/sub-X_age-075p0_sample-K_desc-velocity.nii.gz the SVF on the image grid (ITK vector, mm)
     OUT/sub-X/sub-X_age-075p0_desc-{mean,sd}_T1w.nii.gz     mean and spread over the samples
     OUT/sub-X/sub-X_age-075p0_desc-{mean,sd}_jacdet.nii.gz
-    OUT/generated.tsv    per subject, age and sample: group used, folding share, carried
+    OUT/generated.tsv    per subject, age and sample: group used, folding share, the width the
+                         sequence was smoothed with (`unfold_sigma`: 0 as drawn), carried
                          regional volumes (mm^3)
 
 The baseline is each subject's first scan; the model sees nothing else of the subject.
@@ -116,7 +117,10 @@ def stage_one(source, cfg: DiffusionConfig, budget: Budget, progress: Callable[[
     outputs = n * (t_max * field + int(np.prod(coarse)) * (1 + d) * 4)  # velocities and baseline features, whole cohort
     # per subject of a chunk: its scans, the copies of its (baseline, follow-up) pairs that
     # `svf.register_cohort` hands to `register_pairs`, the velocities it returns and their smoothed copy
-    pairs = 2 * (t_max - 1) * int(np.prod(source.spatial_shape)) * 4
+    scans = getattr(source, "volumes", None)  # a Cohort's; a dataset's `select` reads float32
+    dtype = np.dtype(np.float32) if scans is None else scans.dtype
+    per_voxel = dtype.itemsize + (0 if dtype == np.float32 else 4)  # the copy, and `register_pairs`' float32 one of it
+    pairs = 2 * (t_max - 1) * int(np.prod(source.spatial_shape)) * per_voxel
     chunks = _chunks(source, budget, "generate: stage 1", _scan_bytes(source) + pairs + 2 * t_max * field, fixed=outputs)
     velocities = np.zeros((n, t_max, *coarse, d), np.float32)
     valid = np.zeros((n, t_max), bool)
@@ -254,11 +258,12 @@ def check_group(model: DiffusionModel, group: str | None) -> None:
 def generate_velocities(
     model: DiffusionModel, baselines: np.ndarray, baseline_ages: np.ndarray, target_ages: np.ndarray, groups: Sequence[str],
     sexes: Sequence[str], subjects: np.ndarray, num_samples: int, budget: Budget | None = None,
-) -> np.ndarray:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """SVFs (N, K, F, *c, D) drawn for baselines (N, *s) at `target_ages` (N, F) (NaN: no frame; zero
     there), made one monotone path per sequence unless `model.cfg.trajectory` is "frames", and
-    a sequence that folds smoothed until it does not (`model.cfg.unfold_sigmas`, logged);
-    `subjects` (N,) key each subject's draws."""
+    a sequence that folds smoothed until it does not (`model.cfg.unfold_sigmas`, logged); and
+    (N, K) the width each sequence was smoothed with (`model.unfold`: 0 kept as drawn, NaN still
+    folding). `subjects` (N,) key each subject's draws."""
     seq = dm.conditions(baselines, baseline_ages, target_ages, model.vocab.ids(groups, sexes), model.coarse, len(model.shape))
     frames = dm.sample_sequences(model.params, seq, subjects, num_samples, model.cfg, model.vocab, budget)
     intervals = np.broadcast_to(np.asarray(seq.intervals)[:, None], frames.shape[:3])
@@ -274,7 +279,7 @@ def generate_velocities(
         logger.info("generate: %d of %d drawn sequences folded and were smoothed (widths %s, velocity-grid voxels)", int(np.sum(sigma != 0)), sigma.size, widths)
     if np.any(np.isnan(sigma)):
         logger.warning("generate: %d drawn sequences still fold after smoothing at %g velocity-grid voxels", int(np.sum(np.isnan(sigma))), model.cfg.unfold_sigmas[-1])
-    return velocities
+    return velocities, sigma
 
 
 @within_budget
@@ -304,7 +309,7 @@ def sample_model(
         targets = baselines[:, None] + after[None]
     samples = samples or model.cfg.samples
     rows: list[list] = []
-    header = ["participant_id", "age", "sample", "group", "folding"] + [f"volume_{r}" for r in REGIONS]
+    header = ["participant_id", "age", "sample", "group", "folding", "unfold_sigma"] + [f"volume_{r}" for r in REGIONS]
     with atomic_dir(out, overwrite=overwrite) as tmp:  # nothing appears at `out` unless every subject is written
         k, f = samples, targets.shape[1]
         field = int(np.prod(model.coarse)) * len(model.shape) * 4
@@ -312,9 +317,9 @@ def sample_model(
         for idx in _chunks(source, budget, "generate: sampling", _scan_bytes(source) + 4 * k * f * field):
             cohort = source.select(idx)
             groups = [group or g for g in cohort.groups]
-            v = generate_velocities(model, cohort.volumes[:, 0], cohort.ages[:, 0], targets[idx], groups, cohort.sexes, idx, samples, budget)
+            v, widths = generate_velocities(model, cohort.volumes[:, 0], cohort.ages[:, 0], targets[idx], groups, cohort.sexes, idx, samples, budget)
             for i, sid in enumerate(cohort.subject_ids):
-                rows += _write_subject(tmp, sid, groups[i], cohort, i, targets[idx[i]], v[i], model)
+                rows += _write_subject(tmp, sid, groups[i], cohort, i, targets[idx[i]], v[i], widths[i], model)
                 if progress is not None:
                     progress(int(idx[i]) + 1, source.num_subjects)
         write_tsv(tmp / "generated.tsv", header, rows)
@@ -323,8 +328,9 @@ def sample_model(
     return out
 
 
-def _write_subject(out: Path, sid: str, group: str, cohort, i: int, ages: np.ndarray, velocities: np.ndarray, model: DiffusionModel) -> list[list]:
-    """Write one subject's samples (velocities (K, F, *c, D)); returns its generated.tsv rows."""
+def _write_subject(out: Path, sid: str, group: str, cohort, i: int, ages: np.ndarray, velocities: np.ndarray, widths: np.ndarray,
+                   model: DiffusionModel) -> list[list]:  # fmt: skip
+    """Write one subject's samples (velocities (K, F, *c, D), their `unfold` widths (K,)); returns its generated.tsv rows."""
     folder = out / f"sub-{sid}"
     folder.mkdir()
     affine = cohort.affines[i]
@@ -343,7 +349,7 @@ def _write_subject(out: Path, sid: str, group: str, cohort, i: int, ages: np.nda
             if carried is not None:
                 save_image(f"{stem}_sample-{s}_dseg.nii.gz", carried[s], affine, dtype=np.int32)
                 vols = [float(jnp.sum(metrics.regional_volumes(jnp.asarray(carried[s]), affine, ids))) for ids in REGIONS.values()]
-            rows.append([sid, float(age), s, group, float(np.mean(dets[s] <= 0)), *vols])
+            rows.append([sid, float(age), s, group, float(np.mean(dets[s] <= 0)), float(widths[s]), *vols])
         for name, stack in (("T1w", images), ("jacdet", dets)):
             save_image(f"{stem}_desc-mean_{name}.nii.gz", stack.mean(0), affine)
             save_image(f"{stem}_desc-sd_{name}.nii.gz", stack.std(0), affine)

@@ -171,8 +171,8 @@ def unfold(velocities: np.ndarray, shape: Sequence[int], svf_cfg: svf.SVFConfig,
 
 @functools.partial(jax.jit, static_argnames=("shape", "svf_cfg"))
 def _folds(velocities: Float[Array, "F *c D"], *, shape: tuple[int, ...], svf_cfg: svf.SVFConfig) -> Bool[Array, ""]:
-    """Whether any frame's map exp(upsample(v)) folds on the image grid (frames one at a time)."""
-    one = lambda v: jnp.any(grid.jacobian_determinant(field(v, shape, svf_cfg)) <= 0)  # noqa: E731
+    """Whether any frame's map exp(upsample(v)) folds (or is not finite) on the image grid (frames one at a time)."""
+    one = lambda v: jnp.any(~(grid.jacobian_determinant(field(v, shape, svf_cfg)) > 0))  # noqa: E731
     return jnp.any(jax.lax.map(one, velocities))
 
 

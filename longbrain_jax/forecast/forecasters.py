@@ -399,7 +399,7 @@ class Diffusion:
         ages = chunk.ages
         target = ages[:, 1:].copy()
         target[target <= c.ages[:, :1]] = np.nan  # padding slots of one-scan subjects: nothing to draw
-        v = gen.generate_velocities(model, c.volumes[:, 0], c.ages[:, 0], target, c.groups, c.sexes, chunk.indices, model.cfg.samples, budget)
+        v, _ = gen.generate_velocities(model, c.volumes[:, 0], c.ages[:, 0], target, c.groups, c.sexes, chunk.indices, model.cfg.samples, budget)
         mean = v.mean(1)  # (n, T - 1, *c, D)
         images = np.repeat(c.volumes[:, :1], ages.shape[1], axis=1)
         carry = c.labels if c.labels is not None else np.zeros(c.volumes.shape, np.int32)
