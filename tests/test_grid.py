@@ -117,6 +117,26 @@ def test_jacobian_determinant_of_linear_maps():
     np.testing.assert_allclose(grid.jacobian_determinant(x2 * jnp.array([0.3, 0.0])), 1.3, rtol=1e-5)
 
 
+def test_scaling_and_squaring_recomputes_its_compositions_for_the_gradient():
+    """The gradient through `integrate_velocity` equals the one that stores every composition, in a
+    fraction of the memory (measured on a 24 x 28 x 20 field: 7.6 MB of temporaries against 38.8 MB)."""
+
+    def stored(v, steps=7):
+        u = v / 2.0**steps
+        return jax.lax.fori_loop(0, steps, lambda _, u: grid.compose(u, u), u)
+
+    v = 0.05 * jax.random.normal(jax.random.key(0), (24, 28, 20, 3))
+    target = 0.05 * jax.random.normal(jax.random.key(1), (24, 28, 20, 3))
+
+    def loss(integrate):
+        return lambda v: jnp.mean((integrate(v) - target) ** 2)
+
+    g = jax.grad(loss(grid.integrate_velocity))(v)
+    np.testing.assert_allclose(g, jax.grad(loss(stored))(v), rtol=1e-5, atol=1e-5 * float(jnp.abs(g).max()))
+    temp = lambda f: jax.jit(jax.grad(loss(f))).lower(v).compile().memory_analysis().temp_size_in_bytes  # noqa: E731
+    assert temp(grid.integrate_velocity) < 0.5 * temp(stored)
+
+
 def test_scaling_and_squaring():
     shape = (16, 16)
     # constant velocity: the flow is a translation by that velocity
