@@ -151,14 +151,16 @@ def unfold(velocities: np.ndarray, shape: Sequence[int], svf_cfg: svf.SVFConfig,
     width of `sigmas` (velocity-grid voxels) that leaves none folding; and (N, K) the width used
     (0: kept as drawn; NaN: still folding at the last width, which is kept). Smoothing is linear,
     so a monotone path (frames s_k r) stays one: s_k smooth(r)."""
-    out = np.array(velocities, copy=True)
-    used = np.zeros(out.shape[:2], np.float32)
+    out = velocities  # copied only once a sequence is smoothed (the sampling chunk plans no extra copy)
+    used = np.zeros(velocities.shape[:2], np.float32)
     if not len(sigmas):
         return out, used
     shape = tuple(int(s) for s in shape)
-    for i, k in np.ndindex(*out.shape[:2]):
-        if not _folds(jnp.asarray(out[i, k]), shape=shape, svf_cfg=svf_cfg):
+    for i, k in np.ndindex(*velocities.shape[:2]):
+        if not _folds(jnp.asarray(velocities[i, k]), shape=shape, svf_cfg=svf_cfg):
             continue
+        if out is velocities:
+            out = np.array(velocities, copy=True)
         used[i, k] = np.nan
         for sigma in sigmas:
             smoothed = _smooth_frames(jnp.asarray(velocities[i, k]), float(sigma))
