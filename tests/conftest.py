@@ -4,13 +4,17 @@ under standard promotion, `engine.training.optimiser_update`), one compilation c
 Rank promotion stays numpy's: broadcasting a (3,) vector over a (..., 3) field is the idiom
 of every deformation in the package.
 
-XLA compiles the tests' programs with LLVM's optimisations off and its classic CPU emitters
-(`TEST_XLA_FLAGS`): most of the suite's time is compiling programs that then run a few steps,
-and these flags halve it (README command on 2 cores: 1068 s -> 548 and 599 s, CPU 1979 s -> 992 and 1085 s).
-They change how fast code runs, not what it computes beyond float32 reduction order; the
-benchmarks and the demo run under XLA's defaults. A caller's own `XLA_FLAGS` wins (set it
-empty to test under the defaults); older jaxlib releases, on which they were not measured,
-get none."""
+XLA compiles the tests' programs with its classic CPU emitters and LLVM's optimisations off
+(`TEST_XLA_FLAGS`, and `jax_disable_most_optimizations`): most tests spend their time compiling
+programs that then run a few steps, and these settings halve it (README command on 2 cores:
+1068 s -> 548 and 599 s, CPU 1979 s -> 992 and 1085 s). The tests marked `optimised` spend it
+running them instead (whole commands, training loops): they, and the processes they start,
+compile at LLVM's level 1 (the quick demo alone: 169 s at level 0, 101 s at 1, 123 s at XLA's
+default 2; in the suite the demo test 185 -> 135 s, the diffusion group-rates test 109 -> 70 s,
+the known 2D deformation 94 -> 66 s, the two-process fit 75 -> 62 s, one run each). This changes how fast code runs, not what it computes beyond float32 reduction
+order; the benchmarks and the demo run under XLA's defaults. A caller's own `XLA_FLAGS` and
+`JAX_DISABLE_MOST_OPTIMIZATIONS` win (`XLA_FLAGS= JAX_DISABLE_MOST_OPTIMIZATIONS=0` tests under
+the defaults); older jaxlib releases, on which they were not measured, get none."""
 
 import os
 import shutil
@@ -21,9 +25,10 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
-if tuple(int(p) for p in version("jaxlib").split(".")[:2]) >= (0, 10):  # before the backend starts; subprocesses inherit it
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
+if tuple(int(p) for p in version("jaxlib").split(".")[:2]) >= (0, 10):  # before the backend starts; subprocesses inherit them
     os.environ.setdefault("XLA_FLAGS", TEST_XLA_FLAGS)
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # level 0, but in the `optimised` tests
 
 import jax  # noqa: E402
 
@@ -63,6 +68,20 @@ def pytest_collection_modifyitems(config, items):
     `xdist_group`) at a time in this order, so the slow ones spread over both workers; the tests that
     share a costly module fixture form one group, built once rather than once per worker."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(autouse=True)
+def _optimisation_level(request, monkeypatch):
+    """An `optimised` test compiles at `XLA_FLAGS`' level, and so do the processes it starts (see the module docstring)."""
+    if request.node.get_closest_marker("optimised") is None or not jax.config.values["jax_disable_most_optimizations"]:
+        yield
+        return
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", True)
 
 
 @pytest.fixture

@@ -261,6 +261,7 @@ def test_recovers_a_known_rigid_motion_3d():
     assert rot < 0.15 and shift < 0.1, (rot, shift)
 
 
+@pytest.mark.optimised  # runs compiled programs more than it compiles them
 @pytest.mark.slow  # a program of its own (about 8 s to compile on 2 CPU cores)
 def test_mutual_information_aligns_different_contrasts(slice2d):
     image, affine = slice2d

@@ -38,6 +38,7 @@ def test_bad_input_is_one_line_exit_2_no_traceback(dataset):  # noqa: F811
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.optimised  # runs compiled programs more than it compiles them
 @pytest.mark.slow  # a whole command
 @pytest.mark.xdist_group("forecast_programs")  # its autoencoder and segmenter programs serve the forecast tests after it
 def test_demo_runs_and_refuses_to_overwrite(tmp_path):

@@ -187,6 +187,7 @@ def test_resumed_training_equals_uninterrupted_and_sampling_is_per_subject(tmp_p
     assert not np.allclose(together[0, 0], together[0, 1])  # two samples differ
 
 
+@pytest.mark.optimised  # runs compiled programs more than it compiles them
 @pytest.mark.slow
 def test_a_trained_model_generates_the_group_rates_it_learned_without_folding():
     """Trained on SVF sequences whose rate doubles with dementia, samples reproduce each group's

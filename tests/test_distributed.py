@@ -38,6 +38,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.optimised  # runs compiled programs more than it compiles them
 @pytest.mark.slow
 def test_two_processes_fit_what_one_process_fits(tmp_path):
     from longbrain_jax.fit import fit_cohort

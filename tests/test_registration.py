@@ -109,6 +109,7 @@ def test_patches_are_voxel_centres_inside_the_image(key):
     assert float(jnp.min(patches)) >= -1 - 1e-6 and float(jnp.max(patches)) <= 1 + 1e-6
 
 
+@pytest.mark.optimised  # runs compiled programs more than it compiles them
 @pytest.mark.slow  # minutes of compiling on 2 CPU cores
 def test_a_known_2d_deformation_is_recovered():
     from longbrain_jax import grid
