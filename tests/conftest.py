@@ -5,16 +5,21 @@ Rank promotion stays numpy's: broadcasting a (3,) vector over a (..., 3) field i
 of every deformation in the package.
 
 XLA compiles the tests' programs with its classic CPU emitters and LLVM's optimisations off
-(`TEST_XLA_FLAGS`, and `jax_disable_most_optimizations`): most tests spend their time compiling
-programs that then run a few steps, and these settings halve it (README command on 2 cores:
-1068 s -> 548 and 599 s, CPU 1979 s -> 992 and 1085 s). The tests marked `optimised` spend it
-running them instead (whole commands, training loops): they, and the processes they start,
-compile at LLVM's level 1 (the quick demo alone: 169 s at level 0, 101 s at 1, 123 s at XLA's
-default 2; in the suite the demo test 185 -> 135 s, the diffusion group-rates test 109 -> 70 s,
-the known 2D deformation 94 -> 66 s, the two-process fit 75 -> 62 s, one run each). This changes how fast code runs, not what it computes beyond float32 reduction
+(`TEST_XLA_FLAGS`, and `JAX_DISABLE_MOST_OPTIMIZATIONS=1`, which takes every compilation to
+level 0 and also disables LLVM's expensive passes): most tests spend their time compiling
+programs that then run a few steps (level 0 for every test halved the README command on 2
+cores when it was measured: 1068 s -> 548 and 599 s, CPU 1979 s -> 992 and 1085 s). The tests
+marked `optimised` spend it running them instead (whole commands, training loops): the flag
+is off for them, in this process and in the environment of what they start, so they compile
+at `TEST_XLA_FLAGS`' level 1 (the two-process fit's workers, which drop `XLA_FLAGS`, at XLA's
+defaults). The quick demo alone took 169 s at level 0, 101 s at 1 and 123 s at XLA's default
+level; the marked tests side by side, 245 s at level 1 against 282 s at 0 (README). The flag is
+not part of jit's cache key: a program a worker already compiled is reused at the level it was
+compiled at. This changes how fast code runs, not what it computes beyond float32 reduction
 order; the benchmarks and the demo run under XLA's defaults. A caller's own `XLA_FLAGS` and
-`JAX_DISABLE_MOST_OPTIMIZATIONS` win (`XLA_FLAGS= JAX_DISABLE_MOST_OPTIMIZATIONS=0` tests under
-the defaults); older jaxlib releases, on which they were not measured, get none."""
+`JAX_DISABLE_MOST_OPTIMIZATIONS` are kept (the latter at 1 forces level 0 whatever `XLA_FLAGS`
+says: `XLA_FLAGS= JAX_DISABLE_MOST_OPTIMIZATIONS=0` tests under XLA's defaults); older jaxlib
+releases, on which they were not measured, get neither."""
 
 import os
 import shutil
