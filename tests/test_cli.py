@@ -40,7 +40,6 @@ def test_bad_input_is_one_line_exit_2_no_traceback(dataset):  # noqa: F811
 
 @pytest.mark.optimised  # runs compiled programs more than it compiles them
 @pytest.mark.slow  # a whole command
-@pytest.mark.xdist_group("forecast_programs")  # its autoencoder and segmenter programs serve the forecast tests after it
 def test_demo_runs_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", str(out), "--subjects", "2", "--resolution", "4", "--quick", "--quiet"]

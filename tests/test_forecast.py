@@ -250,7 +250,7 @@ def test_segmenter_cross_entropy_equals_optax_and_its_gradient_holds_no_scatter(
 
 
 @pytest.mark.slow  # a whole command
-@pytest.mark.xdist_group("forecast_programs")  # after the demo test, whose compiled networks it reuses
+@pytest.mark.xdist_group("forecast_programs")  # with notebook 4, whose 4 mm networks are the quick demo's, compiled once
 def test_forecast_command_scores_every_method_and_rejects_cohorts_without_held_out_scans(tmp_path):
     from click.testing import CliRunner
 

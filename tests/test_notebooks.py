@@ -24,7 +24,8 @@ RUNNING = {"01_cohort"}
 
 
 def _marks(source: Path) -> list:
-    """Notebook 4 runs on the worker that ran the demo and forecast tests: the same networks at 4 mm, compiled once."""
+    """Notebook 4 runs on the worker that ran the forecast command test: the quick demo's networks at 4 mm, compiled once
+    (the demo test's 2 subjects are too few to forecast)."""
     group = [pytest.mark.xdist_group("forecast_programs")] if source.stem == "04_forecasting" else []
     return group + ([pytest.mark.optimised] if source.stem in RUNNING else [])
 
