@@ -108,3 +108,14 @@ def test_padded_training_sets_share_one_program_and_draw_what_the_unpadded_set_w
     key = jax.random.key(7)
     drawn = jax.jit(lambda k, m: jax.random.randint(k, (16,), 0, m))(key, count)  # the count traced, as in a training program
     np.testing.assert_array_equal(drawn, jax.random.randint(key, (16,), 0, 3))
+
+
+def test_a_cohort_smaller_than_the_devices_gets_a_mesh_of_its_size():
+    """No device trains padding: 2 subjects on the suite's 4 CPU devices shard over 2 of them."""
+    from longbrain_jax.engine import sharding
+
+    assert jax.device_count() >= 4, "conftest provides 4 CPU devices"
+    assert sharding.subject_mesh(subjects=2).devices.size == 2
+    assert sharding.subject_mesh(subjects=1).devices.size == 1
+    assert sharding.subject_mesh(subjects=9).devices.size == jax.device_count() == sharding.subject_mesh().devices.size
+    assert sharding.padded_count(3, sharding.subject_mesh(subjects=3)) == 3

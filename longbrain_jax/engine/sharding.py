@@ -18,9 +18,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 AXIS = "subjects"
 
 
-def subject_mesh(devices: list | None = None) -> Mesh:
-    """A one-axis mesh named "subjects" over `devices` (default: every device of every host)."""
+def subject_mesh(devices: list | None = None, subjects: int | None = None) -> Mesh:
+    """A one-axis mesh named "subjects" over `devices` (default: every device of every host).
+
+    `subjects`: a cohort with fewer subjects than devices gets a mesh of only as many devices
+    as it has subjects (on one process; every host keeps its devices), so that no device
+    trains padding: on the CPU, the devices of `--xla_force_host_platform_device_count` or
+    `jax_num_cpu_devices` share the same cores, and 2 subjects padded to 4 slots cost twice
+    the compute of 2.
+    """
     devices = jax.devices() if devices is None else list(devices)
+    if subjects is not None and jax.process_count() == 1:
+        devices = devices[: max(1, min(len(devices), subjects))]
     return Mesh(np.asarray(devices), (AXIS,))
 
 

@@ -164,7 +164,7 @@ def _fit_into(out: Path, source: CohortSource, cfg: FitConfig, mesh, progress, s
     """`fit_cohort` once its output folder is prepared."""
     if jax.process_index() == 0:
         write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids))
-    mesh = mesh or sharding.subject_mesh()
+    mesh = mesh or sharding.subject_mesh(subjects=source.num_subjects)
     work = out / "work"
     shape, devices = tuple(source.spatial_shape), mesh.devices.size
     n, t_max = source.num_subjects, source.max_scans

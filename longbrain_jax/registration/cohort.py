@@ -143,7 +143,7 @@ def _register_into(out: Path, source, cfg: RegistrationConfig, extra_ages, mesh,
     """`register_cohort` once its output folder is prepared."""
     if jax.process_index() == 0:
         write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids), extra_ages=list(extra_ages))
-    mesh = mesh or sharding.subject_mesh()
+    mesh = mesh or sharding.subject_mesh(subjects=source.num_subjects)
     work, t_max = out / "work", source.max_scans
     shape, devices = tuple(source.spatial_shape), mesh.devices.size
     chunk = run_size(work, "chunk", lambda: plan_chunk(cfg, source.num_subjects, t_max, shape, devices, budget).sizes["subjects per chunk"])
