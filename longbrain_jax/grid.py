@@ -17,6 +17,7 @@ with respect to the sample positions, hence to displacements).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -240,6 +241,11 @@ def resize_linear(
     axis, two shifted takes and a weighted sum instead of a 2**D-corner gather. Extra
     trailing axes of `image` are channels.
     """
+    return _resize_linear(image, tuple(int(n) for n in shape))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _resize_linear(image: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     out = image
     for axis, n in enumerate(shape):
         m = out.shape[axis]
@@ -254,6 +260,7 @@ def resize_linear(
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("order", "mode"))
 def warp(
     image: Float[Array, "*spatial"] | Float[Array, "*spatial C"],
     displacement: Float[Array, "*spatial D"],
@@ -288,6 +295,11 @@ def resample(
     Each target voxel's centre is mapped to world mm by `target_affine`, then into
     the source grid by the inverse of `source_affine`. Outside the source: `cval`.
     """
+    return _resample(image, source_affine, target_affine, cval, tuple(int(n) for n in target_shape), order)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _resample(image, source_affine, target_affine, cval, target_shape: tuple[int, ...], order: int) -> jax.Array:
     d = image.ndim
     index = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=jnp.float32) for n in target_shape], indexing="ij"), -1)
     world = voxel_to_world(index, target_affine)
@@ -296,6 +308,7 @@ def resample(
 
 
 # -- filtering ----------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames="pad_mode")
 def separable_filter(
     image: Float[Array, "*spatial"], kernels: Sequence[Float[Array, " K"]], pad_mode: str = "symmetric"
 ) -> Float[Array, "*spatial"]:
@@ -378,6 +391,7 @@ def invert_displacement(
     return jax.lax.fori_loop(0, iterations, lambda _, v: -warp(displacement, v), v)
 
 
+@functools.partial(jax.jit, static_argnames="steps")
 def integrate_velocity(velocity: Float[Array, "*spatial D"], steps: int = 7) -> Float[Array, "*spatial D"]:
     """Exponentiate a stationary velocity field by scaling and squaring.
 

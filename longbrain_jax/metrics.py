@@ -8,8 +8,10 @@ statistics and classification metrics run on the host (numpy).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, Num
@@ -42,6 +44,7 @@ def psnr(
     return 10.0 * jnp.log10(data_range**2 / mse(x, y, mask))
 
 
+@functools.partial(jax.jit, static_argnames="win_size")
 def ssim(
     x: Float[Array, "*s"],
     y: Float[Array, "*s"],

@@ -233,3 +233,36 @@ def test_time_curvature_is_zero_on_a_straight_trajectory_and_sees_relu_kinks(key
     assert float(sampled_loss(bent, data, key, cfg, sampling)) > float(plain)
     with pytest.raises(ValueError, match="time_curvature"):
         dataclasses.replace(TINY, time_curvature=-1.0)
+
+
+def test_a_small_cohorts_run_resumes_on_the_mesh_it_was_saved_on(tmp_path, monkeypatch):
+    """2 subjects train on 2 of the 4 devices; a run recorded before the mesh size was (its plan has no
+    "devices": it used all 4) resumes on all 4, and a run needing more devices than there are is refused."""
+    import json
+
+    from longbrain_jax.engine import rundir
+
+    cohort = blob_cohort(2)
+
+    class Killed(Exception):
+        pass
+
+    def kill(event):
+        if event.get("stage") == "finetune" and event.get("step") == 10:
+            raise Killed
+
+    out = tmp_path / "old"
+    with pytest.raises(Killed):  # as the code before the mesh size was recorded: every device
+        fit_cohort(cohort, out, TINY, mesh=sharding.subject_mesh(jax.devices()[:4]), progress=kill)
+    plan = json.loads((out / "work" / "plan.json").read_text())
+    assert "devices" not in plan and plan["chunk"] == 4
+    resumed = fit_cohort(cohort, out, TINY, resume=True)  # restores (4, ...) checkpoints: no shape error
+    assert np.isfinite(resumed.loss).all() and (resumed.diverged_at < 0).all()
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(Killed):
+        fit_cohort(cohort, fresh, TINY, progress=kill)
+    assert json.loads((fresh / "work" / "plan.json").read_text())["devices"] == 2
+    monkeypatch.setattr(rundir.jax, "devices", lambda: jax.local_devices()[:1])
+    with pytest.raises(InputError, match="sharded over 2 devices and this machine has 1"):
+        fit_cohort(cohort, fresh, TINY, resume=True)

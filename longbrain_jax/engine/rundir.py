@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from longbrain_jax.engine import sharding
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import atomic_file
 from longbrain_jax.memory import agree
@@ -72,3 +73,21 @@ def run_size(work: Path, name: str, plan: Callable[[], int]) -> int:
             with atomic_file(path, overwrite=True) as tmp:
                 tmp.write_text(json.dumps(sizes, indent=2) + "\n")
     return int(sizes[name])
+
+
+def run_mesh(work: Path, subjects: int):
+    """The device mesh a run trains on, recorded like its sizes (`run_size`, entry "devices"), so that a
+    resumed run restores its checkpoints sharded as they were saved.
+
+    A fresh run takes `sharding.subject_mesh(subjects=subjects)` (a cohort smaller than the
+    devices uses as many devices as it has subjects); a run recorded before the count was
+    (sizes in its plan but no "devices") used every device. A resume on a machine with fewer
+    devices than recorded is refused, naming both counts.
+    """
+    path = work / "plan.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    available = len(jax.devices())
+    count = run_size(work, "devices", lambda: available if earlier else sharding.subject_mesh(subjects=subjects).devices.size)
+    if count > available:
+        raise InputError(work, f"this run was sharded over {count} devices and this machine has {available}; resume it where it started")
+    return sharding.subject_mesh(jax.devices()[:count])

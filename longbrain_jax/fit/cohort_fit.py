@@ -47,7 +47,7 @@ from longbrain_jax.config import config_to_dict, write_config
 from longbrain_jax.engine import sharding
 from longbrain_jax.engine.checkpoint import StateCheckpoints, load_tree, save_tree
 from longbrain_jax.engine.chunks import ChunkProgram, load_chunks, run_in_chunks
-from longbrain_jax.engine.rundir import prepare_output_dir, run_size
+from longbrain_jax.engine.rundir import prepare_output_dir, run_mesh, run_size
 from longbrain_jax.engine.training import TrainState, init_state
 from longbrain_jax.errors import InputError
 from longbrain_jax.fit.config import FitConfig
@@ -139,7 +139,7 @@ def fit_cohort(
     - `cfg`: see `FitConfig`.
     - `resume`: continue the run in `out` from its last checkpoint (its config must match).
     - `overwrite`: replace an existing `out`.
-    - `mesh`: a one-axis mesh over the devices to shard subjects on (default: all devices).
+    - `mesh`: a one-axis mesh over the devices to shard subjects on (default: `engine.rundir.run_mesh`: every device, or as many as a smaller cohort has subjects; a resumed run keeps its own).
     - `progress`: called after every compiled call with a dict of stage, step, total,
       loss and median PSNR of the sampled points (an exception raised there stops
       the run like a kill would; the last checkpoint survives).
@@ -164,8 +164,8 @@ def _fit_into(out: Path, source: CohortSource, cfg: FitConfig, mesh, progress, s
     """`fit_cohort` once its output folder is prepared."""
     if jax.process_index() == 0:
         write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids))
-    mesh = mesh or sharding.subject_mesh(subjects=source.num_subjects)
     work = out / "work"
+    mesh = mesh or run_mesh(work, source.num_subjects)
     shape, devices = tuple(source.spatial_shape), mesh.devices.size
     n, t_max = source.num_subjects, source.max_scans
     ckpt = StateCheckpoints(work / "checkpoints")

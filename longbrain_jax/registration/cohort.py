@@ -37,7 +37,7 @@ from longbrain_jax.config import config_to_dict, write_config
 from longbrain_jax.engine import sharding
 from longbrain_jax.engine.checkpoint import StateCheckpoints, save_tree
 from longbrain_jax.engine.chunks import ChunkProgram, load_chunks, run_in_chunks
-from longbrain_jax.engine.rundir import prepare_output_dir, run_size
+from longbrain_jax.engine.rundir import prepare_output_dir, run_mesh, run_size
 from longbrain_jax.errors import InputError
 from longbrain_jax.files import age_tag, write_tsv
 from longbrain_jax.io.nifti import save_displacement, save_image
@@ -143,8 +143,8 @@ def _register_into(out: Path, source, cfg: RegistrationConfig, extra_ages, mesh,
     """`register_cohort` once its output folder is prepared."""
     if jax.process_index() == 0:
         write_config(cfg, out / "config.json", source=source_description, subjects=list(source.subject_ids), extra_ages=list(extra_ages))
-    mesh = mesh or sharding.subject_mesh(subjects=source.num_subjects)
     work, t_max = out / "work", source.max_scans
+    mesh = mesh or run_mesh(work, source.num_subjects)
     shape, devices = tuple(source.spatial_shape), mesh.devices.size
     chunk = run_size(work, "chunk", lambda: plan_chunk(cfg, source.num_subjects, t_max, shape, devices, budget).sizes["subjects per chunk"])
 
