@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from longbrain_jax.engine import sharding
 from longbrain_jax.errors import InputError
@@ -75,7 +76,7 @@ def run_size(work: Path, name: str, plan: Callable[[], int]) -> int:
     return int(sizes[name])
 
 
-def run_mesh(work: Path, subjects: int):
+def run_mesh(work: Path, subjects: int) -> Mesh:
     """The device mesh a run trains on, recorded like its sizes (`run_size`, entry "devices"), so that a
     resumed run restores its checkpoints sharded as they were saved.
 

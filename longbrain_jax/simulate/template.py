@@ -170,9 +170,10 @@ def load_template(resolution_mm: float = 2.0, ndim: int = 3, margin_mm: float = 
     # (scipy's truncate=4) and one voxel, clipped to the volume (where 'nearest' and the constant
     # boundary then act at the same edges as on the whole volume)
     reach = int(4.0 * sigma_vox + 0.5) + 1 if sigma_vox > 0 else 0
-    starts = np.maximum(np.floor(src.reshape(3, -1).min(1)).astype(int) - reach, 0)
-    stops = np.minimum(np.floor(src.reshape(3, -1).max(1)).astype(int) + 2 + reach, t1.shape)
-    starts, stops = np.minimum(starts, stops), np.maximum(stops, starts)
+    # (a slice wholly outside the volume reads one edge voxel, far beyond the kernel: 0 either way)
+    size = np.asarray(t1.shape)
+    starts = np.clip(np.floor(src.reshape(3, -1).min(1)).astype(int) - reach, 0, size - 1)
+    stops = np.clip(np.floor(src.reshape(3, -1).max(1)).astype(int) + 2 + reach, starts + 1, size)
     block = tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))
     src_block = src - starts.reshape(3, *([1] * (src.ndim - 1)))
 
