@@ -10,7 +10,9 @@ import optax
 import pytest
 
 from longbrain_jax.engine.training import (
+    all_finite,
     block_steps,
+    guarded_update,
     init_state,
     padded_scans,
     repeat_steps,
@@ -93,6 +95,22 @@ def test_a_non_finite_step_is_skipped_and_marked():
     state = init_state(jnp.ones(2), TX)
     end, _ = repeat_steps(lambda s, i: train_steps(s, loss, TX, jnp.int32(0), "shared", jnp.int32(0), i, 1), state, 4)
     assert not bool(end.alive) and int(end.diverged_at) == 2 and np.all(np.isfinite(np.asarray(end.params)))
+
+
+def test_all_finite_sees_every_leaf_of_every_dtype_and_each_subject_under_vmap():
+    tree = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3, jnp.bfloat16), "count": jnp.int32(7), "on": jnp.bool_(True)}
+    assert bool(all_finite(tree)) and bool(all_finite({})) and bool(all_finite({"count": jnp.int32(1)}))
+    for leaf, bad in (("w", jnp.inf), ("b", jnp.nan)):
+        broken = dict(tree, **{leaf: tree[leaf].at[-1].set(bad)})
+        assert not bool(all_finite(broken)), leaf
+    stacked = {"w": jnp.ones((3, 4)).at[1, 2].set(-jnp.inf), "b": jnp.zeros((3, 2)).at[2, 0].set(jnp.nan)}
+    np.testing.assert_array_equal(jax.vmap(all_finite)(stacked), [True, False, False])  # per subject, as `guarded_update` runs
+    params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+    grads = {"w": jnp.zeros(2), "b": jnp.array([0.0, jnp.inf])}  # a finite loss whose update is not finite
+    state = init_state(params, TX)
+    end = guarded_update(state, jnp.float32(1.0), grads, TX, jnp.int32(4))
+    assert not bool(end.alive) and int(end.diverged_at) == 4
+    chex.assert_trees_all_equal(end.params, params)
 
 
 def test_padded_training_sets_share_one_program_and_draw_what_the_unpadded_set_would():

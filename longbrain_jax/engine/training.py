@@ -25,6 +25,7 @@ Everything here is jit-, vmap- and grad-safe; checkpoints, chunks and sharding a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -65,7 +66,17 @@ def step_key(seed: Int[Array, ""], stage: int | str, subject: Int[Array, ""], st
 
 
 def all_finite(tree) -> Bool[Array, ""]:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+    """Whether every element of every leaf of `tree` is finite, as one reduction over the leaves
+    laid end to end. Not one reduction per leaf joined by `&`: XLA copied that chain of scalar ANDs
+    into each select that keeps or drops a leaf, so a model of L leaves compiled L x L ops (the
+    autoencoder's training step: 18,564 ANDs, 63k lines of optimised HLO, 9.5 s to compile at
+    level 0 on the CPU; one reduction: 240, 23k lines, 4.5 s, the same step time)."""
+    by_dtype: dict[Any, list] = {}
+    for x in jax.tree_util.tree_leaves(tree):
+        if jnp.issubdtype(x.dtype, jnp.inexact):  # integers and booleans are always finite
+            by_dtype.setdefault(x.dtype, []).append(jnp.ravel(x))
+    flags = [jnp.all(jnp.isfinite(jnp.concatenate(xs))) for xs in by_dtype.values()]
+    return functools.reduce(jnp.logical_and, flags, jnp.bool_(True))
 
 
 def optimiser_update(tx: optax.GradientTransformation, grads, opt_state: optax.OptState, params) -> tuple[Any, optax.OptState]:
