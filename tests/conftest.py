@@ -11,8 +11,7 @@ programs that then run a few steps (level 0 for every test halved the README com
 cores when it was measured: 1068 s -> 548 and 599 s, CPU 1979 s -> 992 and 1085 s). The tests
 marked `optimised` spend it running them instead (whole commands, training loops): the flag
 is off for them, in this process and in the environment of what they start, so they compile
-at `TEST_XLA_FLAGS`' level 1 (the two-process fit's workers, which drop `XLA_FLAGS`, at XLA's
-defaults). The quick demo alone took 169 s at level 0, 101 s at 1 and 123 s at XLA's default
+at `TEST_XLA_FLAGS`' level 1. The quick demo alone took 169 s at level 0, 101 s at 1 and 123 s at XLA's default
 level; the marked tests side by side, 245 s at level 1 against 282 s at 0 (README). The flag is
 not part of jit's cache key: a program a worker already compiled is reused at the level it was
 compiled at. This changes how fast code runs, not what it computes beyond float32 reduction

@@ -38,8 +38,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.optimised  # runs compiled programs more than it compiles them
-@pytest.mark.slow
+@pytest.mark.slow  # compiles the fit in three processes: measured alone, 50 s (63 s of CPU) at the suite's level 0, 73 s (110 s) at level 1 with the workers at XLA's defaults
 def test_two_processes_fit_what_one_process_fits(tmp_path):
     from longbrain_jax.fit import fit_cohort
     from tests.helpers import TINY, blob_cohort
@@ -49,7 +48,6 @@ def test_two_processes_fit_what_one_process_fits(tmp_path):
 
     port, out = _free_port(), str(tmp_path / "multi")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    env.pop("XLA_FLAGS", None)
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
     procs = [subprocess.Popen([sys.executable, "-u", "-c", WORKER, str(i), str(port), out], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
              for i, log in enumerate(logs)]  # fmt: skip
