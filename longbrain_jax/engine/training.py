@@ -72,7 +72,7 @@ def all_finite(tree) -> Bool[Array, ""]:
     autoencoder's training step: 18,564 ANDs, 63k lines of optimised HLO, 9.5 s to compile at
     level 0 on the CPU; one reduction: 240, 23k lines, 4.5 s, the same step time)."""
     by_dtype: dict[Any, list] = {}
-    for x in jax.tree_util.tree_leaves(tree):
+    for x in map(jnp.asarray, jax.tree_util.tree_leaves(tree)):
         if jnp.issubdtype(x.dtype, jnp.inexact):  # integers and booleans are always finite
             by_dtype.setdefault(x.dtype, []).append(jnp.ravel(x))
     flags = [jnp.all(jnp.isfinite(jnp.concatenate(xs))) for xs in by_dtype.values()]
