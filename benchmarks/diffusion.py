@@ -27,8 +27,11 @@ What it measures, step by step:
        `diffusion_unfolded_share`; `--unfold-sigmas none` scores the draws as drawn);
    (b) monotone share: per subject and sample, the |J| maps at its follow-up ages (|J| = 1
        at the baseline, time 0 of the series), `metrics.monotone_fraction` inside the brain
-       (baseline labels > 0), mean over samples and subjects (temporal consistency, which the
-       paper does not measure);
+       (baseline labels > 0) at the registration benchmark's tolerance (`metrics.MONOTONE_TOL`),
+       mean over samples and subjects (temporal consistency, which the paper does not measure).
+       For reference, the same share of stage 1's pairwise SVFs and of the simulator's true maps
+       on the first `--stage1-subjects` training subjects (`stage1_monotone_share`,
+       `true_monotone_share`);
    (a-c) are given for the same draws made SVFs both ways (`DiffusionConfig.trajectory`:
        `diffusion_*` for `--trajectory`, `diffusion_frames_*` or `diffusion_monotone_*` for the other);
    (c) calibration: the regional volumes (hippocampus, lateral ventricles, cortical GM,
@@ -112,7 +115,7 @@ from longbrain_jax.files import write_tsv  # noqa: E402
 from longbrain_jax.fit import FitConfig, StageConfig  # noqa: E402
 from longbrain_jax.forecast import ForecastConfig, results_markdown, run_forecasting, write_forecasting  # noqa: E402
 from longbrain_jax.inr import INRConfig  # noqa: E402
-from longbrain_jax.io import LoadConfig, read_bids  # noqa: E402
+from longbrain_jax.io import LoadConfig, derivative_path, load_image, read_bids  # noqa: E402
 from longbrain_jax.latent.autoencoder import AutoencoderConfig  # noqa: E402
 from longbrain_jax.noder import NODERConfig  # noqa: E402
 from longbrain_jax.segmenter import SCORED, SegmenterConfig  # noqa: E402
@@ -304,6 +307,7 @@ def score_stage_one(bids: Path, cohort, n: int, registered: int, cfg: DiffusionC
         "folding",
     )
     summary = {f"stage1_{k}": mean_of(rows, k) for k in keys}
+    summary["stage1_monotone_share"], summary["true_monotone_share"] = reference_monotone_shares(bids, sub.select(np.arange(n)), velocities, valid, cfg.svf)
     summary |= {"stage1_folding_max": float(max(r["folding"] for r in rows)), "stage1_pairs": len(rows),
                 "stage1_seconds_per_pair": seconds / max(int(sub.mask[:, 1:].sum()), 1)}  # fmt: skip
     truth = true_rates(sub)  # what the SVFs carry of each structure's volume change, over every registered subject
@@ -365,15 +369,13 @@ def sample_scores(model, cohort, samples: int) -> tuple[dict, list[dict]]:
         if not frames.size:
             continue
         baseline, labels0, affine = cohort.volumes[i, 0], cohort.labels[i, 0], cohort.affines[i]
-        brain = jnp.asarray(labels0 > 0)
-        times = jnp.asarray(np.concatenate([[0.0], target[i, frames] - cohort.ages[i, 0]]), jnp.float32)
+        brain, years = labels0 > 0, target[i, frames] - cohort.ages[i, 0]
         last = int(frames[-1]) + 1  # the extrapolated scan's slot
         monotone, vols = [], {s: [] for s in SCORED}
         for k in range(samples):
             _, carried, dets = dm.scans_from_velocities(v[i, k, frames], baseline, labels0, model.cfg.svf)
             folding += [float(np.mean(d <= 0)) for d in dets]
-            series = jnp.concatenate([jnp.ones((1, *dets.shape[1:])), jnp.asarray(dets)])
-            monotone.append(float(metrics.monotone_fraction(series, times, brain)))
+            monotone.append(monotone_share(dets, years, brain))
             for s in SCORED:
                 vols[s].append(volume(carried[-1], affine, s))
         row = {"participant_id": sid, "group": cohort.groups[i], "monotone": float(np.mean(monotone))}
@@ -484,12 +486,42 @@ def true_rates(cohort) -> np.ndarray:
     return out
 
 
+def effective_velocities(velocities: np.ndarray, svf_cfg: SVFConfig) -> np.ndarray:
+    """Stage 1's follow-up SVFs (`svf.register_cohort`'s (N, T, ...), slot 0 the baseline) -> (N, T - 1, ...) smoothed
+    as the model learns them."""
+    return np.asarray(jax.vmap(jax.vmap(lambda v: svf.smooth(v, svf_cfg)))(jnp.asarray(velocities[:, 1:])))
+
+
 def real_rates(velocities: np.ndarray, valid: np.ndarray, cohort, svf_cfg: SVFConfig) -> np.ndarray:
     """`regional_rates` of stage 1's SVFs (`svf.register_cohort`'s (N, T, ...), slot 0 the baseline), smoothed as
     the model learns them."""
-    effective = np.asarray(jax.vmap(jax.vmap(lambda v: svf.smooth(v, svf_cfg)))(jnp.asarray(velocities[:, 1:])))
     intervals = np.where(cohort.mask[:, 1:], cohort.ages[:, 1:] - cohort.ages[:, :1], 0.0)
-    return regional_rates(effective, np.asarray(valid[:, 1:]), cohort.labels[:, 0], intervals, svf_cfg)
+    return regional_rates(effective_velocities(velocities, svf_cfg), np.asarray(valid[:, 1:]), cohort.labels[:, 0], intervals, svf_cfg)
+
+
+def monotone_share(dets: np.ndarray, years: np.ndarray, brain: np.ndarray) -> float:
+    """(b) of |J| maps (M, *s) at `years` (M,) after the baseline (|J| = 1 there, time 0 of the series) inside
+    `brain`: `metrics.monotone_fraction` at `metrics.MONOTONE_TOL`, the registration benchmark's tolerance."""
+    series = jnp.concatenate([jnp.ones((1, *dets.shape[1:])), jnp.asarray(dets)])
+    times = jnp.asarray(np.concatenate([[0.0], years]), jnp.float32)
+    return float(metrics.monotone_fraction(series, times, jnp.asarray(brain), tol=metrics.MONOTONE_TOL))
+
+
+def reference_monotone_shares(bids: Path, cohort, velocities: np.ndarray, valid: np.ndarray, svf_cfg: SVFConfig) -> tuple[float, float]:
+    """(b) of stage 1's pairwise SVFs (effective) and of the simulator's true |J| maps, mean over `cohort`'s subjects
+    with two follow-ups or more: what the model learns from, and what a real trajectory keeps."""
+    effective = effective_velocities(velocities, svf_cfg)
+    learned, truth = [], []
+    for i, sid in enumerate(cohort.subject_ids):
+        frames = np.flatnonzero(valid[i, 1:])
+        if frames.size < 2:
+            continue
+        years, brain = cohort.ages[i, frames + 1] - cohort.ages[i, 0], cohort.labels[i, 0] > 0
+        dets = dm.scans_from_velocities(effective[i, frames], cohort.volumes[i, 0], None, svf_cfg)[2]
+        true = np.stack([load_image(derivative_path(bids, sid, cohort.session_ids[i][f + 1], "jacdet", PIPELINE))[0] for f in frames])
+        learned.append(monotone_share(dets, years, brain))
+        truth.append(monotone_share(true, years, brain))
+    return float(np.mean(learned)) if learned else float("nan"), float(np.mean(truth)) if truth else float("nan")
 
 
 def sampled_rates(drawn: np.ndarray, cohort, target: np.ndarray, svf_cfg: SVFConfig) -> np.ndarray:

@@ -149,6 +149,11 @@ def folding_fraction(jac_det: Float[Array, "*s"], mask: Bool[Array, "*s"] | None
     return _masked_mean((jac_det <= 0).astype(jnp.float32), mask)
 
 
+#: The tolerance of the monotone share the benchmarks report (|J| per year): a rate within it
+#: counts as either sign, so a voxel whose volume does not change is not a sign flip of float noise.
+MONOTONE_TOL = 1e-4
+
+
 def monotone_fraction(
     jac_series: Float[Array, "T *s"],
     times: Float[Array, " T"],
@@ -159,7 +164,8 @@ def monotone_fraction(
 
     Rates are finite differences between consecutive maps of `jac_series` (T, *s)
     taken at `times` (T,), increasing. A voxel is monotone when all its rates are
-    >= -tol or all are <= tol. With T <= 2 every voxel is monotone.
+    >= -tol or all are <= tol (`MONOTONE_TOL` in the benchmarks, times in years).
+    With T <= 2 every voxel is monotone.
     """
     dt = jnp.diff(times).reshape((-1,) + (1,) * (jac_series.ndim - 1))
     rates = jnp.diff(jac_series, axis=0) / dt

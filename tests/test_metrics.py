@@ -76,6 +76,11 @@ def test_monotone_fraction():
     reverse = grow.at[2, 0, 0].set(0.9)  # one voxel shrinks then grows
     assert float(metrics.monotone_fraction(reverse, times)) == pytest.approx(8 / 9)
     assert float(metrics.monotone_fraction(reverse, times, mask=jnp.ones((3, 3), bool).at[0, 0].set(False))) == 1.0
+    # a voxel that does not change, up to float noise, keeps its sign at the benchmarks' tolerance; a reversal does not
+    still = jnp.ones((4, 3, 3)).at[:, 1, 1].set(jnp.array([1.0, 1.00005, 0.99995, 1.00002]))
+    assert float(metrics.monotone_fraction(still, times)) == pytest.approx(8 / 9)
+    assert float(metrics.monotone_fraction(still, times, tol=metrics.MONOTONE_TOL)) == 1.0
+    assert float(metrics.monotone_fraction(reverse, times, tol=metrics.MONOTONE_TOL)) == pytest.approx(8 / 9)
 
 
 def test_region_stats(rng):

@@ -81,7 +81,7 @@ def score_fields(field, cohort, bids_root: str | os.PathLike, holdout: str) -> l
         times = cohort.ages[i, :n] - cohort.ages[i, 0]
         grid_times = np.unique(np.concatenate([times, np.arange(0.0, times[-1] + 1.0, 1.0)]))
         series = jnp.stack([field(i, float(t))[1] for t in grid_times])
-        monotone = float(metrics.monotone_fraction(series, jnp.asarray(grid_times), jnp.asarray(brain), tol=1e-4))
+        monotone = float(metrics.monotone_fraction(series, jnp.asarray(grid_times), jnp.asarray(brain), tol=metrics.MONOTONE_TOL))
         for j in range(1, n):
             u, det = field(i, float(times[j]))
             labels = jnp.asarray(cohort.labels[i, j])
