@@ -73,6 +73,13 @@ minutes):
 
 Noise-free simulation (no Rician noise, no bias field): add `--snr 1000 --bias-sd 0`.
 
+3D at 6 mm on the CPU costs 22 s per stage 1 pair (100 steps) and 15.4 s per denoiser step (2026-12-05,
+RESULTS.md), so this smaller run takes about 4.5 hours on 2 cores:
+
+    python benchmarks/diffusion.py --dim 3 --resolution 6 --train-subjects 40 --steps 600 --svf-steps 100 \
+        --eval-subjects 8 --segmenter-subjects 8 --segmenter-steps 150 --paired-anatomies 6 \
+        --recognition-subjects 24 --stage1-subjects 6 --samples 4 --methods last_observation,voxelwise_linear,diffusion
+
 A model trained by an earlier run, scored again with other sampling options (the cohort options
 must be those it was trained with; `--samples`, `--sample-steps`, `--guidance`, `--trajectory`,
 `--unfold-sigmas` given here replace the model's):
