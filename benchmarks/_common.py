@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import resource
@@ -59,3 +60,27 @@ def print_results(title: str, rows: list[tuple[str, str]], record: dict[str, Any
         print(f"{k:<{width}}  {v}")
     print("-" * (width + 24))
     print("JSON " + json.dumps(record, sort_keys=True))
+
+
+def registration_variant(base, spec: str):
+    """`base` (a `RegistrationConfig`) with the settings that `spec` names changed: "default" (or "")
+    for `base` itself, else "name=value" settings joined by "+" (e.g. "w0=10+width=64"), each name one of
+    w0, width, hidden_layers, lr, steps, patches, patch_size, spatial, temporal, monotonic, curvature."""
+    r = dataclasses.replace
+    setters = {
+        "w0": lambda c, v: r(c, network=r(c.network, w0=float(v))),
+        "width": lambda c, v: r(c, network=r(c.network, width=int(v))),
+        "hidden_layers": lambda c, v: r(c, network=r(c.network, hidden_layers=int(v))),
+        "lr": lambda c, v: r(c, learning_rate=float(v)),
+        "steps": lambda c, v: r(c, steps=int(v)),
+        "patches": lambda c, v: r(c, patches=int(v)),
+        "patch_size": lambda c, v: r(c, patch_size=int(v)),
+        **{term: (lambda c, v, term=term: r(c, loss=r(c.loss, **{term: float(v)}))) for term in ("spatial", "temporal", "monotonic", "curvature")},
+    }
+    cfg = base
+    for setting in filter(None, spec.split("+") if spec != "default" else []):
+        name, _, value = setting.partition("=")
+        if name not in setters or not value:
+            raise SystemExit(f"unknown variant {spec!r}: use default or {'/'.join(sorted(setters))}=VALUE, joined by +")
+        cfg = setters[name](cfg, value)
+    return cfg

@@ -10,8 +10,8 @@ cortex and WM), the monotone share, folding and Dice, one row per variant:
 
     python benchmarks/demo_registration.py [--subjects 4 --variants default,w0=10,w0=3,lr=1e-2]
 
-A variant is `default` (the demo's configuration) or `name=value` with name one of
-w0, lr, steps, spatial, monotonic, curvature.
+A variant is `default` (the demo's configuration) or `name=value` settings joined by `+`
+(`_common.registration_variant`: w0, width, lr, steps, the loss weights, ...).
 """
 
 from __future__ import annotations
@@ -27,34 +27,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import print_results  # noqa: E402
+from _common import print_results, registration_variant  # noqa: E402
 
 from longbrain_jax.demo import DemoConfig  # noqa: E402
 from longbrain_jax.io import LoadConfig, read_bids  # noqa: E402
-from longbrain_jax.registration import RegistrationConfig  # noqa: E402
 from longbrain_jax.registration.cohort import register_cohort  # noqa: E402
 from longbrain_jax.registration.evaluate import STRUCTURES, evaluate_against_truth, summarise  # noqa: E402
 from longbrain_jax.simulate import Simulator  # noqa: E402
-
-
-def variant(base: RegistrationConfig, spec: str) -> RegistrationConfig:
-    """`base` with the one setting that `spec` ("default" or "name=value") names changed."""
-    r = dataclasses.replace
-    if spec == "default":
-        return base
-    name, _, text = spec.partition("=")
-    value = float(text)
-    setters = {
-        "w0": lambda c: r(c, network=r(c.network, w0=value)),
-        "lr": lambda c: r(c, learning_rate=value),
-        "steps": lambda c: r(c, steps=int(value)),
-        "spatial": lambda c: r(c, loss=r(c.loss, spatial=value)),
-        "monotonic": lambda c: r(c, loss=r(c.loss, monotonic=value)),
-        "curvature": lambda c: r(c, loss=r(c.loss, curvature=value)),
-    }
-    if name not in setters:
-        raise SystemExit(f"unknown variant {spec!r}: use default or one of {sorted(setters)}=VALUE")
-    return setters[name](base)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         Simulator(dataclasses.replace(demo.simulation, num_subjects=args.subjects, chunk_size=args.subjects)).run(bids)
     cohort = read_bids(bids, LoadConfig(normalise=demo.normalise))
     specs = [s.strip() for s in args.variants.split(",") if s.strip()]
-    configs = {s: variant(demo.registration, s) for s in specs}  # every spec checked before the first run
+    configs = {s: registration_variant(demo.registration, s) for s in specs}  # every spec checked before the first run
     rows, record = [], {"args": {k: str(v) for k, v in vars(args).items()}, "variants": {}}
     for spec, cfg in configs.items():
         start = time.perf_counter()

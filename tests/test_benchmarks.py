@@ -38,13 +38,15 @@ def test_gpu_suite_dry_run_measures_every_section(capsys):
         _load("gpu_suite").main(["--dry-run", "--sections", "fit,nonsense"])
 
 
-def test_demo_registration_variants_change_one_setting_and_refuse_unknown_ones():
+def test_registration_variants_change_the_settings_they_name_and_refuse_unknown_ones():
     from longbrain_jax.demo import DemoConfig
 
-    variant = _load("demo_registration").variant
+    variant = _load("_common").registration_variant
     base = DemoConfig().registration
-    assert variant(base, "default") == base
+    assert variant(base, "default") == base and variant(base, "") == base
     assert variant(base, "w0=6").network.w0 == 6.0 and variant(base, "w0=6").network.width == base.network.width
     assert variant(base, "steps=800").steps == 800 and variant(base, "curvature=1e8").loss.curvature == 1e8
-    with pytest.raises(SystemExit, match="unknown variant 'width=8'"):
-        variant(base, "width=8")
+    both = variant(base, "w0=10+width=64")
+    assert (both.network.w0, both.network.width, both.loss) == (10.0, 64, base.loss)
+    with pytest.raises(SystemExit, match="unknown variant 'depth=8'"):
+        variant(base, "depth=8")
