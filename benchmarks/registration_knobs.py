@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import print_results, registration_variant  # noqa: E402
-from registration import register_ants  # noqa: E402
+from registration import register_ants, summary_rows  # noqa: E402
 
 from longbrain_jax.cohort import scan_roles  # noqa: E402
 from longbrain_jax.io import LoadConfig, read_bids  # noqa: E402
@@ -78,10 +78,9 @@ def main() -> None:
             seconds = time.perf_counter() - start
             s = summarise(score_fields(pairs.field, cohort, bids, "none"))["train"]
             record["variants"][variant] = {"summary": s, "seconds_per_pair": seconds / args.subjects}
-            rows.append((f"{variant:40s}", f"Dice {s['dice']:.3f} (unregistered {s['dice_unregistered']:.3f}, true field {s['dice_truth']:.3f})  "
-                                                     f"|J| error {s['jac_error']:.3f} of {s['jac_true_change']:.3f}  monotone {s['monotone']:.3f}  "
-                                                     f"folding {100 * s['folding']:.4f}%  {seconds / args.subjects:.0f} s per pair"))  # fmt: skip
-            print(rows[-1][0], rows[-1][1], flush=True)
+            rows += summary_rows(variant, {"train": s})
+            rows.append((f"{variant:22s} wall time", f"{seconds / args.subjects:.0f} s per pair"))
+            print(*rows[-2], *rows[-1], flush=True)
     rows.append(("sizes", f"{args.subjects} subjects, {args.dim}D {cohort.spatial_shape} at {args.resolution} mm, ages {args.ages}, "
                           f"base {args.steps} steps, seed {args.seed}, {jax.default_backend()}"))  # fmt: skip
     print_results("Pairwise INR registration settings against ANTs", rows, record)
