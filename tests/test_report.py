@@ -39,3 +39,15 @@ def test_weight_embedding_separates_groups_that_differ_and_ignores_weights_that_
     assert min(dementia[:, 0].min(), healthy[:, 0].min()) < 0 < max(dementia[:, 0].max(), healthy[:, 0].max())
     gap = abs(dementia[:, 0].mean() - healthy[:, 0].mean())
     assert gap > 2.0 * max(dementia[:, 0].std(), healthy[:, 0].std())  # PC 1 is the direction the groups differ along
+
+
+def test_markdown_table_keeps_pipes_inside_their_cells():
+    import re
+
+    from longbrain_jax.report.markdown import markdown_table
+
+    text = markdown_table(["subject", "ventricle |J|", "group"], [("sub-01", 1.02, "MCI|AD"), ("sub-02", float("nan"), "CN")])
+    lines = text.splitlines()
+    cells = [re.split(r"(?<!\\)\|", line)[1:-1] for line in lines]  # GitHub splits a row at unescaped pipes
+    assert {len(c) for c in cells} == {3}
+    assert cells[0][1].strip() == r"ventricle \|J\|" and cells[2][2].strip() == r"MCI\|AD" and cells[3][1].strip() == "-"
