@@ -514,6 +514,9 @@ def classify(source, out, bids_dir, no_sfcn, feature_tables, group_column, commo
 @main.command()
 @click.argument("bids_dir", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
+@click.option("--preset", type=click.Choice(["paper", "cpu-3mm"]), default=None,
+              help="Start from a named configuration (registration.train.PRESETS; the options below still apply): the paper's settings "
+                   "(the defaults, for an accelerator), or 3D scans at about 3 mm over decades on a few CPU cores.")
 @config_field("--width", type=int, config=REGISTER, fields=("network.width",), help="First-layer width of the displacement INR.")
 @config_field("--hidden-layers", type=int, config=REGISTER, fields=("network.hidden_layers",), help="SIREN layers after the first (each gets g(t)).")
 @config_field("--time-features", type=int, config=REGISTER, fields=("network.time_features",))
@@ -544,15 +547,19 @@ def classify(source, out, bids_dir, no_sfcn, feature_tables, group_column, commo
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_option
 @_input_errors_exit_2
-def register(bids_dir, out, extra_ages, memory_budget, align_transform, group_column, common_grid, resume, overwrite, quiet, config_file, **settings) -> None:
+def register(bids_dir, out, preset, extra_ages, memory_budget, align_transform, group_column, common_grid, resume, overwrite, quiet, config_file,
+             **settings) -> None:  # fmt: skip
     """Register each subject's scans into a continuous-time deformation (|J| maps, fields, labels)."""
     from longbrain_jax.config import with_overrides
     from longbrain_jax.io import LoadConfig, scan_bids
     from longbrain_jax.progress import progress_bar
     from longbrain_jax.registration import RegistrationConfig
     from longbrain_jax.registration.cohort import register_cohort
+    from longbrain_jax.registration.train import PRESETS
 
-    cfg = _configure(RegistrationConfig, RegistrationConfig())
+    if preset and config_file:
+        raise click.UsageError("--preset and --config both name a starting configuration; give one")
+    cfg = _configure(RegistrationConfig, PRESETS[preset or "paper"])
     dataset = _aligned(scan_bids(bids_dir, LoadConfig(group_column=group_column, common_grid=common_grid)), align_transform)
     cfg = with_overrides(cfg, {"network.ndim": dataset.ndim})  # the data's, also on a rerun of other data
     bars: dict = {}

@@ -165,3 +165,17 @@ def test_fit_presets_are_named_configurations_and_exclude_config(dataset, tmp_pa
     assert both.exit_code == 2 and "--preset and --config" in both.output
     unknown = CliRunner().invoke(main, ["fit", str(root), str(tmp_path / "o"), "--preset", "fastest"])
     assert unknown.exit_code == 2 and "fastest" in unknown.output
+
+
+def test_registration_presets_are_named_configurations_and_exclude_config(dataset, tmp_path):  # noqa: F811
+    from longbrain_jax import cli
+    from longbrain_jax.registration import RegistrationConfig
+    from longbrain_jax.registration.train import PRESETS
+
+    option = next(p for p in cli.register.params if p.name == "preset")
+    assert list(option.type.choices) == list(PRESETS)
+    assert PRESETS["paper"] == RegistrationConfig()
+    assert PRESETS["cpu-3mm"].network.w0 == 10.0 and PRESETS["cpu-3mm"].steps == 3000
+    root, _ = dataset
+    both = CliRunner().invoke(main, ["register", str(root), str(tmp_path / "o"), "--preset", "paper", "--config", str(tmp_path)])
+    assert both.exit_code == 2 and "--preset and --config" in both.output and not (tmp_path / "o").exists()

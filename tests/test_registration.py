@@ -147,16 +147,23 @@ def test_register_cli_writes_fields_and_refuses_to_overwrite(tmp_path):
     from click.testing import CliRunner
 
     from longbrain_jax.cli import main
+    from longbrain_jax.config import read_config
     from longbrain_jax.io import load_displacement, load_image, write_bids
+    from longbrain_jax.registration import RegistrationConfig
+    from longbrain_jax.registration.train import PRESETS
     from tests.helpers import blob_cohort
 
     cohort = blob_cohort(3)
     cohort = type(cohort)(**{**cohort.__dict__, "labels": (cohort.volumes > -0.5).astype(np.int32) * 17})
     write_bids(cohort, tmp_path / "bids")
-    args = ["register", str(tmp_path / "bids"), str(tmp_path / "reg"), "--width", "8", "--hidden-layers", "1", "--time-features", "4",
-            "--w0", "3", "--steps", "4", "--patches", "2", "--patch-size", "4", "--extra-ages", "80", "--quiet"]  # fmt: skip
+    args = ["register", str(tmp_path / "bids"), str(tmp_path / "reg"), "--preset", "cpu-3mm", "--width", "8", "--hidden-layers", "1",
+            "--time-features", "4", "--w0", "3", "--steps", "4", "--patches", "2", "--patch-size", "4", "--extra-ages", "80", "--quiet"]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    cfg = read_config(RegistrationConfig, tmp_path / "reg" / "config.json")  # the preset, with the options given beside it
+    preset = PRESETS["cpu-3mm"]
+    assert (cfg.network.width, cfg.steps, cfg.patch_size) == (8, 4, 4) and cfg.network.ndim == 2
+    assert (cfg.learning_rate, cfg.loss, cfg.network.time_scale) == (preset.learning_rate, preset.loss, preset.network.time_scale)
     anat = tmp_path / "reg" / "sub-00" / "anat"
     jac, affine = load_image(anat / "sub-00_ses-0_desc-jacdet.nii.gz")
     assert jac.shape == cohort.spatial_shape and np.all(jac > 0)

@@ -90,8 +90,9 @@ class Terms(NamedTuple):
 
 def point_terms(params: dict, x: Float[Array, " D"], t: Float[Array, ""], cfg: net.DisplacementConfig):
     """At one point and time: u, du/dt, ||du/dx||_F^2, |J| and d|J|/dt (exact)."""
-    u, du_dt = jax.jvp(lambda s: net.displacement(params, x, s, cfg), (t,), (jnp.ones_like(t),))
-    jac, djac_dt = jax.jvp(lambda s: net.spatial_jacobian(params, x, s, cfg), (t,), (jnp.ones_like(t),))
+    with_jac = jax.jacfwd(lambda y, s: (net.displacement(params, y, s, cfg),) * 2, has_aux=True)  # (du/dx, u): one pass
+    (du_dx, u), (ddu_dx_dt, du_dt) = jax.jvp(lambda s: with_jac(x, s), (t,), (jnp.ones_like(t),))
+    jac, djac_dt = jnp.eye(x.shape[0], dtype=du_dx.dtype) + du_dx, ddu_dx_dt
     jac_det, ddet_dt = jax.jvp(det, (jac,), (djac_dt,))
     grad_sq = jnp.sum(jnp.square(jac - jnp.eye(x.shape[0], dtype=jac.dtype)))
     return u, du_dt, grad_sq, jac_det, ddet_dt
@@ -136,19 +137,19 @@ def subject_loss(
 
     terms = jax.vmap(jax.vmap(point_terms, in_axes=(None, 0, None, None)), in_axes=(None, None, 0, None))
     reg_points = points[jax.random.permutation(k_points, points.shape[0])[: min(loss.regulariser_points, points.shape[0])]]
-    _, du_dt, grad_sq, _, ddet_dt = terms(params, reg_points, all_times, cfg)  # (T + E, P', ...)
+    u_reg, du_dt, grad_sq, _, ddet_dt = terms(params, reg_points, all_times, cfg)  # (T + E, P', ...)
     n_t = jnp.maximum(jnp.sum(weight_t), 1.0)
 
     def field(xs: Float[Array, "P D"], ts: Float[Array, " K"]) -> Float[Array, "K P D"]:
         return jax.vmap(lambda t: jax.vmap(lambda x: net.displacement(params, x, t, cfg))(xs))(ts)
 
-    u = field(points, times)
+    u = field(points, times.at[0].set(0.0))  # slot 0 (the baseline, no NCC term) at t = 0 is u(x, 0) of the identity term
     fixed = sample(volumes[0], points).reshape(b, n)
     moved = jax.vmap(lambda img, disp: sample(img, points + disp))(volumes, u).reshape(-1, b, n)
     ncc = jax.vmap(lambda m: jnp.mean(patch_ncc(fixed, m)))(moved)
     dissimilarity = jnp.sum(jnp.where(follow, 1.0 - ncc, 0.0))
 
-    u0 = field(points, jnp.zeros((1,)))[0]
+    u0 = u[0]
     identity = jnp.mean(jnp.sum(jnp.square(u0), -1))
     spatial = jnp.sum(weight_t[:, None] * grad_sq) / (n_t * reg_points.shape[0])
     temporal = jnp.sum(weight_t[:, None] * jnp.sum(jnp.square(du_dt), -1)) / (n_t * reg_points.shape[0])
@@ -156,7 +157,7 @@ def subject_loss(
     curvature = jnp.zeros(())
     if loss.curvature > 0:
         h = loss.curvature_step_years
-        second = (field(reg_points, all_times - h) - 2.0 * field(reg_points, all_times) + field(reg_points, all_times + h)) / h**2  # (T + E, P', D)
+        second = (field(reg_points, all_times - h) - 2.0 * u_reg + field(reg_points, all_times + h)) / h**2  # (T + E, P', D)
         curvature = jnp.sum(weight_t[:, None] * jnp.sum(jnp.square(second), -1)) / (n_t * reg_points.shape[0])
     total = (
         dissimilarity

@@ -86,6 +86,25 @@ class RegistrationConfig:
         return optax.adamw(lr, weight_decay=self.weight_decay)
 
 
+#: Named starting points for `longbrain register --preset NAME` (`RegistrationConfig` fields given as
+#: options beside it still apply). Figures: benchmarks/RESULTS.md, "What closes the 3D registration gap
+#: to ANTs" and "The longitudinal 3D benchmark at w0 10".
+PRESETS: dict[str, RegistrationConfig] = {
+    # the paper's settings (the defaults): width 256, 5 SIREN layers, w0 30, 2000 steps at lr 4e-5,
+    # 12 patches of 12^3; sized for an accelerator
+    "paper": RegistrationConfig(),
+    # 3D scans at about 3 mm over a decade or more of follow-up on a few CPU cores: width 32, 2 hidden
+    # layers, w0 10 (w0 3 is too smooth for structures a few voxels wide), 3000 steps at lr 2e-3, 16
+    # patches of 9^3, gamma 0.1 and the curvature term. Measured on simulated 3D pairs 20 years apart:
+    # |J| error 0.168 of a 0.453 change (ANTs SyN[s] 0.140), monotone 0.986, no folding, about 15
+    # minutes per pair (one follow-up) on 2 busy cores. For follow-ups of a few years, `--time-scale 1`.
+    "cpu-3mm": RegistrationConfig(
+        network=net.DisplacementConfig(width=32, hidden_layers=2, time_features=8, w0=10.0, time_scale=10.0),
+        loss=LossConfig(monotonic=0.1, curvature=1e8), steps=3000, learning_rate=2e-3, patches=16, patch_size=9,
+    ),
+}
+
+
 def foreground_threshold(image: Float[Array, "*spatial"]) -> Float[Array, ""]:
     """The head's intensity floor: a quarter of the way from the image's 1st to its 99th percentile.
 
