@@ -10,7 +10,7 @@ its adversarial steps longer). Registration's widths are the smallest: at width 
 one training step of 8 subjects x 4 scans (12 patches of 12^3 voxels each) is about 0.9
 TFLOP, over a minute on 2 cores, and its |J| maps evaluate the network's Jacobian at every
 voxel of every scan. Prints each stage's wall time and the peak resident memory of its process
-(`ru_maxrss` of the child), against the budget.
+(the child's high-water mark followed while it runs, `run_stage`), against the budget.
 
     python benchmarks/real_size.py --work /tmp/real --budget 16G
     python benchmarks/real_size.py --work /tmp/real --resolution 3 --subjects 4   # a quick look
@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,16 +55,40 @@ def stages(work: Path, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     ]  # fmt: skip
 
 
-def run_stage(command: list) -> tuple[float, float]:
-    """Run one command in a child process: (wall seconds, the child's peak RSS in MiB)."""
+def high_water_mib(pid: int) -> float:
+    """The kernel's high-water mark of a live process's resident memory (VmHWM, MiB); 0 once it has ended."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return max((int(line.split()[1]) / 1024.0 for line in status.splitlines() if line.startswith(("VmHWM:", "VmRSS:"))), default=0.0)
+
+
+def run_stage(command: list, every: float = 0.05, program: list = LONGBRAIN) -> tuple[float, float]:
+    """Run one command in a child process: (wall seconds, the child's peak RSS in MiB).
+
+    The peak is the largest high-water mark read every `every` seconds while the child runs, and its
+    `ru_maxrss` at exit: the commands restart the kernel's high-water mark whenever they measure a
+    compilation for a memory plan (`memory._reset_peak`), so `ru_maxrss` alone holds only the peak
+    since the last restart and can miss the stage's largest phase."""
     start = time.perf_counter()
-    proc = subprocess.Popen([*LONGBRAIN, *map(str, command)])
+    proc = subprocess.Popen([*program, *map(str, command)])
+    peak, done = [0.0], threading.Event()
+
+    def follow() -> None:
+        while not done.wait(every):
+            peak[0] = max(peak[0], high_water_mib(proc.pid))
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
     _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
+    follower.join()
     seconds = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"`longbrain {' '.join(map(str, command))}` failed with exit code {code}")
-    return seconds, usage.ru_maxrss / 1024.0
+    return seconds, max(peak[0], usage.ru_maxrss / 1024.0)
 
 
 def main() -> None:

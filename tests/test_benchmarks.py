@@ -50,3 +50,15 @@ def test_registration_variants_change_the_settings_they_name_and_refuse_unknown_
     assert (both.network.w0, both.network.width, both.loss) == (10.0, 64, base.loss)
     with pytest.raises(SystemExit, match="unknown variant 'depth=8'"):
         variant(base, "depth=8")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's high-water mark")
+def test_real_size_peak_survives_the_high_water_resets_of_memory_planning():
+    """A child that peaks, then restarts its high-water mark as `memory._reset_peak` does, exits with a
+    small `ru_maxrss`; `real_size.run_stage` still reports the peak it followed."""
+    child = (
+        "import time; from pathlib import Path; block = bytearray(400 * 2**20); block[::4096] = b'x' * len(block[::4096]); "
+        "time.sleep(0.5); del block; Path('/proc/self/clear_refs').write_text('5'); time.sleep(0.3)"
+    )
+    seconds, peak_mib = _load("real_size").run_stage(["-c", child], every=0.02, program=[sys.executable])
+    assert peak_mib > 400 and seconds > 0.5
