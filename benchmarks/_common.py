@@ -5,21 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
-import resource
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 
 def peak_rss_mib() -> float:
-    """This process's own peak resident memory (VmHWM; ru_maxrss survives fork+exec)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's own peak resident memory (MiB): VmHWM, kept across the restarts of the high-water
+    mark that the package's memory plans make when they measure a compilation (`memory.process_peak`)."""
+    from longbrain_jax.memory import process_peak
+
+    return process_peak() / 2**20
 
 
 def _child(fn: Callable[..., Any], args: tuple, queue) -> None:
