@@ -205,18 +205,35 @@ def _linear_positions(m: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return low, np.minimum(low + 1, m - 1), (pos - low).astype(np.float32)
 
 
-def smooth_resize_operator(m: int, n: int, sigma: float) -> np.ndarray:
-    """(n, m) matrix of Gaussian smoothing (std `sigma` voxels, as `gaussian_smooth`)
-    then linear resizing from m to n points (as `resize_linear`) along one axis."""
+def _smoothing_matrix(m: int, sigma: float) -> np.ndarray:
+    """(m, m) matrix of `gaussian_smooth` along one axis of m points (float64)."""
     kernel = gaussian_kernel1d(sigma).astype(np.float64)
     radius = (kernel.size - 1) // 2
     padded = np.pad(np.eye(m), ((radius, radius), (0, 0)), mode="symmetric")
-    smooth = sum(kernel[j] * padded[j : j + m] for j in range(kernel.size))  # (m, m)
+    return sum(kernel[j] * padded[j : j + m] for j in range(kernel.size))
+
+
+def _resize_matrix(m: int, n: int) -> np.ndarray:
+    """(n, m) matrix of `resize_linear` from m to n points along one axis (float64)."""
     low, high, frac = _linear_positions(m, n)
     resize = np.zeros((n, m))
     np.add.at(resize, (np.arange(n), low), 1.0 - frac)
     np.add.at(resize, (np.arange(n), high), frac)
-    return (resize @ smooth).astype(np.float32)
+    return resize
+
+
+def smooth_resize_operator(m: int, n: int, sigma: float) -> np.ndarray:
+    """(n, m) matrix of Gaussian smoothing (std `sigma` voxels, as `gaussian_smooth`)
+    then linear resizing from m to n points (as `resize_linear`) along one axis."""
+    return (_resize_matrix(m, n) @ _smoothing_matrix(m, sigma)).astype(np.float32)
+
+
+def resize_smooth_operator(m: int, n: int, sigma: float) -> np.ndarray:
+    """(n, m) matrix of linear resizing from m to n points then Gaussian smoothing (std
+    `sigma` voxels of the n-point grid) along one axis: `apply_separable` with one per axis
+    equals `gaussian_smooth(resize_linear(image, shape), sigma)`, and its gradient is the
+    transposed matrices (no full-grid filter to differentiate)."""
+    return (_smoothing_matrix(n, sigma) @ _resize_matrix(m, n)).astype(np.float32)
 
 
 def apply_separable(image: Float[Array, "*spatial ..."], matrices: Sequence[np.ndarray]) -> Float[Array, "*out ..."]:
@@ -228,7 +245,7 @@ def apply_separable(image: Float[Array, "*spatial ..."], matrices: Sequence[np.n
     """
     out = image
     for axis, matrix in enumerate(matrices):
-        out = jnp.moveaxis(jnp.tensordot(jnp.asarray(matrix), out, axes=([1], [axis])), 0, axis)
+        out = jnp.moveaxis(jnp.tensordot(jnp.asarray(matrix, out.dtype), out, axes=([1], [axis])), 0, axis)
     return out
 
 

@@ -8,7 +8,7 @@ units, (*spatial, D)), starting at the identity at the baseline scan (t = 0, yea
 The velocity network `Velocity` encodes the current displacement with strided
 convolutions to a small latent (32 numbers), appends t, decodes with dense layers to
 a coarse velocity grid, upsamples it linearly to the image grid and smooths it with a
-Gaussian; the bottleneck is what makes a per-voxel ODE tractable. The flow of a
+Gaussian (both one separable linear operator, `grid.resize_smooth_operator`); the bottleneck is what makes a per-voxel ODE tractable. The flow of a
 smooth velocity field is a diffeomorphism, so the predicted image at any time,
 baseline o phi_t, keeps the baseline's topology; labels are carried the same way.
 
@@ -119,8 +119,8 @@ class Velocity(nn.Module):
         h = nn.swish(nn.Dense(cfg.hidden)(h))
         coarse = coarse_shape(self.shape, cfg.velocity_factor)
         v = nn.Dense(int(np.prod(coarse)) * d, kernel_init=nn.initializers.zeros)(h)  # starts at the identity flow
-        v = grid.resize_linear(v.reshape(*coarse, d), self.shape)
-        return grid.gaussian_smooth(v, cfg.smoothing_sigma, ndim=d) * cfg.velocity_scale
+        operators = [grid.resize_smooth_operator(m, n, cfg.smoothing_sigma) for m, n in zip(coarse, self.shape, strict=True)]
+        return grid.apply_separable(v.reshape(*coarse, d), operators) * cfg.velocity_scale  # resized, then smoothed
 
 
 def coarse_shape(shape: Sequence[int], factor: int) -> tuple[int, ...]:

@@ -228,3 +228,11 @@ def test_separable_operator_equals_smoothing_then_resizing(rng, src, dst):
     expected = grid.resize_linear(grid.gaussian_smooth(x, 2.0, ndim=len(src)), dst)
     operators = [grid.smooth_resize_operator(m, n, 2.0) for m, n in zip(src, dst, strict=True)]
     np.testing.assert_allclose(grid.apply_separable(x, operators), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("src,dst,sigma", [((4, 5, 4), (21, 25, 20), 2.0), ((3, 12), (7, 30), 1.0), ((5,), (9,), 0.0)])
+def test_separable_operator_equals_resizing_then_smoothing(rng, src, dst, sigma):
+    x = jnp.asarray(rng.normal(size=(*src, 2)), jnp.float32)
+    expected = grid.gaussian_smooth(grid.resize_linear(x, dst), sigma, ndim=len(src))
+    operators = [grid.resize_smooth_operator(m, n, sigma) for m, n in zip(src, dst, strict=True)]
+    np.testing.assert_allclose(grid.apply_separable(x, operators), expected, atol=1e-5)
