@@ -23,7 +23,11 @@ photographs, and it works the same in 2D and 3D.
 
 **The adversarial term.** A PatchGAN discriminator (Isola et al. 2017) with the
 hinge loss of the latent-diffusion autoencoders; the generator term is
--mean(D(x_hat)).
+-mean(D(x_hat)). Training compiles one program for the warm-up and one for after it,
+rather than one with the discriminator behind a traced switch (`lax.cond`): XLA:CPU runs
+convolutions inside a conditional's branch off its fast path, and the discriminator's
+update there took 58 s per step against 5.4 s outside one (3D 60 x 72 x 60, 2 scans;
+`benchmarks/autoencoder_step.py`).
 
 Images are (B, *spatial) with intensities in about [-1, 1]; spatial sizes are padded
 (edge values) to a multiple of 2**(levels - 1) and cropped back, so any grid works.
@@ -45,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
 from longbrain_jax.cnn import Conv, crop, pad_to_multiple, padded_shape
 from longbrain_jax.config import read_config, write_config
@@ -302,11 +306,26 @@ def _init_state(key: jax.Array, cfg: AutoencoderConfig, shape: tuple[int, ...]) 
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
+def discriminator_update(state: AutoencoderState, real: Float[Array, "B *p 1"], fake: Float[Array, "B *p 1"], cfg: AutoencoderConfig):
+    """One Adam step of the discriminator on its hinge loss: (its new params, optimiser state, loss).
+    `real` and `fake` are padded scans and their reconstructions (no gradient flows into `fake`)."""
+    disc = _modules(cfg)[2]
+
+    def hinge(p):
+        d_real = disc.apply({"params": p}, real)
+        d_fake = disc.apply({"params": p}, jax.lax.stop_gradient(fake))
+        return 0.5 * (jnp.mean(nn.relu(1.0 - d_real)) + jnp.mean(nn.relu(1.0 + d_fake)))
+
+    loss, grads = jax.value_and_grad(hinge)(state.params["discriminator"])
+    updates, opt_state = optimiser_update(_optimizer(cfg), grads, state.disc_opt_state, state.params["discriminator"])
+    return optax.apply_updates(state.params["discriminator"], updates), opt_state, loss
+
+
 def train_step(
-    state: AutoencoderState, images: Float[Array, "B *s"], key: jax.Array, adversarial: Bool[Array, ""], *, cfg: AutoencoderConfig
+    state: AutoencoderState, images: Float[Array, "B *s"], key: jax.Array, adversarial: bool, *, cfg: AutoencoderConfig
 ) -> tuple[AutoencoderState, Losses]:
-    """One Adam step of the autoencoder and, where `adversarial` (a traced flag: one compiled
-    program before and after the warm-up), of the discriminator."""
+    """One Adam step of the autoencoder and, if `adversarial` (a Python bool: a program for
+    each phase, see the module docstring), of the discriminator; its loss is 0 otherwise."""
     enc, dec, disc, _ = _modules(cfg)
     x = pad_to_multiple(images, cfg.factor)
     fixed = {"features": state.params["features"], "discriminator": state.params["discriminator"]}
@@ -318,7 +337,7 @@ def train_step(
         l1 = jnp.mean(jnp.abs(x - x_hat))
         perceptual = jnp.mean(perceptual_distance(fixed["features"], x, x_hat, cfg))
         kl = jnp.mean(kl_divergence(mean, logvar))
-        adv = jax.lax.cond(adversarial, lambda: -jnp.mean(disc.apply({"params": fixed["discriminator"]}, x_hat)), lambda: jnp.zeros(()))
+        adv = -jnp.mean(disc.apply({"params": fixed["discriminator"]}, x_hat)) if adversarial else jnp.zeros((), x_hat.dtype)
         total = l1 + cfg.perceptual_weight * perceptual + cfg.kl_weight * kl + cfg.adversarial_weight * adv
         return total, (l1, perceptual, adv, kl, x_hat)
 
@@ -329,18 +348,8 @@ def train_step(
     ae = optax.apply_updates(ae, updates)
     params = {**state.params, **ae}
 
-    def disc_loss(p):  # hinge loss
-        real = disc.apply({"params": p}, x)
-        fake = disc.apply({"params": p}, jax.lax.stop_gradient(x_hat))
-        return 0.5 * (jnp.mean(nn.relu(1.0 - real)) + jnp.mean(nn.relu(1.0 + fake)))
-
-    def disc_step():
-        d_loss, d_grads = jax.value_and_grad(disc_loss)(state.params["discriminator"])
-        d_updates, d_opt_state = optimiser_update(tx, d_grads, state.disc_opt_state, state.params["discriminator"])
-        return optax.apply_updates(state.params["discriminator"], d_updates), d_opt_state, d_loss
-
-    unchanged = lambda: (state.params["discriminator"], state.disc_opt_state, jnp.zeros(()))  # noqa: E731
-    params["discriminator"], disc_opt_state, d_loss = jax.lax.cond(adversarial, disc_step, unchanged)
+    unchanged = (state.params["discriminator"], state.disc_opt_state, jnp.zeros((), total.dtype))
+    params["discriminator"], disc_opt_state, d_loss = discriminator_update(state, x, x_hat, cfg) if adversarial else unchanged
     new = AutoencoderState(params, opt_state, disc_opt_state, state.step + 1)
     return new, Losses(total, l1, perceptual, adv, kl, d_loss)
 
@@ -354,7 +363,7 @@ def train_batch(cfg: AutoencoderConfig, shape: Sequence[int], budget: Budget, he
 
     def trace(b):  # the scans are counted in held_bytes; a batch of b drawn from b scans
         return train_block.trace(state, jax.ShapeDtypeStruct((b, *shape), jnp.float32), jnp.int32(b), jnp.int32(0), jnp.int32(1),
-                                 cfg=dataclasses.replace(cfg, batch_size=b), max_steps=1)  # fmt: skip
+                                 cfg=dataclasses.replace(cfg, batch_size=b), max_steps=1, adversarial=cfg.adversarial_start < cfg.steps)  # fmt: skip
 
     program = Program(trace, ("autoencoder-train", cfg, shape))
     return plan_batch("autoencoder: training", "scans per batch", budget, cfg.batch_size,
@@ -372,13 +381,13 @@ def inference_batch(params_shapes, cfg: AutoencoderConfig, shape: Sequence[int],
                       lambda b, exact: max(enc(b, exact), dec(b, exact))).sizes["scans per batch"]  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_steps"), donate_argnums=0)
+@functools.partial(jax.jit, static_argnames=("cfg", "max_steps", "adversarial"), donate_argnums=0)
 def train_block(
     state: AutoencoderState, images: Float[Array, "M *s"], count: Int[Array, ""], first_step: Array, num_steps: Array, *,
-    cfg: AutoencoderConfig, max_steps: int,
+    cfg: AutoencoderConfig, max_steps: int, adversarial: bool,
 ) -> tuple[AutoencoderState, Losses]:  # fmt: skip
-    """`num_steps` (<= `max_steps`) training steps in one compiled loop (`engine.training.repeat_steps`):
-    each draws a batch of the first `count` `images` (on the device, `engine.training.padded_scans`) with the engine's key for the step
+    """`num_steps` (<= `max_steps`) training steps in one compiled loop (`engine.training.repeat_steps`),
+    all of one phase (`adversarial`: the steps from `cfg.adversarial_start` on); each draws a batch of the first `count` `images` (on the device, `engine.training.padded_scans`) with the engine's key for the step
     (`engine.training.step_key`); a step whose loss or new parameters are not finite is skipped.
     Returns the state and every step's `Losses` (`max_steps` rows, zero past `num_steps`)."""
 
@@ -386,7 +395,7 @@ def train_block(
         step = first_step + i
         k_batch, k_noise = jax.random.split(step_key(jnp.int32(cfg.seed), "autoencoder", jnp.int32(0), step))
         batch = images[jax.random.randint(k_batch, (cfg.batch_size,), 0, count)]
-        new, losses = train_step(state, batch, k_noise, step >= cfg.adversarial_start, cfg=cfg)
+        new, losses = train_step(state, batch, k_noise, adversarial, cfg=cfg)
         ok = jnp.isfinite(losses.total) & all_finite(new.params)
         return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state), losses
 
@@ -435,10 +444,13 @@ def train_autoencoder(
         (data,), count = padded_scans(images)
         step = start
         while step < cfg.steps:
-            k = min(steps_per_call, cfg.steps - step)  # blocks end on checkpoints; one program serves every length
+            k = min(steps_per_call, cfg.steps - step)  # blocks end on checkpoints and the warm-up; one program serves every length
             if ckpt is not None:
                 k = min(k, cfg.checkpoint_every - step % cfg.checkpoint_every)
-            state, losses = train_block(state, data, count, jnp.int32(step), jnp.int32(k), cfg=cfg, max_steps=steps_per_call)
+            adversarial = step >= cfg.adversarial_start
+            if not adversarial:
+                k = min(k, cfg.adversarial_start - step)
+            state, losses = train_block(state, data, count, jnp.int32(step), jnp.int32(k), cfg=cfg, max_steps=steps_per_call, adversarial=adversarial)
             losses = Losses(*(x[:k] for x in losses))
             history[step : step + k] = np.asarray(jnp.stack(losses, axis=1))
             step += k
