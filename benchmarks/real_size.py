@@ -5,8 +5,9 @@ to 5 degrees and 5 mm), then runs `longbrain align`, `fit`, `register`, `forecas
 `classify` on it as separate processes with `--memory-budget`, each with the default
 settings except network widths and step counts (given below; peak memory is set by the
 planned chunk and block sizes, not by the number of steps). On 2 CPU cores at 1.5 mm the run
-takes over 3 hours: the forecast alone more than 2 (its autoencoder, then NODER fitted and
-integrated per subject at 1.5 mm), fit and register about 15-20 minutes each. Registration's widths are the smallest: at width 64 with 64 time features
+takes over 2 hours: the forecast alone about 1 h 40 min (16 minutes to its autoencoder, segmenter
+and MRExtrap, then about 10 minutes per subject for NODER, fitted and integrated at 1.5 mm;
+RESULTS.md), fit and register about 15-20 minutes each. Registration's widths are the smallest: at width 64 with 64 time features
 one training step of 8 subjects x 4 scans (12 patches of 12^3 voxels each) is about 0.9
 TFLOP, over a minute on 2 cores, and its |J| maps evaluate the network's Jacobian at every
 voxel of every scan. Prints each stage's wall time and the peak resident memory of its process
