@@ -80,3 +80,17 @@ def registration_variant(base, spec: str):
             raise SystemExit(f"unknown variant {spec!r}: use default or {'/'.join(sorted(setters))}=VALUE, joined by +")
         cfg = setters[name](cfg, value)
     return cfg
+
+
+def compiled_seconds(fn: Callable[..., Any], *args: Any, repeats: int) -> float:
+    """Median wall seconds of `jax.jit(fn)(*args)` over `repeats` runs, after compiling it and running it once."""
+    import jax
+
+    compiled = jax.jit(fn).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]

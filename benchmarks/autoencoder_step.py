@@ -15,28 +15,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from _common import print_results  # noqa: E402
+from _common import compiled_seconds, print_results  # noqa: E402
 
 from longbrain_jax.latent import autoencoder as ae  # noqa: E402
-
-
-def _seconds(fn, *args, repeats: int) -> float:
-    """Median wall seconds of a compiled `fn(*args)` (compiled and run once first)."""
-    compiled = jax.jit(fn).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,10 +40,10 @@ def main(argv: list[str] | None = None) -> dict:
     fake = real * 0.9
     kept = lambda s: (s.params["discriminator"], s.disc_opt_state, jnp.zeros(()))  # noqa: E731
     seconds = {
-        "warm_up_step_s": _seconds(lambda s, x: ae.train_step(s, x, key, False, cfg=cfg), state, scans, repeats=args.repeats),
-        "adversarial_step_s": _seconds(lambda s, x: ae.train_step(s, x, key, True, cfg=cfg), state, scans, repeats=args.repeats),
-        "discriminator_update_s": _seconds(lambda s, r, f: ae.discriminator_update(s, r, f, cfg), state, real, fake, repeats=args.repeats),
-        "discriminator_update_in_cond_s": _seconds(
+        "warm_up_step_s": compiled_seconds(lambda s, x: ae.train_step(s, x, key, False, cfg=cfg), state, scans, repeats=args.repeats),
+        "adversarial_step_s": compiled_seconds(lambda s, x: ae.train_step(s, x, key, True, cfg=cfg), state, scans, repeats=args.repeats),
+        "discriminator_update_s": compiled_seconds(lambda s, r, f: ae.discriminator_update(s, r, f, cfg), state, real, fake, repeats=args.repeats),
+        "discriminator_update_in_cond_s": compiled_seconds(
             lambda s, r, f, on: jax.lax.cond(on, lambda: ae.discriminator_update(s, r, f, cfg), lambda: kept(s)), state, real, fake, jnp.bool_(True),
             repeats=args.repeats),
     }  # fmt: skip

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,7 +25,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import print_results  # noqa: E402
+from _common import compiled_seconds, print_results  # noqa: E402
 
 from longbrain_jax import grid, noder  # noqa: E402
 from longbrain_jax.cnn import Conv  # noqa: E402
@@ -50,18 +49,6 @@ class FilteredVelocity(noder.Velocity):
         return grid.gaussian_smooth(v, cfg.smoothing_sigma, ndim=d) * cfg.velocity_scale
 
 
-def _seconds(fn, *args, repeats: int) -> float:
-    """Median wall seconds of a compiled `fn(*args)` (compiled and run once first)."""
-    compiled = jax.jit(fn).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def measure(shape: tuple[int, ...], velocity: type, repeats: int) -> dict[str, float]:
     """Seconds of the velocity gradient, the flow and a training gradient with `noder.Velocity` set to `velocity`."""
     saved, noder.Velocity = noder.Velocity, velocity
@@ -75,9 +62,9 @@ def measure(shape: tuple[int, ...], velocity: type, repeats: int) -> dict[str, f
         times, observed = jnp.array([0.0, 3.6, 7.3, 9.1]), jnp.ones(4, bool)
         return {
             "velocity_value": net.apply({"params": params}, u, 1.0),
-            "velocity_gradient_s": _seconds(lambda p, u, g: jax.vjp(lambda p, u: net.apply({"params": p}, u, 1.0), p, u)[1](g), params, u, u, repeats=repeats),
-            "flow_s": _seconds(lambda p: noder.flow(p, times, shape, cfg), params, repeats=repeats),
-            "training_gradient_s": _seconds(jax.grad(lambda p: noder.subject_loss(p, volumes, times, observed, cfg).total), params, repeats=repeats),
+            "velocity_gradient_s": compiled_seconds(lambda p, u, g: jax.vjp(lambda p, u: net.apply({"params": p}, u, 1.0), p, u)[1](g), params, u, u, repeats=repeats),
+            "flow_s": compiled_seconds(lambda p: noder.flow(p, times, shape, cfg), params, repeats=repeats),
+            "training_gradient_s": compiled_seconds(jax.grad(lambda p: noder.subject_loss(p, volumes, times, observed, cfg).total), params, repeats=repeats),
         }  # fmt: skip
     finally:
         noder.Velocity = saved

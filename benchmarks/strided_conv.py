@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,22 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from _common import print_results  # noqa: E402
+from _common import compiled_seconds, print_results  # noqa: E402
 
 from longbrain_jax import cnn  # noqa: E402
 from longbrain_jax.latent import autoencoder as ae  # noqa: E402
-
-
-def _seconds(fn, *args, repeats: int) -> float:
-    """Median wall seconds of a compiled `fn(*args)` (compiled and run once first)."""
-    compiled = jax.jit(fn).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def _layers(shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...], int, int, int]]:
@@ -73,7 +60,7 @@ def _autoencoder_steps(shape: tuple[int, ...], conv: type, repeats: int) -> tupl
         state = ae.init_state(jax.random.key(0), cfg, shape)
         scans = jax.random.uniform(jax.random.key(1), (2, *shape), minval=-1.0, maxval=1.0)
         step = lambda adversarial: lambda s, x: ae.train_step(s, x, jax.random.key(2), adversarial, cfg=cfg)  # noqa: E731
-        return _seconds(step(False), state, scans, repeats=repeats), _seconds(step(True), state, scans, repeats=repeats)
+        return compiled_seconds(step(False), state, scans, repeats=repeats), compiled_seconds(step(True), state, scans, repeats=repeats)
     finally:
         ae.Conv = saved
 
@@ -94,9 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
         w = jax.random.normal(jax.random.key(1), (k,) * len(shape) + (cin, cout)) * 0.1
         cotangent = jnp.ones_like(xla(x, w))
         f = record["layers"][name] = {
-            "xla_forward_s": _seconds(xla, x, w, repeats=args.repeats), "ours_forward_s": _seconds(ours, x, w, repeats=args.repeats),
-            "xla_gradient_s": _seconds(_gradient(xla), x, w, cotangent, repeats=args.repeats),
-            "ours_gradient_s": _seconds(_gradient(ours), x, w, cotangent, repeats=args.repeats),
+            "xla_forward_s": compiled_seconds(xla, x, w, repeats=args.repeats), "ours_forward_s": compiled_seconds(ours, x, w, repeats=args.repeats),
+            "xla_gradient_s": compiled_seconds(_gradient(xla), x, w, cotangent, repeats=args.repeats),
+            "ours_gradient_s": compiled_seconds(_gradient(ours), x, w, cotangent, repeats=args.repeats),
         }  # fmt: skip
         rows.append((f"{name} at {'x'.join(map(str, spatial))}",
                      f"forward {f['xla_forward_s'] * 1e3:6.1f} -> {f['ours_forward_s'] * 1e3:6.1f} ms, gradient "
