@@ -5,7 +5,7 @@
 
 **Strided convolutions on the CPU.** XLA:CPU differentiates a strided convolution with
 respect to its input through a convolution of the dilated input gradient, which misses its
-fast convolution path: alone, the gradient of a stride-2 3D layer costs 5-130x its forward pass
+fast convolution path: alone, the gradient of a stride-2 3D layer costs 20-130x its forward pass
 (60 x 72 x 60, 1 -> 32 channels, kernel 4, the discriminator's first layer: forward 26 ms,
 gradient 3.4 s; `benchmarks/strided_conv.py`). On the CPU `conv_general_dilated` computes a
 strided convolution as the same stride-1 convolution of the space-to-depth input (each

@@ -8,9 +8,10 @@ units, (*spatial, D)), starting at the identity at the baseline scan (t = 0, yea
 The velocity network `Velocity` encodes the current displacement with strided
 convolutions to a small latent (32 numbers), appends t, decodes with dense layers to
 a coarse velocity grid, upsamples it linearly to the image grid and smooths it with a
-Gaussian (both one separable linear operator, `grid.resize_smooth_operator`); the bottleneck is what makes a per-voxel ODE tractable. The flow of a
-smooth velocity field is a diffeomorphism, so the predicted image at any time,
-baseline o phi_t, keeps the baseline's topology; labels are carried the same way.
+Gaussian (both one separable linear operator, `grid.resize_smooth_operator`); the
+bottleneck is what makes a per-voxel ODE tractable. The flow of a smooth velocity field
+is a diffeomorphism, so the predicted image at any time, baseline o phi_t, keeps the
+baseline's topology; labels are carried the same way.
 
 Training is per subject (one network each), vmapped over the cohort: loss =
 mean over observed scans of (1 - local NCC(baseline o phi_t, scan_t))

@@ -26,7 +26,7 @@ hinge loss of the latent-diffusion autoencoders; the generator term is
 -mean(D(x_hat)). Training compiles one program for the warm-up and one for after it,
 rather than one with the discriminator behind a traced switch (`lax.cond`): XLA:CPU runs
 convolutions inside a conditional's branch off its fast path, and the discriminator's
-update there took 58 s per step against 5.4 s outside one (3D 60 x 72 x 60, 2 scans;
+update there took 44 s per step against 5.3 s outside one (3D 60 x 72 x 60, 2 scans;
 `benchmarks/autoencoder_step.py`).
 
 Images are (B, *spatial) with intensities in about [-1, 1]; spatial sizes are padded
@@ -305,7 +305,6 @@ def _init_state(key: jax.Array, cfg: AutoencoderConfig, shape: tuple[int, ...]) 
     return AutoencoderState(params, tx.init(ae), tx.init(params["discriminator"]), jnp.zeros((), jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
 def discriminator_update(state: AutoencoderState, real: Float[Array, "B *p 1"], fake: Float[Array, "B *p 1"], cfg: AutoencoderConfig):
     """One Adam step of the discriminator on its hinge loss: (its new params, optimiser state, loss).
     `real` and `fake` are padded scans and their reconstructions (no gradient flows into `fake`)."""
@@ -321,6 +320,7 @@ def discriminator_update(state: AutoencoderState, real: Float[Array, "B *p 1"], 
     return optax.apply_updates(state.params["discriminator"], updates), opt_state, loss
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "adversarial"))
 def train_step(
     state: AutoencoderState, images: Float[Array, "B *s"], key: jax.Array, adversarial: bool, *, cfg: AutoencoderConfig
 ) -> tuple[AutoencoderState, Losses]:
@@ -387,8 +387,9 @@ def train_block(
     cfg: AutoencoderConfig, max_steps: int, adversarial: bool,
 ) -> tuple[AutoencoderState, Losses]:  # fmt: skip
     """`num_steps` (<= `max_steps`) training steps in one compiled loop (`engine.training.repeat_steps`),
-    all of one phase (`adversarial`: the steps from `cfg.adversarial_start` on); each draws a batch of the first `count` `images` (on the device, `engine.training.padded_scans`) with the engine's key for the step
-    (`engine.training.step_key`); a step whose loss or new parameters are not finite is skipped.
+    all of one phase (`adversarial`: the steps from `cfg.adversarial_start` on); each draws a batch of
+    the first `count` `images` (on the device, `engine.training.padded_scans`) with the engine's key
+    for the step (`engine.training.step_key`); a step whose loss or new parameters are not finite is skipped.
     Returns the state and every step's `Losses` (`max_steps` rows, zero past `num_steps`)."""
 
     def body(state, i):
